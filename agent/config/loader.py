@@ -1,0 +1,181 @@
+"""Reading a config file: YAML, `${env:...}` substitution, validation, cross-references.
+
+Every problem is reported with its key path (`exporters.remote_write[0].url`), what was expected and what
+was found, and all of them at once, so one `headwater validate` run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from agent.config.schema import Config
+
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ADAPTER = TypeAdapter(Config)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue], source: str = "") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def default_config_text() -> str:
+    return resources.files("agent").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_file(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load `path`, or the default config shipped in the package when `path` is None."""
+    if path is None:
+        return load_text(default_config_text(), env, source="(default config)")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read config file: {exc.strerror or exc}")], str(path)) from None
+    return load_text(text, env, source=str(path))
+
+
+def load_text(text: str, env: Mapping[str, str] | None = None, source: str = "(text)") -> Config:
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], source) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigIssue("", f"expected a mapping of sections, found {type(raw).__name__}")], source)
+    issues: list[ConfigIssue] = []
+    raw = _substitute(raw, env, "", issues)
+    if issues:
+        raise ConfigError(issues, source)
+    try:
+        config = _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError([_issue_from_pydantic(e) for e in exc.errors()], source) from None
+    issues = _check_references(config)
+    if issues:
+        raise ConfigError(issues, source)
+    return config
+
+
+def _substitute(value: Any, env: Mapping[str, str], path: str, issues: list[ConfigIssue]) -> Any:
+    """Replace `${env:NAME}` and `${env:NAME:-default}` inside string scalars (never in keys, never YAML)."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, _join(path, k), issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, f"{path}[{i}]", issues) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        issues.append(ConfigIssue(path, f"environment variable {name} is not set and {match.group(0)} gives no default"))
+        return ""
+
+    return _ENV.sub(replace, value)
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("tagged-union",):
+            continue
+        else:
+            out = _join(out, part)
+    return out
+
+
+def _issue_from_pydantic(err: Mapping[str, Any]) -> ConfigIssue:
+    loc = tuple(err.get("loc", ()))
+    path = _format_loc(loc)
+    kind = err.get("type", "")
+    found = err.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = _known_keys(loc[:-1])
+        hint = f" (known keys: {', '.join(known)})" if known else ""
+        return ConfigIssue(path, f"unknown key{hint}")
+    if kind == "missing":
+        return ConfigIssue(path, "required key is missing")
+    message = str(err.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if "found" not in message:
+        message = f"{message[0].lower()}{message[1:]}, found {found!r}"
+    return ConfigIssue(path, message)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at `loc`, for 'unknown key' messages."""
+    cls: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return []
+        cls = _dataclass_in(hints[part])
+        if cls is None:
+            return []
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _dataclass_in(tp: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_references(config: Config) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    names = [rw.name for rw in config.exporters.remote_write]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            issues.append(ConfigIssue(f"exporters.remote_write[{i}].name", f"expected a unique name, found {name!r} twice"))
+    trace_exporters = [n for n in ("otlp", "file") if getattr(config.exporters, n) is not None]
+    pipelines = (("traces", config.pipelines.traces, trace_exporters), ("metrics", config.pipelines.metrics, names))
+    for signal, pipeline, available in pipelines:
+        if pipeline is None:
+            continue
+        for i, name in enumerate(pipeline.exporters):
+            if name not in available:
+                choice = ", ".join(available) if available else "none is configured under exporters"
+                issues.append(ConfigIssue(f"pipelines.{signal}.exporters[{i}]",
+                                          f"expected the name of a {signal} exporter ({choice}), found {name!r}"))
+    return issues

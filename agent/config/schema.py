@@ -1,0 +1,191 @@
+"""The config file's shape: frozen dataclasses, one per section, validated by pydantic on load.
+
+Every field here is wired to behaviour; a key that belongs to later work is absent, so it is refused as
+unknown rather than accepted and ignored. Defaults follow DESIGN.md's sketch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field
+
+from agent.config.units import Duration, HostPort, HttpUrl, LogLevel, Size
+
+_FORBID_UNKNOWN = ConfigDict(extra="forbid")
+MiB = 1 << 20
+
+REMOTE_WRITE_PROTOCOLS_LATER = ("rw2", "vm", "compact", "auto")
+
+
+def _check_protocol(value: str) -> str:
+    if value in REMOTE_WRITE_PROTOCOLS_LATER:
+        raise ValueError(f"protocol {value!r} is not supported yet; only 'rw1' (remote write 1.0) is")
+    if value != "rw1":
+        raise ValueError(f"expected 'rw1', found {value!r}")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not value or not all(c.isalnum() or c in "-_." for c in value):
+        raise ValueError(f"expected a name of letters, digits, '-', '_' or '.', found {value!r}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Positive = Annotated[int, Field(gt=0)]
+
+
+@dataclass(frozen=True)
+class HttpReceiverConfig:
+    """OTLP/HTTP on `endpoint`; `max_body_size` bounds a request body both as sent and after decompression."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    enabled: bool = True
+    endpoint: HostPort = "127.0.0.1:4318"
+    max_body_size: Size = 16 * MiB
+
+
+@dataclass(frozen=True)
+class GrpcReceiverConfig:
+    """OTLP/gRPC on `endpoint`; `max_message_size` bounds one message after decompression."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    enabled: bool = True
+    endpoint: HostPort = "127.0.0.1:4317"
+    max_message_size: Size = 16 * MiB
+
+
+@dataclass(frozen=True)
+class OtlpReceiversConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    grpc: GrpcReceiverConfig = field(default_factory=GrpcReceiverConfig)
+    http: HttpReceiverConfig = field(default_factory=HttpReceiverConfig)
+
+
+@dataclass(frozen=True)
+class ReceiversConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    otlp: OtlpReceiversConfig = field(default_factory=OtlpReceiversConfig)
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Bytes of data the agent holds in flight (being decoded, queued, being exported) before receivers refuse.
+
+    Past `max_inflight`, OTLP/HTTP answers 429 and OTLP/gRPC RESOURCE_EXHAUSTED, both asking the client to
+    retry after `retry_after`.
+    """
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    max_inflight: Size = 128 * MiB
+    retry_after: Duration = 1.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Jittered exponential backoff from `initial_backoff` up to `max_backoff`; a batch still failing after
+    `max_elapsed` is dropped and counted. A server's Retry-After is honoured."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    initial_backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+    max_elapsed: Duration = 300.0
+
+
+@dataclass(frozen=True)
+class OtlpExporterConfig:
+    """OTLP/HTTP protobuf upstream: spans are POSTed to `endpoint` + `/v1/traces`."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    endpoint: HttpUrl
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: Literal["none", "gzip"] = "gzip"
+    timeout: Duration = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True)
+class FileExporterConfig:
+    """One OTLP JSON object per line; empty `path` means `<state_dir>/traces.jsonl`."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """A remote-write request is sent when it holds `max_samples` or `max_bytes`, or `flush_interval` after
+    its first sample, whichever comes first."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    max_samples: Positive = 10_000
+    max_bytes: Size = 4 * MiB
+    flush_interval: Duration = 5.0
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    timeout: Duration = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True)
+class RemoteWriteConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    name: Name
+    url: HttpUrl
+    protocol: Annotated[str, AfterValidator(_check_protocol)] = "rw1"
+    headers: dict[str, str] = field(default_factory=dict)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    sender: SenderConfig = field(default_factory=SenderConfig)
+
+
+@dataclass(frozen=True)
+class ExportersConfig:
+    """Only the exporters a file names exist."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    otlp: OtlpExporterConfig | None = None
+    file: FileExporterConfig | None = None
+    remote_write: tuple[RemoteWriteConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    exporters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelinesConfig:
+    """`traces` lists trace exporters (`otlp`, `file`); `metrics` lists remote-write exporters by name.
+    A signal without a pipeline is refused by the receivers (404 / UNIMPLEMENTED), never silently dropped."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    traces: PipelineConfig | None = None
+    metrics: PipelineConfig | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Self-telemetry: Prometheus text at `endpoint`/metrics, `/healthz`, `/readyz`; logs at `log_level`."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    enabled: bool = True
+    endpoint: HostPort = "127.0.0.1:8888"
+    log_level: LogLevel = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    state_dir: str = "./data"
+    receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    exporters: ExportersConfig = field(default_factory=ExportersConfig)
+    pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    shutdown_timeout: Duration = 10.0

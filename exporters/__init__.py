@@ -1,0 +1,1 @@
+"""Everything that leaves the node: OTLP trace export, remote write, file export."""
