@@ -173,6 +173,9 @@ def _check_references(config: Config) -> list[ConfigIssue]:
     for signal, pipeline, available in pipelines:
         if pipeline is None:
             continue
+        if not pipeline.exporters:
+            issues.append(ConfigIssue(f"pipelines.{signal}.exporters",
+                                      "expected at least one exporter; leave the pipeline out to refuse this signal"))
         for i, name in enumerate(pipeline.exporters):
             if name not in available:
                 choice = ", ".join(available) if available else "none is configured under exporters"

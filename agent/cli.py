@@ -1,0 +1,50 @@
+"""`headwater run | validate | version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from agent import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headwater", description="Headwater telemetry agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent (default config without -c)")
+    run.add_argument("-c", "--config", help="config file (YAML); default: the config shipped with the package")
+    validate = sub.add_parser("validate", help="check a config file and print every problem with its key path")
+    validate.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"headwater {__version__}")
+        return 0
+    from agent.config import ConfigError, load_file
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as exc:
+        where = exc.source or args.config or "(default config)"
+        print(f"{where}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    if args.command == "validate":
+        print(f"{args.config}: ok")
+        return 0
+    from agent import logs
+    from agent.service import Agent
+
+    logs.configure(config.telemetry.log_level)
+    try:
+        asyncio.run(Agent(config).run_until_signal())
+    except OSError as exc:
+        print(f"headwater: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,28 @@
+"""A pipeline hands each batch a receiver accepted to every exporter it lists, in order.
+
+The batch is shared, not copied: exporters read it and never mutate it (see agent.component). Until tail
+sampling lands, the trace pipeline passes every span through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+Consume = Callable[[Any], Awaitable[None]]
+
+
+class FanOut:
+    def __init__(self, signal: str, consumers: Sequence[tuple[str, Consume]]) -> None:
+        if not consumers:
+            raise ValueError(f"the {signal} pipeline needs at least one exporter")
+        self.signal = signal
+        self._consumers = list(consumers)
+
+    @property
+    def exporter_names(self) -> list[str]:
+        return [name for name, _ in self._consumers]
+
+    async def consume(self, batch: Any) -> None:
+        for _name, consume in self._consumers:
+            await consume(batch)

@@ -1,0 +1,153 @@
+"""What both OTLP front ends share: parsing a request of each signal and refusing the items OTLP says are
+invalid, so the HTTP and gRPC receivers differ only in transport.
+
+Invalid items (a span whose trace ID is not 16 bytes) are removed from the request and reported back as a
+partial success; a payload that does not parse at all is refused whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from exporters.otlp_json import OtlpJsonError, decode_json
+
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+
+class Malformed(Exception):
+    """The payload cannot be read at all: 400 Bad Request / INVALID_ARGUMENT."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    count: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    request_type: type[Message]
+    response_type: type[Message]
+    grpc_service: str
+    validate: Callable[[Any], Rejected]
+    partial_success: Callable[[Rejected], Message]
+
+    def parse(self, data: bytes, json: bool) -> Any:
+        if json:
+            if not data:
+                raise Malformed("empty body: expected a JSON object")
+            try:
+                return decode_json(data, self.request_type)
+            except OtlpJsonError as exc:
+                raise Malformed(f"invalid OTLP JSON: {exc}") from None
+        try:
+            return self.request_type.FromString(data)
+        except DecodeError as exc:
+            raise Malformed(f"invalid OTLP protobuf {self.request_type.DESCRIPTOR.name}: {exc}") from None
+
+    def response(self, rejected: Rejected) -> Message:
+        if rejected.count == 0:
+            return self.response_type()
+        return self.response_type(partial_success=self.partial_success(rejected))
+
+
+def _span_problem(span: Any) -> str | None:
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    if len(trace_id) != 16:
+        return f"trace ID of {len(trace_id)} bytes (expected 16)"
+    if trace_id == _ZERO_TRACE:
+        return "all-zero trace ID"
+    if len(span_id) != 8:
+        return f"span ID of {len(span_id)} bytes (expected 8)"
+    if span_id == _ZERO_SPAN:
+        return "all-zero span ID"
+    if len(parent) not in (0, 8):
+        return f"parent span ID of {len(parent)} bytes (expected 8 or none)"
+    return None
+
+
+def validate_traces(request: ExportTraceServiceRequest) -> Rejected:
+    """Drop spans with invalid IDs in place; the first problem names the span so a user can find it."""
+    count, first = 0, ""
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            spans = scope_spans.spans
+            for i in range(len(spans) - 1, -1, -1):
+                problem = _span_problem(spans[i])
+                if problem is not None:
+                    first = f"span {spans[i].name!r}: {problem}"
+                    count += 1
+                    del spans[i]
+    if count == 0:
+        return Rejected(0, "")
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return Rejected(count, f"rejected {count} span(s) with invalid IDs: {first}{more}")
+
+
+def _data_points(metric: Any) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def validate_metrics(request: ExportMetricsServiceRequest) -> Rejected:
+    """Drop metrics without a name or without data in place: they cannot become series."""
+    count, first = 0, ""
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            items = scope_metrics.metrics
+            for i in range(len(items) - 1, -1, -1):
+                metric = items[i]
+                problem = None
+                if not metric.name:
+                    problem = "metric without a name"
+                elif metric.WhichOneof("data") is None:
+                    problem = f"metric {metric.name!r} has no data"
+                if problem is not None:
+                    count += max(1, _data_points(metric))
+                    first = problem
+                    del items[i]
+    if count == 0:
+        return Rejected(0, "")
+    return Rejected(count, f"rejected {count} data point(s): {first}")
+
+
+TRACES = Signal(
+    name="traces",
+    request_type=ExportTraceServiceRequest,
+    response_type=ExportTraceServiceResponse,
+    grpc_service="opentelemetry.proto.collector.trace.v1.TraceService",
+    validate=validate_traces,
+    partial_success=lambda r: ExportTracePartialSuccess(rejected_spans=r.count, error_message=r.message),
+)
+
+METRICS = Signal(
+    name="metrics",
+    request_type=ExportMetricsServiceRequest,
+    response_type=ExportMetricsServiceResponse,
+    grpc_service="opentelemetry.proto.collector.metrics.v1.MetricsService",
+    validate=validate_metrics,
+    partial_success=lambda r: ExportMetricsPartialSuccess(rejected_data_points=r.count, error_message=r.message),
+)
+
+
+def item_count(signal: Signal, request: Any) -> int:
+    """Spans or data points in a request, for self-telemetry."""
+    if signal is TRACES:
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    return sum(_data_points(m) for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)

@@ -1,0 +1,109 @@
+"""OTLP/gRPC receiver (grpc.aio): TraceService/Export and MetricsService/Export.
+
+Requests arrive as raw bytes (no generated deserializer), so a malformed message gets INVALID_ARGUMENT with
+a message instead of grpc's generic INTERNAL. Admission refusals are RESOURCE_EXHAUSTED with a RetryInfo in
+`grpc-status-details-bin`, which OTLP clients honour. A signal without a pipeline has no service registered,
+so clients get UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import metrics
+
+from agent.admission import Admission, Refused
+from agent.logs import kv
+from agent.receivers import rpc_status
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, item_count
+
+log = logging.getLogger("headwater.receivers.otlp_grpc")
+
+Consume = Callable[[Any], Awaitable[None]]
+
+
+class OtlpGrpcReceiver:
+    def __init__(
+        self,
+        endpoint: str,
+        max_message_size: int,
+        admission: Admission,
+        consume_traces: Consume | None,
+        consume_metrics: Consume | None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._max_message = max_message_size
+        self._admission = admission
+        self._consumers: dict[str, Consume] = {}
+        if consume_traces is not None:
+            self._consumers[TRACES.name] = consume_traces
+        if consume_metrics is not None:
+            self._consumers[METRICS.name] = consume_metrics
+        self._server: grpc.aio.Server | None = None
+        self.bound_port: int | None = None
+        meter = metrics.get_meter("headwater.receivers.otlp_grpc")
+        self._accepted = meter.create_counter("headwater_receiver_accepted_items", description="Spans or data points accepted")
+        self._refused_items = meter.create_counter("headwater_receiver_refused_items", description="Spans or data points refused (partial success)")
+        self._refused = meter.create_counter("headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self._max_message),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ])
+        handlers = []
+        for signal in (TRACES, METRICS):
+            if signal.name in self._consumers:
+                handler = grpc.unary_unary_rpc_method_handler(self._method(signal))
+                handlers.append(grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}))
+        server.add_generic_rpc_handlers(tuple(handlers))
+        port = server.add_insecure_port(self._endpoint)
+        if port == 0:
+            raise OSError(f"cannot listen on {self._endpoint} for OTLP/gRPC")
+        self.bound_port = port
+        await server.start()
+        self._server = server
+        host = self._endpoint.rpartition(":")[0]
+        log.info("listening", **kv(receiver="otlp_grpc", endpoint=f"{host}:{port}"))
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop taking new RPCs; let those in flight finish within `timeout`."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace=timeout)
+
+    def _method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        consume = self._consumers[signal.name]
+        attrs = {"signal": signal.name, "transport": "grpc"}
+
+        async def export(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                lease = self._admission.acquire(len(data), signal.name)
+            except Refused as exc:
+                self._refused.add(1, {**attrs, "status": "RESOURCE_EXHAUSTED"})
+                details = rpc_status.status(rpc_status.RESOURCE_EXHAUSTED, str(exc), exc.retry_after)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                                    trailing_metadata=(("grpc-status-details-bin", details.SerializeToString()),))
+                raise AssertionError("unreachable: abort raises")
+            with lease:
+                try:
+                    parsed = signal.parse(data, json=False)
+                except Malformed as exc:
+                    self._refused.add(1, {**attrs, "status": "INVALID_ARGUMENT"})
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    raise AssertionError("unreachable: abort raises")
+                rejected = signal.validate(parsed)
+                if rejected.count:
+                    self._refused_items.add(rejected.count, attrs)
+                accepted = item_count(signal, parsed)
+                if accepted:
+                    await consume(parsed)
+                    self._accepted.add(accepted, attrs)
+            return signal.response(rejected).SerializeToString()
+
+        return export

@@ -1,0 +1,173 @@
+"""OTLP/HTTP receiver (aiohttp): POST /v1/traces and /v1/metrics in protobuf or JSON, any supported encoding.
+
+Statuses follow the OTLP/HTTP spec: 200 (with partial_success when items were refused), 400 with a
+google.rpc.Status for a payload that cannot be read, 413 past the size limit, 415 for a content type or
+encoding we do not speak, 429 with Retry-After when admission control refuses. The body of a refused request
+is drained for a bounded time (aiohttp's lingering close), so the client reads the status instead of a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import metrics
+
+from agent.admission import Admission, Refused
+from agent.logs import kv
+from agent.receivers import rpc_status
+from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, item_count
+from exporters.otlp_json import encode_json
+
+log = logging.getLogger("headwater.receivers.otlp_http")
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_THREAD_THRESHOLD = 256 * 1024  # inflate bodies larger than this off the event loop
+_LINGER_SECONDS = 2.0
+
+Consume = Callable[[Any], Awaitable[None]]
+
+
+class _Refusal(Exception):
+    def __init__(self, http_status: int, code: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.http_status, self.code, self.message, self.retry_after = http_status, code, message, retry_after
+
+
+class OtlpHttpReceiver:
+    def __init__(
+        self,
+        endpoint: str,
+        max_body_size: int,
+        admission: Admission,
+        consume_traces: Consume | None,
+        consume_metrics: Consume | None,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self._host, self._port = host.strip("[]"), int(port)
+        self._max_body = max_body_size
+        self._admission = admission
+        self._consumers: dict[str, Consume | None] = {"traces": consume_traces, "metrics": consume_metrics}
+        self._drain_timeout = drain_timeout
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+        meter = metrics.get_meter("headwater.receivers.otlp_http")
+        self._accepted = meter.create_counter("headwater_receiver_accepted_items", description="Spans or data points accepted")
+        self._refused_items = meter.create_counter("headwater_receiver_refused_items", description="Spans or data points refused (partial success)")
+        self._refused = meter.create_counter("headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_post("/v1/traces", lambda r: self._handle(r, TRACES))
+        app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
+        app.router.add_route("*", "/v1/logs", self._logs)
+        self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS,
+                                    shutdown_timeout=self._drain_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        sockets = [s for srv in [site._server] if srv is not None for s in getattr(srv, "sockets", ())]
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("listening", **kv(receiver="otlp_http", endpoint=f"{self._host}:{self.bound_port}"))
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop listening and let in-flight requests finish (within the drain timeout given at construction)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await asyncio.wait_for(runner.cleanup(), timeout=max(timeout, 0.1))
+
+    async def _logs(self, request: web.Request) -> web.Response:
+        return _error_response(request, 404, rpc_status.UNIMPLEMENTED,
+                               "logs are not handled by this agent yet: only /v1/traces and /v1/metrics are")
+
+    async def _handle(self, request: web.Request, signal: Signal) -> web.StreamResponse:
+        try:
+            return await self._export(request, signal)
+        except _Refusal as refusal:
+            self._refused.add(1, {"signal": signal.name, "transport": "http", "status": str(refusal.http_status)})
+            log.debug("refused", **kv(signal=signal.name, status=refusal.http_status, reason=refusal.message))
+            return _error_response(request, refusal.http_status, refusal.code, refusal.message, refusal.retry_after)
+
+    async def _export(self, request: web.Request, signal: Signal) -> web.Response:
+        consume = self._consumers[signal.name]
+        if consume is None:
+            raise _Refusal(404, rpc_status.UNIMPLEMENTED,
+                           f"no {signal.name} pipeline is configured in this agent (see pipelines.{signal.name})")
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            raise _Refusal(415, rpc_status.INVALID_ARGUMENT,
+                           f"unsupported Content-Type {content_type!r}: expected {PROTOBUF} or {JSON}")
+        encoding = normalize_encoding(request.headers.get("Content-Encoding"))
+        if encoding is None:
+            raise _Refusal(415, rpc_status.INVALID_ARGUMENT,
+                           f"unsupported Content-Encoding {request.headers.get('Content-Encoding')!r}: "
+                           "expected gzip, deflate, zstd or none")
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise _Refusal(413, rpc_status.INVALID_ARGUMENT,
+                           f"body of {length} bytes exceeds the limit of {self._max_body} bytes (max_body_size)")
+        try:
+            lease = self._admission.acquire(length or 0, signal.name)
+        except Refused as exc:
+            raise _Refusal(429, rpc_status.UNAVAILABLE, str(exc), exc.retry_after) from None
+        with lease:
+            body = await self._read_body(request)
+            lease.resize(len(body))
+            try:
+                if encoding != "identity" and len(body) > _THREAD_THRESHOLD:
+                    data = await asyncio.to_thread(decompress, body, encoding, self._max_body)
+                else:
+                    data = decompress(body, encoding, self._max_body)
+            except BodyTooLarge as exc:
+                raise _Refusal(413, rpc_status.INVALID_ARGUMENT, f"{exc} (max_body_size)") from None
+            except BadEncoding as exc:
+                raise _Refusal(400, rpc_status.INVALID_ARGUMENT, str(exc)) from None
+            lease.resize(len(body) + len(data))
+            try:
+                parsed = signal.parse(data, content_type == JSON)
+            except Malformed as exc:
+                raise _Refusal(400, rpc_status.INVALID_ARGUMENT, str(exc)) from None
+            del body, data
+            rejected = signal.validate(parsed)
+            attrs = {"signal": signal.name, "transport": "http"}
+            if rejected.count:
+                self._refused_items.add(rejected.count, attrs)
+            accepted = item_count(signal, parsed)
+            if accepted:
+                await consume(parsed)
+                self._accepted.add(accepted, attrs)
+        response = signal.response(rejected)
+        if content_type == JSON:
+            return web.Response(status=200, body=encode_json(response), content_type=JSON)
+        return web.Response(status=200, body=response.SerializeToString(), content_type=PROTOBUF)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Read at most `max_body_size` bytes as sent; chunked bodies are counted as they arrive."""
+        buf = bytearray()
+        async for chunk in request.content.iter_any():
+            buf += chunk
+            if len(buf) > self._max_body:
+                raise _Refusal(413, rpc_status.INVALID_ARGUMENT,
+                               f"body exceeds the limit of {self._max_body} bytes (max_body_size)")
+        return bytes(buf)
+
+
+def _error_response(request: web.Request, http_status: int, code: int, message: str,
+                    retry_after: float | None = None) -> web.Response:
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if request.content_type == PROTOBUF:
+        body = rpc_status.status(code, message, retry_after).SerializeToString()
+        return web.Response(status=http_status, body=body, content_type=PROTOBUF, headers=headers)
+    return web.Response(status=http_status, body=rpc_status.status_json(code, message), content_type=JSON, headers=headers)

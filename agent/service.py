@@ -1,0 +1,136 @@
+"""The composition root: builds exporters, pipelines, admission control and receivers from a Config, and runs
+them in order.
+
+Start order: exporters, then receivers, then the telemetry server reports ready.
+Shutdown order: not ready; receivers stop listening and finish in-flight requests; exporters deliver what
+they hold within what is left of `shutdown_timeout`; the telemetry server goes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.admission import Admission
+from agent.config import Config
+from agent.logs import kv
+from agent.pipeline import FanOut
+from agent.receivers.otlp_grpc import OtlpGrpcReceiver
+from agent.receivers.otlp_http import OtlpHttpReceiver
+from agent.telemetry import TelemetryServer, install_meter_provider
+from exporters.file import FileTraceExporter
+from exporters.otlp_http import OtlpHttpTraceExporter
+from exporters.remote_write.exporter import RemoteWriteExporter
+from exporters.retry import RetryPolicy
+
+log = logging.getLogger("headwater.agent")
+
+
+def _policy(retry: Any) -> RetryPolicy:
+    return RetryPolicy(initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff, max_elapsed=retry.max_elapsed)
+
+
+def build_exporters(config: Config) -> dict[str, Any]:
+    """Only exporters that a pipeline lists are built; the rest of the file is validated but idle."""
+    wanted = set()
+    for pipeline in (config.pipelines.traces, config.pipelines.metrics):
+        if pipeline is not None:
+            wanted.update(pipeline.exporters)
+    built: dict[str, Any] = {}
+    ex = config.exporters
+    if ex.otlp is not None and "otlp" in wanted:
+        built["otlp"] = OtlpHttpTraceExporter(
+            endpoint=ex.otlp.endpoint, headers=dict(ex.otlp.headers), compression=ex.otlp.compression,
+            timeout=ex.otlp.timeout, retry=_policy(ex.otlp.retry))
+    if ex.file is not None and "file" in wanted:
+        path = ex.file.path or os.path.join(config.state_dir, "traces.jsonl")
+        built["file"] = FileTraceExporter(Path(path))
+    for rw in ex.remote_write:
+        if rw.name in wanted:
+            built[rw.name] = RemoteWriteExporter(
+                name=rw.name, url=rw.url, headers=dict(rw.headers), timeout=rw.sender.timeout,
+                retry=_policy(rw.sender.retry), max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
+                flush_interval=rw.batch.flush_interval)
+    for name in ("otlp", "file", *(rw.name for rw in ex.remote_write)):
+        if name not in built and (name != "otlp" or ex.otlp) and (name != "file" or ex.file):
+            log.warning("exporter configured but not used by any pipeline", **kv(exporter=name))
+    return built
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        install_meter_provider()
+        self.config = config
+        self.exporters = build_exporters(config)
+        self.admission = Admission(config.admission.max_inflight, config.admission.retry_after,
+                                   [lambda e=e: e.queued_bytes for e in self.exporters.values()])
+        p = config.pipelines
+        self.traces = (FanOut("traces", [(n, self.exporters[n].consume_traces) for n in p.traces.exporters])
+                       if p.traces else None)
+        self.metrics = (FanOut("metrics", [(n, self.exporters[n].consume_metrics) for n in p.metrics.exporters])
+                        if p.metrics else None)
+        consume_traces = self.traces.consume if self.traces else None
+        consume_metrics = self.metrics.consume if self.metrics else None
+        otlp = config.receivers.otlp
+        self.receivers: list[Any] = []
+        if otlp.http.enabled:
+            self.http = OtlpHttpReceiver(otlp.http.endpoint, otlp.http.max_body_size, self.admission,
+                                         consume_traces, consume_metrics, drain_timeout=config.shutdown_timeout / 2)
+            self.receivers.append(self.http)
+        if otlp.grpc.enabled:
+            self.grpc = OtlpGrpcReceiver(otlp.grpc.endpoint, otlp.grpc.max_message_size, self.admission,
+                                         consume_traces, consume_metrics)
+            self.receivers.append(self.grpc)
+        self._ready = False
+        self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
+                          if config.telemetry.enabled else None)
+        self._started: list[Any] = []
+
+    async def start(self) -> None:
+        if self.telemetry is not None:
+            await self.telemetry.start()
+        try:
+            for component in [*self.exporters.values(), *self.receivers]:
+                await component.start()
+                self._started.append(component)
+        except BaseException:
+            await self.shutdown()
+            raise
+        self._ready = True
+        log.info("started", **kv(exporters=",".join(self.exporters) or "none",
+                                 traces=",".join(self.traces.exporter_names) if self.traces else "off",
+                                 metrics=",".join(self.metrics.exporter_names) if self.metrics else "off"))
+
+    async def shutdown(self) -> None:
+        """Safe without start and safe twice."""
+        self._ready = False
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        started, self._started = self._started, []
+        receivers = [c for c in started if c in self.receivers]
+        exporters = [c for c in started if c not in self.receivers]
+        remaining = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
+        await asyncio.gather(*(r.shutdown(remaining() / 2) for r in receivers), return_exceptions=True)
+        results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), return_exceptions=True)
+        for exporter, result in zip(exporters, results):
+            if isinstance(result, BaseException):
+                log.error("exporter shutdown failed", **kv(exporter=type(exporter).__name__, error=repr(result)))
+        if self.telemetry is not None:
+            await self.telemetry.shutdown(1.0)
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("stopping on signal")
+        finally:
+            await self.shutdown()
