@@ -4,6 +4,7 @@ Statuses follow the OTLP/HTTP spec: 200 (with partial_success when items were re
 google.rpc.Status for a payload that cannot be read, 413 past the size limit, 415 for a content type or
 encoding we do not speak, 429 with Retry-After when admission control refuses. The body of a refused request
 is drained for a bounded time (aiohttp's lingering close), so the client reads the status instead of a reset.
+aiohttp's own request decompression is off: it inflates without a bound, and ours stops at `max_body_size`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class OtlpHttpReceiver:
         app.router.add_post("/v1/traces", lambda r: self._handle(r, TRACES))
         app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
         app.router.add_route("*", "/v1/logs", self._logs)
-        self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS,
+        self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
                                     shutdown_timeout=self._drain_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
