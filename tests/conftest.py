@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The agent as a subprocess, an OTLP sink and the Node client (tests/conftest_agent.py).
+pytest_plugins = ["tests.conftest_agent"]
+
 # ---------------------------------------------------------------------------------------------------------
 # Real peers: Prometheus (tests/peers/prometheus.py, installed by tests/peers/install-prometheus.sh).
 # A missing binary fails the test, never skips it: an end-to-end test that silently does not run is a hole.

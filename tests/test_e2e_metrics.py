@@ -1,0 +1,70 @@
+"""End to end: metrics recorded with the OpenTelemetry Python SDK go through the agent into a real Prometheus
+2.42 over remote write 1.0, and PromQL returns the values sent."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+
+def metrics_pipeline(prometheus) -> dict:
+    return {
+        "exporters": {"remote_write": [{
+            "name": "prom", "url": prometheus.remote_write_url,
+            "batch": {"flush_interval": "200ms"},
+            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s", "max_elapsed": "10s"}},
+        }]},
+        "pipelines": {"metrics": {"exporters": ["prom"]}},
+    }
+
+
+def record(exporter, service: str) -> None:
+    resource = Resource.create({"service.name": service, "service.instance.id": "node-1"})
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = provider.get_meter("e2e.meter", "1.2.3")
+    requests = meter.create_counter("http.server.requests", unit="{request}")
+    requests.add(3, {"route": "/a"})
+    requests.add(4, {"route": "/a"})
+    requests.add(5, {"route": "/b"})
+    depth = meter.create_up_down_counter("queue.depth", unit="{item}")
+    depth.add(10)
+    depth.add(-3)
+    temperature = meter.create_gauge("room.temperature", unit="Cel")
+    temperature.set(21.5)
+    meter.create_observable_gauge("disk.used", unit="By", callbacks=[lambda _o: [Observation(2048)]])
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_sdk_metrics_are_queryable_in_prometheus_with_the_values_sent(transport, prometheus, start_agent):
+    agent = start_agent(extra_config=metrics_pipeline(prometheus))
+    service = f"metrics-e2e-{transport}"
+    if transport == "http":
+        exporter = HttpMetricExporter(endpoint=agent.http_url + "/v1/metrics", timeout=10)
+    else:
+        exporter = GrpcMetricExporter(endpoint=agent.grpc_endpoint, insecure=True, timeout=10)
+    record(exporter, service)
+    agent.stop_cleanly()  # SIGTERM: the pending remote-write batch is delivered before exit 0
+
+    selector = f'job="{service}",instance="node-1"'
+    [series] = prometheus.wait_for_query(f'http_server_requests_total{{{selector},route="/a"}}', lambda r: len(r) == 1, timeout=20)
+    assert float(series["value"][1]) == 7
+    assert series["metric"]["otel_scope_name"] == "e2e.meter"
+    assert series["metric"]["otel_scope_version"] == "1.2.3"
+    [b] = prometheus.query(f'http_server_requests_total{{{selector},route="/b"}}')
+    assert float(b["value"][1]) == 5
+    [total] = prometheus.query(f"sum(http_server_requests_total{{{selector}}})")
+    assert float(total["value"][1]) == 12
+    [depth] = prometheus.query(f"queue_depth{{{selector}}}")
+    assert float(depth["value"][1]) == 7
+    [temp] = prometheus.query(f'{{__name__=~"room_temperature.*",{selector}}}')
+    assert float(temp["value"][1]) == 21.5
+    [disk] = prometheus.query(f"disk_used_bytes{{{selector}}}")
+    assert float(disk["value"][1]) == 2048
