@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(config.telemetry.log_level)
     try:
-        asyncio.run(Agent(config).run_until_signal())
+        asyncio.run(Agent(config).run_until_signal(args.config))
     except OSError as exc:
         print(f"headwater: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from agent.admission import Admission
 from agent.config import Config
 from agent.logs import kv
 from agent.pipeline import FanOut
+from agent.sampling import SampledTraces, new_sampler, settings_from_config
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.telemetry import TelemetryServer, install_meter_provider
@@ -70,8 +71,17 @@ class Agent:
         self.admission = Admission(config.admission.max_inflight, config.admission.retry_after,
                                    [lambda e=e: e.queued_bytes for e in self.exporters.values()])
         p = config.pipelines
-        self.traces = (FanOut("traces", [(n, self.exporters[n].consume_traces) for n in p.traces.exporters])
-                       if p.traces else None)
+        self.traces: SampledTraces | None = None
+        if p.traces:
+            trace_exporters = [self.exporters[n] for n in p.traces.exporters]
+            self.traces = SampledTraces(
+                new_sampler(config.sampling),
+                [(n, self.exporters[n].consume_traces) for n in p.traces.exporters],
+                backlog=lambda: sum(e.queued_bytes for e in trace_exporters),
+                backlog_limit=config.admission.max_inflight // 2)
+            # The sampler's buffer is bounded by sampling.max_memory and sheds on its own; only its pending
+            # output counts as in flight.
+            self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes)
         self.metrics = (FanOut("metrics", [(n, self.exporters[n].consume_metrics) for n in p.metrics.exporters])
                         if p.metrics else None)
         consume_traces = self.traces.consume if self.traces else None
@@ -91,11 +101,21 @@ class Agent:
                           if config.telemetry.enabled else None)
         self._started: list[Any] = []
 
+    def _reload_from(self, path: str | None) -> None:
+        from agent.config import ConfigError, load_file
+
+        try:
+            self.reload(load_file(path))
+        except ConfigError as exc:
+            log.error("config reload refused; keeping the running config",
+                      **kv(problems=len(exc.issues), first=str(exc.issues[0]) if exc.issues else ""))
+
     async def start(self) -> None:
         if self.telemetry is not None:
             await self.telemetry.start()
         try:
-            for component in [*self.exporters.values(), *self.receivers]:
+            pipelines = [self.traces] if self.traces is not None else []
+            for component in [*self.exporters.values(), *pipelines, *self.receivers]:
                 await component.start()
                 self._started.append(component)
         except BaseException:
@@ -112,9 +132,11 @@ class Agent:
         deadline = time.monotonic() + self.config.shutdown_timeout
         started, self._started = self._started, []
         receivers = [c for c in started if c in self.receivers]
-        exporters = [c for c in started if c not in self.receivers]
+        exporters = [c for c in started if c in self.exporters.values()]
         remaining = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
         await asyncio.gather(*(r.shutdown(remaining() / 2) for r in receivers), return_exceptions=True)
+        if self.traces is not None and self.traces in started:
+            await self.traces.shutdown(remaining())
         results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), return_exceptions=True)
         for exporter, result in zip(exporters, results):
             if isinstance(result, BaseException):
@@ -123,11 +145,24 @@ class Agent:
             await self.telemetry.shutdown(1.0)
         log.info("stopped")
 
-    async def run_until_signal(self) -> None:
+    def reload(self, config: Config) -> None:
+        """Apply a changed config without a restart: sampling tiers and limits take effect at once and buffered
+        traces are kept; other sections need a restart, which is logged."""
+        if self.traces is not None and config.sampling != self.config.sampling:
+            self.traces.sampler.reconfigure(settings_from_config(config.sampling))
+            log.info("sampling config reloaded", **kv(tiers=",".join(t.name for t in config.sampling.tiers)))
+        changed = [f for f in ("receivers", "admission", "exporters", "pipelines", "telemetry", "state_dir")
+                   if getattr(config, f) != getattr(self.config, f)]
+        if changed:
+            log.warning("config sections changed that apply only after a restart", **kv(sections=",".join(changed)))
+        self.config = config
+
+    async def run_until_signal(self, config_path: str | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_from(config_path))
         await self.start()
         try:
             await stop.wait()

@@ -61,8 +61,10 @@ class FileTraceExporter:
         if self._task is None and not self._stopping:
             self._task = asyncio.create_task(self._run(), name=f"file-exporter:{self.path}")
 
-    async def consume_traces(self, request: ExportTraceServiceRequest) -> None:
-        """Encode `request` (read, never mutated) and buffer it as one line."""
+    async def consume_traces(self, request: ExportTraceServiceRequest | bytes, spans: int | None = None) -> None:
+        """Encode `request` (a message, read and never mutated, or its serialized bytes) as one buffered line."""
+        if isinstance(request, (bytes, bytearray)):
+            request = ExportTraceServiceRequest.FromString(bytes(request))
         spans = _count_spans(request)
         if self._stopping:
             self._drop(spans, "shut_down", "the exporter is shut down")

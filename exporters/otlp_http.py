@@ -125,15 +125,24 @@ class OtlpHttpTraceExporter:
             asyncio.create_task(self._sender(), name=f"otlp-sender-{i}") for i in range(self.max_concurrency)
         ]
 
-    async def consume_traces(self, request: ExportTraceServiceRequest) -> None:
-        """Serialize `request` (read, never mutated) and queue it for sending."""
-        spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    async def consume_traces(self, request: ExportTraceServiceRequest | bytes, spans: int | None = None) -> None:
+        """Queue `request` for sending: a message (read, never mutated) or its serialized bytes, in which case
+        `spans` says how many spans they hold (counted by parsing when not given)."""
+        if isinstance(request, (bytes, bytearray)):
+            body = bytes(request)
+            if spans is None:
+                parsed = ExportTraceServiceRequest.FromString(body)
+                spans = sum(len(ss.spans) for rs in parsed.resource_spans for ss in rs.scope_spans)
+        else:
+            body = b""
+            spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         if self._closing:
             self._drop(spans, "shut_down", "the exporter is shut down")
             return
         if spans == 0:
             return
-        body = request.SerializeToString()
+        if not body:
+            body = request.SerializeToString()
         self._queue.append(_Item(body, spans))
         self._queued_bytes += len(body)
         self._ready.set()

@@ -128,6 +128,9 @@ class AgentProcess:
                     "http": {"endpoint": f"127.0.0.1:{self.http_port}", "max_body_size": "16MiB"},
                 }
             },
+            # Keep every trace and decide quickly: these tests check delivery, not sampling.
+            "sampling": {"decision_wait": "1s", "root_delay": "200ms", "annotate": False,
+                         "tiers": [{"name": "all", "rate": 1.0}]},
             "exporters": exporters,
             "pipelines": {"traces": {"exporters": list(exporters)}},
             "telemetry": {"endpoint": f"127.0.0.1:{self.telemetry_port}", "log_level": "info"},

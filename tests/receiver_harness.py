@@ -16,6 +16,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from agent.admission import Admission
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
+from samplers.tail import Ingested
+from samplers.wire import frame_request, scan_request
 
 
 @dataclass
@@ -23,10 +25,16 @@ class Recorder:
     batches: list[Any] = field(default_factory=list)
     gate: asyncio.Event | None = None
 
-    async def consume(self, batch: Any) -> None:
+    async def consume(self, batch: Any) -> Ingested | None:
+        """Traces arrive as request bytes and are answered like the sampler does; metrics as messages."""
         if self.gate is not None:
             await self.gate.wait()
+        if isinstance(batch, bytes):
+            scanned = scan_request(batch)
+            self.batches.append(ExportTraceServiceRequest.FromString(frame_request(scanned.groups)))
+            return Ingested(scanned.spans, scanned.rejected, scanned.reject_message)
         self.batches.append(batch)
+        return None
 
     def span_names(self) -> list[str]:
         return [s.name for b in self.batches for rs in b.resource_spans for ss in rs.scope_spans for s in ss.spans]

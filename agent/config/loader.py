@@ -164,6 +164,21 @@ def _dataclass_in(tp: Any) -> Any:
 
 def _check_references(config: Config) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
+    tiers = config.sampling.tiers
+    if not tiers:
+        issues.append(ConfigIssue("sampling.tiers", "expected at least one tier"))
+    else:
+        last = tiers[-1].when
+        if last is not None and any((last.resource_attributes, last.span_attributes, last.span_names, last.span_kinds)):
+            issues.append(ConfigIssue(f"sampling.tiers[{len(tiers) - 1}].when",
+                                      "expected no conditions on the last tier: it catches every trace the others do not"))
+        names = [t.name for t in tiers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                issues.append(ConfigIssue(f"sampling.tiers[{i}].name", f"expected a unique name, found {name!r} twice"))
+    if config.sampling.root_delay > config.sampling.decision_wait:
+        issues.append(ConfigIssue("sampling.root_delay", "expected at most sampling.decision_wait, found "
+                                  f"{config.sampling.root_delay:g}s > {config.sampling.decision_wait:g}s"))
     names = [rw.name for rw in config.exporters.remote_write]
     for i, name in enumerate(names):
         if name in names[:i]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from agent.config.units import Duration, HostPort, HttpUrl, LogLevel, Size
 
@@ -68,6 +68,70 @@ class OtlpReceiversConfig:
 class ReceiversConfig:
     __pydantic_config__ = _FORBID_UNKNOWN
     otlp: OtlpReceiversConfig = field(default_factory=OtlpReceiversConfig)
+
+
+SPAN_KINDS = ("internal", "server", "client", "producer", "consumer")
+AttributeValues = dict[str, Annotated[tuple[str, ...], BeforeValidator(lambda v: (v,) if not isinstance(v, (list, tuple)) else v)]]
+
+
+def _check_kind(value: str) -> str:
+    if value.lower() not in SPAN_KINDS:
+        raise ValueError(f"expected a span kind ({', '.join(SPAN_KINDS)}), found {value!r}")
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class TierMatchConfig:
+    """Every listed condition must hold; an attribute lists the values it accepts (compared as text)."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    resource_attributes: AttributeValues = field(default_factory=dict)
+    span_attributes: AttributeValues = field(default_factory=dict)
+    span_names: tuple[str, ...] = ()
+    span_kinds: tuple[Annotated[str, AfterValidator(_check_kind)], ...] = ()
+    root_only: bool = False
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    __pydantic_config__ = _FORBID_UNKNOWN
+    name: Name
+    rate: Annotated[float, Field(ge=0.0, le=1.0)]
+    when: TierMatchConfig | None = None
+
+
+@dataclass(frozen=True)
+class AlwaysKeepConfig:
+    """Forced keeps: the whole trace is kept, with th:0 (adjusted count 1). `latency: 0s` turns that one off."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    errors: bool = True
+    http_5xx: bool = True
+    latency: Duration = 5.0
+
+
+def _default_tiers() -> tuple[TierConfig, ...]:
+    return (
+        TierConfig("P0", 0.99, TierMatchConfig(span_attributes={"sampling.priority": ("P0",)})),
+        TierConfig("P1", 0.50, TierMatchConfig(span_attributes={"sampling.priority": ("P1",)})),
+        TierConfig("P2", 0.05),
+    )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Tail sampling. Tiers are tried in order, first match wins, the last (without `when`) catches the rest."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    decision_wait: Duration = 10.0
+    root_delay: Duration = 2.0
+    max_memory: Size = 256 * MiB
+    max_trace_size: Size = 8 * MiB
+    decision_cache_size: Size = 32 * MiB
+    max_spans_per_second: Annotated[float, Field(ge=0.0)] = 0.0
+    always_keep: AlwaysKeepConfig = field(default_factory=AlwaysKeepConfig)
+    annotate: bool = True
+    tiers: tuple[TierConfig, ...] = field(default_factory=_default_tiers)
 
 
 @dataclass(frozen=True)
@@ -185,6 +249,7 @@ class Config:
     state_dir: str = "./data"
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from exporters.otlp_json import OtlpJsonError, decode_json
+from samplers.wire import WireError
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -60,6 +61,26 @@ class Signal:
             return self.request_type.FromString(data)
         except DecodeError as exc:
             raise Malformed(f"invalid OTLP protobuf {self.request_type.DESCRIPTOR.name}: {exc}") from None
+
+    async def deliver(self, data: bytes, json: bool, consume: Callable[[Any], Any]) -> tuple[int, Rejected]:
+        """Parse `data`, hand it to `consume`, and say how many items went in and which were refused.
+
+        Traces go on as wire bytes (the sampler reads them without parsing, and refuses spans with invalid IDs
+        itself); metrics go on as a parsed request, validated here."""
+        if self is TRACES:
+            if json:
+                data = self.parse(data, json=True).SerializeToString()
+            try:
+                result = await consume(data)
+            except WireError as exc:
+                raise Malformed(f"invalid OTLP protobuf {self.request_type.DESCRIPTOR.name}: {exc}") from None
+            return result.spans, Rejected(result.rejected, result.message)
+        parsed = self.parse(data, json)
+        rejected = self.validate(parsed)
+        accepted = item_count(self, parsed)
+        if accepted:
+            await consume(parsed)
+        return accepted, rejected
 
     def response(self, rejected: Rejected) -> Message:
         if rejected.count == 0:

@@ -18,7 +18,7 @@ from opentelemetry import metrics
 from agent.admission import Admission, Refused
 from agent.logs import kv
 from agent.receivers import rpc_status
-from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, item_count
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 
 log = logging.getLogger("headwater.receivers.otlp_grpc")
 
@@ -92,17 +92,14 @@ class OtlpGrpcReceiver:
                 raise AssertionError("unreachable: abort raises")
             with lease:
                 try:
-                    parsed = signal.parse(data, json=False)
+                    accepted, rejected = await signal.deliver(data, False, consume)
                 except Malformed as exc:
                     self._refused.add(1, {**attrs, "status": "INVALID_ARGUMENT"})
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     raise AssertionError("unreachable: abort raises")
-                rejected = signal.validate(parsed)
                 if rejected.count:
                     self._refused_items.add(rejected.count, attrs)
-                accepted = item_count(signal, parsed)
                 if accepted:
-                    await consume(parsed)
                     self._accepted.add(accepted, attrs)
             return signal.response(rejected).SerializeToString()
 

@@ -22,7 +22,7 @@ from agent.admission import Admission, Refused
 from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
-from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, item_count
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 from exporters.otlp_json import encode_json
 
 log = logging.getLogger("headwater.receivers.otlp_http")
@@ -134,18 +134,14 @@ class OtlpHttpReceiver:
             except BadEncoding as exc:
                 raise _Refusal(400, rpc_status.INVALID_ARGUMENT, str(exc)) from None
             lease.resize(len(body) + len(data))
+            attrs = {"signal": signal.name, "transport": "http"}
             try:
-                parsed = signal.parse(data, content_type == JSON)
+                accepted, rejected = await signal.deliver(data, content_type == JSON, consume)
             except Malformed as exc:
                 raise _Refusal(400, rpc_status.INVALID_ARGUMENT, str(exc)) from None
-            del body, data
-            rejected = signal.validate(parsed)
-            attrs = {"signal": signal.name, "transport": "http"}
             if rejected.count:
                 self._refused_items.add(rejected.count, attrs)
-            accepted = item_count(signal, parsed)
             if accepted:
-                await consume(parsed)
                 self._accepted.add(accepted, attrs)
         response = signal.response(rejected)
         if content_type == JSON:

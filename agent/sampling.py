@@ -1,0 +1,152 @@
+"""From the `sampling` config section to the sampler's settings, and the trace pipeline that runs the sampler.
+
+The pipeline owns the decision loop: every 50 ms it decides what is due, in slices of a few thousand traces
+with a yield to the event loop between them (one big pass would block receivers for hundreds of ms), and
+hands the kept spans to every trace exporter. When exporters fall behind, the lowest tiers are shed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from opentelemetry import metrics
+
+from agent.config.schema import SPAN_KINDS, SamplingConfig
+from agent.logs import kv
+from samplers.settings import Match, SamplingSettings, Tier
+from samplers.tail import Ingested, TailSampler
+
+log = logging.getLogger("headwater.sampling")
+
+_TICK_SECONDS = 0.05
+_SLICE = 2000
+
+
+def settings_from_config(c: SamplingConfig) -> SamplingSettings:
+    tiers = []
+    for t in c.tiers:
+        w = t.when
+        match = Match() if w is None else Match(
+            resource_attributes=tuple((k, tuple(v)) for k, v in w.resource_attributes.items()),
+            span_attributes=tuple((k, tuple(v)) for k, v in w.span_attributes.items()),
+            span_names=tuple(w.span_names),
+            span_kinds=tuple(SPAN_KINDS.index(k) + 1 for k in w.span_kinds),
+            root_only=w.root_only,
+        )
+        tiers.append(Tier(t.name, t.rate, match))
+    return SamplingSettings(
+        decision_wait=c.decision_wait, root_delay=c.root_delay, max_memory=c.max_memory,
+        max_trace_bytes=c.max_trace_size, decision_cache_bytes=c.decision_cache_size,
+        max_spans_per_second=c.max_spans_per_second, keep_errors=c.always_keep.errors,
+        keep_http_5xx=c.always_keep.http_5xx, latency=c.always_keep.latency, annotate=c.annotate,
+        tiers=tuple(tiers))
+
+
+Export = Callable[[bytes, int], Awaitable[None]]
+
+
+class SampledTraces:
+    """The trace pipeline: receivers hand it request bytes; exporters get the kept spans."""
+
+    def __init__(self, sampler: TailSampler, exporters: Sequence[tuple[str, Export]],
+                 backlog: Callable[[], int], backlog_limit: int) -> None:
+        self.sampler = sampler
+        self._exporters = list(exporters)
+        self._backlog = backlog
+        self._backlog_limit = backlog_limit
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._register_metrics()
+
+    @property
+    def exporter_names(self) -> list[str]:
+        return [name for name, _ in self._exporters]
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.sampler.buffered_bytes + self.sampler.pending_output_bytes
+
+    async def consume(self, data: bytes) -> Ingested:
+        result = self.sampler.ingest(data)
+        if self.sampler.pending_output_bytes:  # late spans of kept traces go straight out
+            await self._export()
+        return result
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._loop(), name="sampling-decisions")
+
+    async def shutdown(self, timeout: float) -> None:
+        """Decide every buffered trace now and hand the kept spans to the exporters before they shut down."""
+        task, self._task = self._task, None
+        self._stopping = True
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        decided = self.sampler.decide_all()
+        if decided:
+            log.info("decided buffered traces at shutdown", **kv(traces=decided))
+        await self._export()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._shed_if_behind()
+            while self.sampler.tick(_SLICE) == _SLICE:
+                await self._export()
+                await asyncio.sleep(0)
+            await self._export()
+            await asyncio.sleep(_TICK_SECONDS)
+
+    def _shed_if_behind(self) -> None:
+        """Exporters holding over half their share: drop the lowest tier; over 80%: all tiers but P0."""
+        backlog = self._backlog()
+        tiers = len(self.sampler.settings.tiers)
+        level = 0
+        if backlog > self._backlog_limit * 0.8:
+            level = tiers - 1
+        elif backlog > self._backlog_limit * 0.5:
+            level = 1
+        if level != self.sampler.shed_tiers:
+            log.warning("exporters are behind: shedding the lowest tiers" if level else "exporters caught up",
+                        **kv(shed_tiers=level, backlog_bytes=backlog))
+            self.sampler.shed_tiers = level
+            self.sampler._refresh_rates(self.sampler.clock())
+
+    async def _export(self) -> None:
+        for data, spans in self.sampler.take_output():
+            for _name, export in self._exporters:
+                await export(data, spans)
+
+    def _register_metrics(self) -> None:
+        meter = metrics.get_meter("headwater.sampling")
+        stats = self.sampler.stats
+
+        def table(name: str, attr: str) -> Callable[[Any], list[metrics.Observation]]:
+            return lambda _o: [metrics.Observation(v, {attr: k}) for k, v in getattr(stats, name).items()]
+
+        meter.create_observable_counter("headwater_sampling_traces_in", [lambda _o: [metrics.Observation(stats.traces_in)]])
+        meter.create_observable_counter("headwater_sampling_spans_in", [lambda _o: [metrics.Observation(stats.spans_in)]])
+        meter.create_observable_counter("headwater_sampling_kept_traces", [table("kept_traces", "tier")])
+        meter.create_observable_counter("headwater_sampling_kept_spans", [table("kept_spans", "tier")])
+        meter.create_observable_counter("headwater_sampling_dropped_traces", [table("dropped_traces", "tier")])
+        meter.create_observable_counter("headwater_sampling_dropped_spans", [table("dropped_spans", "tier")])
+        meter.create_observable_counter("headwater_sampling_kept_spans_by_reason", [table("kept_by_reason", "reason")])
+        meter.create_observable_counter("headwater_sampling_dropped_spans_by_reason", [table("drops_by_reason", "reason")])
+        meter.create_observable_gauge("headwater_sampling_buffered_bytes", [lambda _o: [metrics.Observation(self.sampler.buffered_bytes)]], unit="By")
+        meter.create_observable_gauge("headwater_sampling_buffered_traces", [lambda _o: [metrics.Observation(self.sampler.buffered_traces)]])
+        meter.create_observable_gauge("headwater_sampling_decision_lag_seconds", [lambda _o: [metrics.Observation(stats.decision_lag_seconds)]], unit="s")
+        meter.create_observable_gauge("headwater_sampling_effective_rate",
+                                      [lambda _o: [metrics.Observation(r, {"tier": n}) for r, n in
+                                                   zip(self.sampler.effective_rates, self.sampler._names)]])
+
+
+def new_sampler(config: SamplingConfig) -> TailSampler:
+    return TailSampler(settings_from_config(config), time.monotonic)

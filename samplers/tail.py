@@ -1,0 +1,393 @@
+"""The tail sampler: buffers spans by trace, decides each trace once, and emits the kept spans re-framed.
+
+Spans are held as their wire bytes in one flat list per trace, `[header..., group, span, group, span, ...]`,
+never as parsed objects (see DESIGN.md: a parsed span keeps its whole request alive, and tracked containers
+cost the cyclic GC). Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming
+threshold — is folded into the trace's header as spans arrive, so deciding reads no span again.
+
+A trace is decided `root_delay` after its root arrives, `decision_wait` after its first span, or as soon as
+it holds `max_trace_bytes`, whichever is first. `tick` decides what is due, in slices the caller bounds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from samplers import consistent
+from samplers.controller import BudgetController
+from samplers.decisions import DROPPED, DecisionCache
+from samplers.rules import TierMatcher
+from samplers.settings import SamplingSettings
+from samplers.wire import find_attribute, frame_request, scan_request, span_facts, with_attributes, with_trace_state
+
+# Trace header slots.
+_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV = range(10)
+_SPANS = 10
+_ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED = 1, 2, 4, 8, 16
+
+# Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes
+# plus the bytes object header and two list slots; a trace its dict slot, key, list and header values,
+# plus its schedule entries; a (resource, scope) group its two bytes objects and tuple, shared by its spans.
+SPAN_OVERHEAD = 33 + 16
+TRACE_OVERHEAD = 480
+GROUP_OVERHEAD = 33 * 2 + 56
+
+REASONS = ("tier", "error", "http_5xx", "latency")
+_SERVER = 2
+_STATUS_ERROR = 2
+_OUTPUT_BYTES = 1 << 20
+
+
+@dataclass
+class Ingested:
+    spans: int = 0
+    rejected: int = 0
+    message: str = ""
+
+
+@dataclass
+class SamplerStats:
+    """Counts since start; the agent exports them as self-telemetry."""
+
+    traces_in: int = 0
+    spans_in: int = 0
+    kept_traces: dict[str, int] = field(default_factory=dict)    # by tier name
+    kept_spans: dict[str, int] = field(default_factory=dict)
+    dropped_traces: dict[str, int] = field(default_factory=dict)  # by tier name
+    dropped_spans: dict[str, int] = field(default_factory=dict)
+    kept_by_reason: dict[str, int] = field(default_factory=dict)
+    drops_by_reason: dict[str, int] = field(default_factory=dict)  # sampled, memory_pressure, late_dropped, ...
+    late_kept_spans: int = 0
+    decision_lag_seconds: float = 0.0  # how far past its deadline the last decided trace was
+
+    def add(self, table: dict[str, int], key: str, n: int) -> None:
+        table[key] = table.get(key, 0) + n
+
+
+class TailSampler:
+    def __init__(self, settings: SamplingSettings, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.stats = SamplerStats()
+        self._traces: dict[bytes, list] = {}
+        self._schedule: list[tuple[float, bytes]] = []
+        self._decisions = DecisionCache(settings.decision_cache_bytes)
+        self._out: dict[tuple[bytes, bytes], list[bytes]] = {}
+        self._out_bytes = 0
+        self.buffered_bytes = 0
+        self.shed_tiers = 0  # the lowest this-many tiers are dropped outright (exporter pressure)
+        self._controller: BudgetController | None = None
+        self._apply(settings)
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    def _apply(self, settings: SamplingSettings) -> None:
+        self.settings = settings
+        self._matcher = TierMatcher(settings.tiers)
+        self._names = [t.name for t in settings.tiers]
+        self._configured = [t.rate for t in settings.tiers]
+        self._latency_ns = int(settings.latency * 1e9) if settings.latency > 0 else 0
+        self._decisions.resize(settings.decision_cache_bytes)
+        if settings.max_spans_per_second > 0:
+            if self._controller is None:
+                self._controller = BudgetController(settings.max_spans_per_second, self._configured)
+            else:
+                self._controller.set_budget(settings.max_spans_per_second)
+                self._controller.set_tiers(self._configured)
+        else:
+            self._controller = None
+        self._suffixes: dict[tuple[int, int, int], bytes] = {}
+        self._rates_at = float("-inf")
+        self._refresh_rates(self.clock())
+
+    def reconfigure(self, settings: SamplingSettings) -> None:
+        """New tiers and limits take effect now; buffered traces stay and are re-matched against the new tiers."""
+        self._apply(settings)
+        for entry in self._traces.values():
+            entry[_TIER] = self._rematch(entry)
+
+    def _rematch(self, entry: list) -> int:
+        tier = self._matcher.catch_all
+        masks: dict[bytes, tuple[bool, ...]] = {}
+        for i in range(_SPANS, len(entry), 2):
+            group, span = entry[i], entry[i + 1]
+            mask = masks.get(group[0])
+            if mask is None:
+                mask = masks[group[0]] = self._matcher.resource_mask(group[0])
+            facts = span_facts(span)
+            tier = self._matcher.span_tier(span, facts[4], facts[5], not facts[2], mask, tier)
+            if tier == 0:
+                break
+        return tier
+
+    # -- rates -------------------------------------------------------------------------------------------
+
+    @property
+    def effective_rates(self) -> list[float]:
+        return list(self._rates)
+
+    def _refresh_rates(self, now: float) -> None:
+        rates = self._controller.rates(now) if self._controller is not None else list(self._configured)
+        if self.shed_tiers:
+            for i in range(max(0, len(rates) - self.shed_tiers), len(rates)):
+                rates[i] = 0.0
+            if self._controller is not None:
+                self._controller.set_applied_rates(rates)  # so its feedback does not chase the shed spans
+        self._rates = rates
+        self._thresholds = [consistent.threshold_for(r) for r in rates]
+        self._rates_at = now
+
+    # -- ingest ------------------------------------------------------------------------------------------
+
+    def ingest(self, data: bytes) -> Ingested:
+        """Take one ExportTraceServiceRequest's bytes. Raises wire.WireError if they are malformed."""
+        scanned = scan_request(data)
+        now = self.clock()
+        s = self.settings
+        traces, decisions = self._traces, self._decisions
+        schedule = self._schedule
+        matcher = self._matcher
+        wait, root_delay, cap = s.decision_wait, s.root_delay, s.max_trace_bytes
+        keep_errors, keep_5xx = s.keep_errors, s.keep_http_5xx
+        catch_all = matcher.catch_all
+        added = 0
+        new_traces = 0
+        for resource_part, scopes in scanned.groups:
+            mask = matcher.resource_mask(resource_part) if catch_all else ()
+            for scope_part, spans in scopes:
+                if not spans:
+                    continue
+                group = (resource_part, scope_part)
+                share = (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
+                for span in spans:
+                    trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
+                    decided = decisions.get(trace_id)
+                    if decided is not None:
+                        self._late(group, span, decided, tracestate)
+                        continue
+                    entry = traces.get(trace_id)
+                    if entry is None:
+                        deadline = now + wait
+                        entry = [now, deadline, TRACE_OVERHEAD, 0, catch_all, 0, start, end, None, None]
+                        traces[trace_id] = entry
+                        heapq.heappush(schedule, (deadline, trace_id))
+                        added += TRACE_OVERHEAD
+                        new_traces += 1
+                    cost = len(span) + SPAN_OVERHEAD + share
+                    entry[_NBYTES] += cost
+                    entry[_NSPANS] += 1
+                    entry.append(group)
+                    entry.append(span)
+                    added += cost
+                    flags = entry[_FLAGS]
+                    if not parent and not flags & _ROOT:
+                        flags |= _ROOT
+                        due = now + root_delay
+                        if due < entry[_DEADLINE]:
+                            entry[_DEADLINE] = due
+                            heapq.heappush(schedule, (due, trace_id))
+                    if code == _STATUS_ERROR and keep_errors:
+                        flags |= _ERROR
+                    if keep_5xx and kind == _SERVER and b"status_code" in span and _is_5xx(span):
+                        flags |= _HTTP5XX
+                    if tracestate:
+                        flags |= _TRACESTATE
+                        th, rv = consistent.parse_ot(tracestate)
+                        if th is not None:
+                            entry[_TH_IN] = th if entry[_TH_IN] is None else max(th, entry[_TH_IN])
+                        if rv is not None:
+                            entry[_RV] = rv
+                    if start and (start < entry[_MIN_START] or not entry[_MIN_START]):
+                        entry[_MIN_START] = start
+                    if end > entry[_MAX_END]:
+                        entry[_MAX_END] = end
+                    if entry[_TIER]:
+                        entry[_TIER] = matcher.span_tier(span, name, kind, not parent, mask, entry[_TIER])
+                    if entry[_NBYTES] > cap and not flags & _CAPPED:
+                        flags |= _CAPPED
+                        entry[_DEADLINE] = now
+                        heapq.heappush(schedule, (now, trace_id))
+                    entry[_FLAGS] = flags
+        self.buffered_bytes += added
+        self.stats.spans_in += scanned.spans
+        self.stats.traces_in += new_traces
+        if self.buffered_bytes > s.max_memory:
+            self._evict()
+        return Ingested(scanned.spans, scanned.rejected, scanned.reject_message)
+
+    def _late(self, group: tuple[bytes, bytes], span: bytes, decided: tuple, tracestate: str) -> None:
+        if decided is DROPPED or not decided:
+            self.stats.add(self.stats.drops_by_reason, "late_span_of_dropped_trace", 1)
+            return
+        threshold, tier, reason = decided
+        self.stats.late_kept_spans += 1
+        if self._controller is not None:
+            self._controller.observe_kept(1, self.clock())
+        self._emit(group, self._annotate(span, threshold, tier, reason, tracestate))
+
+    # -- decisions ---------------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._schedule[0][0] if self._schedule else None
+
+    def tick(self, limit: int = 2000) -> int:
+        """Decide up to `limit` traces whose time has come; returns how many were decided."""
+        now = self.clock()
+        if now - self._rates_at >= 1.0:
+            self._refresh_rates(now)
+        schedule, traces = self._schedule, self._traces
+        decided = 0
+        while schedule and decided < limit and schedule[0][0] <= now:
+            due, trace_id = heapq.heappop(schedule)
+            entry = traces.get(trace_id)
+            if entry is None or entry[_DEADLINE] != due:
+                continue  # decided already, or rescheduled earlier
+            self.stats.decision_lag_seconds = now - due
+            self._decide(trace_id, entry, now)
+            decided += 1
+        return decided
+
+    def decide_all(self) -> int:
+        """Decide every buffered trace now (shutdown): nothing buffered is lost unaccounted."""
+        now = self.clock()
+        self._refresh_rates(now)
+        count = 0
+        for trace_id, entry in list(self._traces.items()):
+            self._decide(trace_id, entry, now)
+            count += 1
+        self._schedule.clear()
+        return count
+
+    def _decide(self, trace_id: bytes, entry: list, now: float) -> None:
+        del self._traces[trace_id]
+        self.buffered_bytes -= entry[_NBYTES]
+        nspans, tier, flags = entry[_NSPANS], entry[_TIER], entry[_FLAGS]
+        stats, name = self.stats, self._names[tier]
+        reason = 0
+        if flags & _ERROR:
+            reason = 1
+        elif flags & _HTTP5XX:
+            reason = 2
+        elif self._latency_ns and entry[_MAX_END] - entry[_MIN_START] > self._latency_ns:
+            reason = 3
+        if reason:
+            threshold = consistent.combine_th(entry[_TH_IN], 0)  # a forced keep never lowers an incoming th
+            keep = True
+            if self._controller is not None:
+                self._controller.observe_forced(nspans, now)
+        else:
+            if self._controller is not None:
+                self._controller.observe(tier, nspans, now)
+            threshold = self._thresholds[tier]
+            if entry[_TH_IN] is not None:
+                threshold = consistent.combine_th(entry[_TH_IN], threshold)
+            rv = entry[_RV]
+            randomness = rv if rv is not None else int.from_bytes(trace_id[9:16], "big")
+            keep = randomness >= threshold and threshold < consistent.MAX_THRESHOLD
+        if not keep:
+            self._decisions.put(trace_id, DROPPED)
+            stats.add(stats.dropped_traces, name, 1)
+            stats.add(stats.dropped_spans, name, nspans)
+            stats.add(stats.drops_by_reason, "sampled", nspans)
+            return
+        if self._controller is not None:
+            self._controller.observe_kept(nspans, now)
+        self._decisions.put(trace_id, (threshold, tier, reason))
+        stats.add(stats.kept_traces, name, 1)
+        stats.add(stats.kept_spans, name, nspans)
+        stats.add(stats.kept_by_reason, REASONS[reason], nspans)
+        has_state = bool(flags & _TRACESTATE)
+        for i in range(_SPANS, len(entry), 2):
+            span = entry[i + 1]
+            ts = span_facts(span)[3] if has_state else ""
+            self._emit(entry[i], self._annotate(span, threshold, tier, reason, ts))
+
+    def _annotate(self, span: bytes, threshold: int, tier: int, reason: int, tracestate: str) -> bytes:
+        if tracestate:
+            span = with_trace_state(span, consistent.set_th(tracestate, threshold))
+            return span + self._attr_suffix(tier, reason) if self.settings.annotate else span
+        key = (threshold, tier, reason)
+        suffix = self._suffixes.get(key)
+        if suffix is None:
+            suffix = with_trace_state(b"", "ot=th:" + consistent.encode_th(threshold))
+            if self.settings.annotate:
+                suffix += self._attr_suffix(tier, reason)
+            self._suffixes[key] = suffix
+        return span + suffix
+
+    def _attr_suffix(self, tier: int, reason: int) -> bytes:
+        return with_attributes(b"", [("sampling.tier", self._names[tier]), ("sampling.reason", REASONS[reason])])
+
+    # -- memory pressure -----------------------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        """Drop traces until 90% of max_memory: lowest tier first, and within it the largest, then oldest."""
+        target = int(self.settings.max_memory * 0.9)
+        by_tier: dict[int, list[tuple[int, float, bytes]]] = {}
+        for trace_id, entry in self._traces.items():
+            by_tier.setdefault(entry[_TIER], []).append((entry[_NBYTES], -entry[_FIRST], trace_id))
+        for tier in sorted(by_tier, reverse=True):
+            for nbytes, _age, trace_id in sorted(by_tier[tier], reverse=True):
+                if self.buffered_bytes <= target:
+                    return
+                entry = self._traces.pop(trace_id)
+                self.buffered_bytes -= entry[_NBYTES]
+                self._decisions.put(trace_id, DROPPED)
+                name = self._names[tier]
+                self.stats.add(self.stats.dropped_traces, name, 1)
+                self.stats.add(self.stats.dropped_spans, name, entry[_NSPANS])
+                self.stats.add(self.stats.drops_by_reason, "memory_pressure", entry[_NSPANS])
+
+    # -- output --------------------------------------------------------------------------------------------
+
+    def _emit(self, group: tuple[bytes, bytes], span: bytes) -> None:
+        spans = self._out.get(group)
+        if spans is None:
+            spans = self._out[group] = []
+        spans.append(span)
+        self._out_bytes += len(span)
+
+    @property
+    def pending_output_bytes(self) -> int:
+        return self._out_bytes
+
+    def take_output(self) -> list[tuple[bytes, int]]:
+        """Kept spans since the last call, framed as ExportTraceServiceRequest bytes of about 1 MiB each,
+        with the number of spans each holds."""
+        if not self._out:
+            return []
+        out, self._out, self._out_bytes = self._out, {}, 0
+        requests: list[tuple[bytes, int]] = []
+        resources: dict[bytes, list[tuple[bytes, list[bytes]]]] = {}
+        size = count = 0
+        for (resource_part, scope_part), spans in out.items():
+            resources.setdefault(resource_part, []).append((scope_part, spans))
+            size += sum(map(len, spans))
+            count += len(spans)
+            if size >= _OUTPUT_BYTES:
+                requests.append((frame_request(list(resources.items())), count))
+                resources, size, count = {}, 0, 0
+        if resources:
+            requests.append((frame_request(list(resources.items())), count))
+        return requests
+
+    @property
+    def buffered_traces(self) -> int:
+        return len(self._traces)
+
+    def decided(self, trace_ids: Iterable[bytes]) -> list[tuple | None]:
+        """What was decided for these traces (for tests and debugging)."""
+        return [self._decisions.get(t) for t in trace_ids]
+
+
+def _is_5xx(span: bytes) -> bool:
+    for key in (b"http.response.status_code", b"http.status_code"):
+        if key in span:
+            value = find_attribute(span, key, 9)
+            try:
+                if value is not None and int(value) >= 500:  # type: ignore[arg-type]
+                    return True
+            except (TypeError, ValueError):
+                return False
+    return False
