@@ -39,6 +39,19 @@ class TierMatcher:
                 m.root_only,
             ))
 
+    @property
+    def quick_keys(self) -> tuple[bytes, ...] | None:
+        """When every rule above the catch-all needs some span attribute, a span lacking all of these keys
+        cannot move its trace up a tier, so the caller may skip `span_tier` (a bytes search instead of a call).
+        None when some rule could match without a span attribute."""
+        keys: list[bytes] = []
+        for _i, _res, span_conds, *_ in self._rules:
+            if not span_conds:
+                return None
+            if span_conds[0][0] not in keys:
+                keys.append(span_conds[0][0])
+        return tuple(keys)
+
     def resource_mask(self, resource_part: bytes) -> tuple[bool, ...]:
         """Per tier: do this resource's attributes meet the tier's resource conditions?"""
         mask = []

@@ -145,12 +145,14 @@ class TailSampler:
         scanned = scan_request(data)
         now = self.clock()
         s = self.settings
-        traces, decisions = self._traces, self._decisions
+        traces, decisions = self._traces, self._decisions._decisions
         schedule = self._schedule
         matcher = self._matcher
         wait, root_delay, cap = s.decision_wait, s.root_delay, s.max_trace_bytes
         keep_errors, keep_5xx = s.keep_errors, s.keep_http_5xx
         catch_all = matcher.catch_all
+        quick = matcher.quick_keys
+        quick1 = quick[0] if quick is not None and len(quick) == 1 else None
         added = 0
         new_traces = 0
         for resource_part, scopes in scanned.groups:
@@ -202,7 +204,8 @@ class TailSampler:
                         entry[_MIN_START] = start
                     if end > entry[_MAX_END]:
                         entry[_MAX_END] = end
-                    if entry[_TIER]:
+                    if entry[_TIER] and (quick1 in span if quick1 is not None else
+                                         quick is None or any(k in span for k in quick)):
                         entry[_TIER] = matcher.span_tier(span, name, kind, not parent, mask, entry[_TIER])
                     if entry[_NBYTES] > cap and not flags & _CAPPED:
                         flags |= _CAPPED
