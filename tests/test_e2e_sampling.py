@@ -75,3 +75,21 @@ def test_upstream_receives_exactly_the_kept_traces_whole_with_matching_threshold
             attributes = {kv.key: kv.value.string_value for kv in span.attributes}
             assert attributes["sampling.tier"] == tier
             assert attributes["sampling.reason"] == "tier"
+
+
+def test_sighup_applies_new_tiers_to_traces_already_buffered(start_agent, otlp_sink):
+    import signal
+
+    import yaml
+
+    keep_none = {**SAMPLING, "decision_wait": "8s", "root_delay": "6s",
+                 "tiers": [{"name": "none", "rate": 0.0}]}
+    agent = start_agent(otlp_exporter_url=otlp_sink.url, file_exporter=False, extra_config={"sampling": keep_none})
+    tiers = send_traces(agent)
+    config = yaml.safe_load(agent.config_path.read_text())
+    config["sampling"]["tiers"] = [{"name": "all", "rate": 1.0}]
+    agent.config_path.write_text(yaml.safe_dump(config))
+    agent.process.send_signal(signal.SIGHUP)
+    spans = otlp_sink.wait_for_span_count(3 * TRACES, timeout=30)  # decided by the loop after the reload
+    assert {s.trace_id for s in spans} == set(tiers)
+    assert "sampling config reloaded" in agent.log_text()
