@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from samplers import consistent
 from samplers.controller import BudgetController
@@ -38,6 +39,13 @@ REASONS = ("tier", "error", "http_5xx", "latency")
 _SERVER = 2
 _STATUS_ERROR = 2
 _OUTPUT_BYTES = 1 << 20
+
+
+class SpanObserver(Protocol):
+    def observe(self, resource_part: bytes, span: bytes, name: bytes, kind: int, status_code: int,
+                start_ns: int, end_ns: int) -> None:
+        """Called once per accepted span on the ingest path, before sampling: must cost well under a µs."""
+        ...
 
 
 @dataclass
@@ -78,6 +86,8 @@ class TailSampler:
         self.buffered_bytes = 0
         self.shed_tiers = 0  # the lowest this-many tiers are dropped outright (exporter pressure)
         self._controller: BudgetController | None = None
+        # Sees every span before any decision (RED metrics stay exact while traces are sampled).
+        self.span_observer: SpanObserver | None = None
         self._apply(settings)
 
     # -- configuration ---------------------------------------------------------------------------------
@@ -155,6 +165,7 @@ class TailSampler:
         quick1 = quick[0] if quick is not None and len(quick) == 1 else None
         added = 0
         new_traces = 0
+        observe = self.span_observer.observe if self.span_observer is not None else None
         for resource_part, scopes in scanned.groups:
             mask = matcher.resource_mask(resource_part) if catch_all else ()
             for scope_part, spans in scopes:
@@ -164,6 +175,8 @@ class TailSampler:
                 share = (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
                 for span in spans:
                     trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
+                    if observe is not None:
+                        observe(resource_part, span, name, kind, code, start, end)
                     decided = decisions.get(trace_id)
                     if decided is not None:
                         self._late(group, span, decided, tracestate)
