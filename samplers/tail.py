@@ -21,7 +21,7 @@ from samplers.controller import BudgetController
 from samplers.decisions import DROPPED, DecisionCache
 from samplers.rules import TierMatcher
 from samplers.settings import SamplingSettings
-from samplers.wire import find_attribute, frame_request, scan_request, span_facts, with_attributes, with_trace_state
+from samplers.wire import WireError, find_attribute, frame_request, scan_request, span_facts, with_attributes, with_trace_state
 
 # Trace header slots.
 _FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV = range(10)
@@ -38,6 +38,7 @@ GROUP_OVERHEAD = 33 * 2 + 56
 REASONS = ("tier", "error", "http_5xx", "latency")
 _SERVER = 2
 _STATUS_ERROR = 2
+_ZERO_SPAN_ID = bytes(8)
 _OUTPUT_BYTES = 1 << 20
 
 
@@ -165,6 +166,7 @@ class TailSampler:
         quick1 = quick[0] if quick is not None and len(quick) == 1 else None
         added = 0
         new_traces = 0
+        rejected, reject_message = scanned.rejected, scanned.reject_message
         observe = self.span_observer.observe if self.span_observer is not None else None
         for resource_part, scopes in scanned.groups:
             mask = matcher.resource_mask(resource_part) if catch_all else ()
@@ -174,7 +176,20 @@ class TailSampler:
                 group = (resource_part, scope_part)
                 share = (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
                 for span in spans:
-                    trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
+                    try:
+                        trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
+                    except WireError as exc:
+                        # Refused alone (partial success): nothing of it is buffered, so a retry of the
+                        # request never duplicates the spans already taken.
+                        rejected += 1
+                        reject_message = reject_message or f"malformed span: {exc}"
+                        continue
+                    if len(trace_id) != 16:  # a repeated trace_id field: the last one wins, as in protobuf
+                        rejected += 1
+                        reject_message = reject_message or f"span with a trace ID of {len(trace_id)} bytes"
+                        continue
+                    if parent == _ZERO_SPAN_ID:  # all-zero parent: a root, as the Collector treats it
+                        parent = b""
                     if observe is not None:
                         observe(resource_part, span, name, kind, code, start, end)
                     decided = decisions.get(trace_id)
@@ -226,17 +241,20 @@ class TailSampler:
                         heapq.heappush(schedule, (now, trace_id))
                     entry[_FLAGS] = flags
         self.buffered_bytes += added
-        self.stats.spans_in += scanned.spans
+        accepted = scanned.spans - (rejected - scanned.rejected)
+        self.stats.spans_in += accepted
         self.stats.traces_in += new_traces
         if self.buffered_bytes > s.max_memory:
             self._evict()
-        return Ingested(scanned.spans, scanned.rejected, scanned.reject_message)
+        return Ingested(accepted, rejected, reject_message)
 
     def _late(self, group: tuple[bytes, bytes], span: bytes, decided: tuple, tracestate: str) -> None:
         if decided is DROPPED or not decided:
             self.stats.add(self.stats.drops_by_reason, "late_span_of_dropped_trace", 1)
             return
         threshold, tier, reason = decided
+        if tracestate:  # the late span's own incoming th is only ever raised, never lowered
+            threshold = consistent.combine_th(consistent.parse_ot(tracestate)[0], threshold)
         self.stats.late_kept_spans += 1
         if self._controller is not None:
             self._controller.observe_kept(1, self.clock())

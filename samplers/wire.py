@@ -69,6 +69,7 @@ _ZERO8 = bytes(8)
 _MASK64 = (1 << 64) - 1
 _HEAD = struct.Struct("<H16sH8sH8sBB")  # 0a 10 <trace_id> 12 08 <span_id> 22 08 <parent> 2a <name length>
 _KIND_TIMES = struct.Struct("<BBBQBQ")  # 30 <kind> 39 <start_time_unix_nano> 41 <end_time_unix_nano>
+_TIMES = struct.Struct("<xQxQ")  # 39 <start_time_unix_nano> 41 <end_time_unix_nano>
 _IDS = struct.Struct("<H16sH8sH")  # 0a 10 <trace_id> 12 08 <span_id> <the next tag and its first byte>
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
@@ -336,6 +337,9 @@ def span_facts(span: bytes) -> tuple[bytes, bytes, bytes, str, bytes, int, int, 
                 if t == 0x30 and h1 == 0x39 and h3 == 0x41 and x < 0x80:
                     kind, start, end = x, h2, size
                     p += 20
+                elif t == 0x39 and s[p + 9] == 0x41:  # kind 0 (unspecified) is not written
+                    start, end = _TIMES.unpack_from(s, p)
+                    p += 18
     try:
         while p < n:
             if s[p] == 0x4A and (size := s[p + 1]) < 0x80:  # attributes: skipped by length
@@ -445,6 +449,7 @@ def find_attribute(message: bytes, key: bytes, field: int = 9) -> str | int | fl
     if i < 0:
         return None
     n = len(s)
+    klen = len(key)
     want = (field << 3) | 2
     p = 0
     if field == 9 and n >= 40:  # a span: jump over its canonical prefix (fields 1, 2, 4, 5, 6, 7, 8)
@@ -463,6 +468,24 @@ def find_attribute(message: bytes, key: bytes, field: int = 9) -> str | int | fl
     try:
         while p < n:
             t = s[p]
+            if t == want and (size := s[p + 1]) < 0x80:  # a KeyValue with a 1-byte length
+                a = p + 2
+                p = a + size
+                if p > i:  # it holds (or passed) the next occurrence of the key
+                    if p > n:
+                        break
+                    c = a + 2 + klen  # canonical: 0a <klen> <key> 12 <vlen> <AnyValue>, ending at p
+                    if c + 2 <= p and s[a] == 0x0A and s[a + 1] == klen and s[c] == 0x12 and c + 2 + s[c + 1] == p:
+                        if s.startswith(key, a + 2):
+                            return _any_value(s, c + 2, p)
+                    else:
+                        found, value = _match_kv(s, a, p, key)
+                        if found:
+                            return value
+                    i = s.find(key, p)
+                    if i < 0:
+                        return None
+                continue
             if t < 0x80:
                 a = p + 1
             else:
@@ -478,7 +501,7 @@ def find_attribute(message: bytes, key: bytes, field: int = 9) -> str | int | fl
                 if p > i:  # this field holds (or passed) the next occurrence of the key
                     if p > n:
                         break
-                    if t == want and s.find(key, a, p) >= 0:
+                    if t == want:
                         found, value = _match_kv(s, a, p, key)
                         if found:
                             return value
@@ -530,9 +553,9 @@ def _match_kv(s: bytes, a: int, b: int, key: bytes) -> tuple[bool, object]:
     """(True, value) if the KeyValue s[a:b] has this key, else (False, None)."""
     klen = len(key)
     # Canonical: 0a <klen> <key> 12 <vlen> <AnyValue>, ending exactly at b.
-    if s[a] == 0x0A and s[a + 1] < 0x80:
+    if a + 1 < b and s[a] == 0x0A and s[a + 1] < 0x80:
         c = a + 2 + s[a + 1]
-        if c == b and c <= b:
+        if c == b:
             if s[a + 1] == klen and s.startswith(key, a + 2):
                 return True, None
             return False, None
@@ -568,6 +591,8 @@ def _any_value(s: bytes, a: int, b: int) -> str | int | float | bool | bytes | N
         size = s[a + 1]
         if size < 0x80 and a + 2 + size == b:
             return s[a + 2:b].decode("utf-8", "replace") if t == 0x0A else s[a + 2:b]
+    elif t == 0x18 and a + 2 == b and s[a + 1] < 0x80:
+        return s[a + 1]
     elif t == 0x10 and a + 2 == b:
         return s[a + 1] != 0
     elif t == 0x21 and a + 9 == b:
