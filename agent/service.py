@@ -26,6 +26,7 @@ from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.telemetry import TelemetryServer, install_meter_provider
 from exporters.file import FileTraceExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
+from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
 from exporters.retry import RetryPolicy
 
@@ -56,7 +57,9 @@ def build_exporters(config: Config) -> dict[str, Any]:
             built[rw.name] = RemoteWriteExporter(
                 name=rw.name, url=rw.url, headers=dict(rw.headers), timeout=rw.sender.timeout,
                 retry=_policy(rw.sender.retry), max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
-                flush_interval=rw.batch.flush_interval)
+                flush_interval=rw.batch.flush_interval,
+                delta_to_cumulative=DeltaToCumulative(
+                    Path(config.state_dir) / "delta_to_cumulative" / f"{rw.name}.json"))
     for name in ("otlp", "file", *(rw.name for rw in ex.remote_write)):
         if name not in built and (name != "otlp" or ex.otlp) and (name != "file" or ex.file):
             log.warning("exporter configured but not used by any pipeline", **kv(exporter=name))

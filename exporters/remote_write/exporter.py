@@ -32,6 +32,7 @@ from opentelemetry import metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from exporters.errors import PermanentError, RetryableError
+from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write import rw1
 from exporters.remote_write.translate import Labels, SampleBatch, translate
 from exporters.retry import RetryPolicy, raise_for_status, send_with_retry
@@ -87,7 +88,9 @@ class RemoteWriteExporter:
         clock: Callable[[], float] = time.monotonic,
         *,
         meter: metrics.Meter | None = None,
+        delta_to_cumulative: DeltaToCumulative | None = None,
     ) -> None:
+        self._delta = delta_to_cumulative
         if not name:
             raise ValueError("name must not be empty")
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
@@ -164,7 +167,13 @@ class RemoteWriteExporter:
         """Translate `request` and queue its samples; returns without waiting for delivery."""
         if self._shut_down:
             raise RuntimeError(f"remote write exporter {self.name!r} is shut down")
+        skipped: dict[str, int] = {}
+        if self._delta is not None:
+            request, skipped = self._delta.apply(request)
+            # On disk before these samples can leave and before the client is acknowledged (see cumulative.py).
+            await self._delta.commit()
         batch = translate(request)
+        batch.dropped.update(skipped)
         for reason, count in batch.dropped.items():
             self._dropped.add(count, {**self._attributes, "reason": reason})
             # Warn once per reason: an app exporting delta sums every 10 s would otherwise flood the log.
@@ -189,6 +198,8 @@ class RemoteWriteExporter:
                 self._sender.cancel()
                 await asyncio.gather(self._sender, return_exceptions=True)
         self._fail_queued()
+        if self._delta is not None:
+            await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
         if self._session is not None:
             await self._session.close()
 
