@@ -423,5 +423,5 @@ def _is_5xx(span: bytes) -> bool:
                 if value is not None and int(value) >= 500:  # type: ignore[arg-type]
                     return True
             except (TypeError, ValueError):
-                return False
+                continue  # not a number: the other attribute name may still say 5xx
     return False

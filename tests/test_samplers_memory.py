@@ -1,0 +1,138 @@
+"""Buffered-trace memory (samplers/tail.py): bounded by max_memory in bytes, evicted fairly, and counted honestly.
+
+Nothing is ticked while the buffer fills (the clock barely moves), so only memory pressure can take traces out.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+from samplers.decisions import DROPPED
+from samplers.settings import MiB, SamplingSettings
+from samplers.tail import TailSampler
+from tests.sampler_workload import FakeClock, Trace, TraceGenerator, requests, spans_request
+
+CHECKOUT = (("service.name", "checkout"),)
+
+
+def test_buffered_bytes_stay_under_max_memory_after_every_ingest_and_evictions_are_counted() -> None:
+    clock = FakeClock()
+    sampler = TailSampler(SamplingSettings(max_memory=2 * MiB), clock)
+    gen = TraceGenerator(seed="pressure", mix={"P0": 0.01, "P1": 0.25, "P2": 0.74}, spans=(1, 12),
+                         priority_on="every", span_bytes=300)
+    arrived = {"P0": 0, "P1": 0, "P2": 0}
+    spans_in = 0
+    evicted_p1_while_p2_buffered = 0
+    for _batch in range(200):
+        traces = gen.traces(100)
+        bodies = requests(traces, per_request=100, parts=2, root="last")  # every trace starts in the first
+        for i, body in enumerate(bodies):
+            p1_evicted = sampler.stats.dropped_traces.get("P1", 0)
+            if i == 0:
+                for trace in traces:
+                    arrived[trace.tier] += 1
+            spans_in += sampler.ingest(body).spans
+            clock.advance(0.0001)
+            assert sampler.buffered_bytes <= sampler.settings.max_memory
+            dropped = sampler.stats.dropped_traces
+            buffered = {tier: arrived[tier] - dropped.get(tier, 0) for tier in arrived}
+            if dropped.get("P1", 0) > p1_evicted and buffered["P2"]:
+                evicted_p1_while_p2_buffered += 1
+    stats = sampler.stats
+    evicted_spans = stats.drops_by_reason["memory_pressure"]
+    assert evicted_spans > 0
+    assert "sampled" not in stats.drops_by_reason, "nothing was decided: every drop is an eviction"
+    assert stats.dropped_traces.get("P0", 0) == 0, "P0 traces survive"
+    assert stats.dropped_traces["P2"] > stats.dropped_traces.get("P1", 0) > 0
+    assert evicted_p1_while_p2_buffered == 0, "no P1 trace is evicted while a P2 one is buffered"
+    assert sum(stats.dropped_spans.values()) == evicted_spans
+    # Every span that came in is accounted for: evicted, dropped late (its trace was evicted), or buffered.
+    late_of_evicted = stats.drops_by_reason.get("late_span_of_dropped_trace", 0)
+    assert stats.spans_in == spans_in
+    buffered_spans = -sum(stats.kept_spans.values()) - sum(stats.dropped_spans.values())
+    sampler.decide_all()
+    buffered_spans += sum(stats.kept_spans.values()) + sum(stats.dropped_spans.values())
+    assert evicted_spans + late_of_evicted + buffered_spans == spans_in
+
+
+def test_evictions_take_the_lowest_tier_first_and_within_it_the_largest_then_the_oldest_traces() -> None:
+    gen = TraceGenerator(seed="evict", priority_on="every", span_bytes=400)
+    p0 = [gen.trace(tier="P0", spans=20, resource=CHECKOUT) for _ in range(5)]
+    p1 = [gen.trace(tier="P1", spans=10, resource=CHECKOUT) for _ in range(10)]
+    p2_small = [gen.trace(tier="P2", spans=1, resource=CHECKOUT) for _ in range(50)]
+    p2_large = [gen.trace(tier="P2", spans=20, resource=CHECKOUT) for _ in range(20)]
+    order: list[Trace] = []
+    for i in range(50):  # small and large P2 traces interleaved, the higher tiers among them
+        order.append(p2_small[i])
+        if i < 20:
+            order.append(p2_large[i])
+        if i < 10:
+            order.append(p1[i])
+        if i < 5:
+            order.append(p0[i])
+    push = gen.trace(tier="P0", spans=2, resource=CHECKOUT)
+
+    def fill(max_memory: int) -> tuple[TailSampler, FakeClock]:
+        clock = FakeClock()
+        sampler = TailSampler(SamplingSettings(max_memory=max_memory), clock)
+        for trace in order:  # one request per trace, so equal traces cost exactly the same
+            sampler.ingest(spans_request(trace, trace.spans))
+            clock.advance(0.001)
+        return sampler, clock
+
+    probe, _ = fill(1 << 30)
+    filled = probe.buffered_bytes
+    probe.ingest(spans_request(push, push.spans))
+    # A bound the buffer is one byte under before the last trace, and over after it.
+    sampler, clock = fill(probe.buffered_bytes - 1)
+    assert sampler.buffered_bytes == filled and sampler.stats.drops_by_reason == {}
+    sampler.ingest(spans_request(push, push.spans))
+    assert sampler.buffered_bytes <= 0.9 * sampler.settings.max_memory
+
+    def evicted(traces: list[Trace]) -> list[bool]:
+        return [d is DROPPED for d in sampler.decided(t.trace_id for t in traces)]
+
+    large = evicted(p2_large)
+    k = sum(large)
+    assert k >= 2
+    assert large == [True] * k + [False] * (20 - k), "the oldest of the equally large go first"
+    assert not any(evicted(p2_small + p1 + p0 + [push]))
+    assert sampler.stats.drops_by_reason == {"memory_pressure": 20 * k}
+    assert sampler.stats.dropped_traces == {"P2": k}
+    # A span of an evicted trace that arrives later follows the eviction: dropped, and counted.
+    sampler.ingest(spans_request(p2_large[0], [gen.late_span(p2_large[0])]))
+    assert sampler.stats.drops_by_reason["late_span_of_dropped_trace"] == 1
+
+
+def test_buffered_bytes_count_the_live_memory_of_buffered_spans_not_only_their_serialized_size() -> None:
+    # ~50,000 spans of 350 serialized bytes, 10 to a trace. tracemalloc sees only what is allocated after it
+    # starts: the request bytes (built before) are not counted, and are released before measuring anyway.
+    gen = TraceGenerator(seed="live", spans=(10, 10), span_bytes=350)
+    traces = gen.traces(5000)
+    bodies = requests(traces, per_request=500)
+    spans = sum(len(t.spans) for t in traces)
+    serialized = sum(span.ByteSize() for t in traces for span in t.spans)
+    assert 349 <= serialized / spans <= 351
+    del traces
+    clock = FakeClock()
+    sampler = TailSampler(SamplingSettings(), clock)
+    sampler.ingest(requests(gen.traces(1))[0])  # first-use caches are not buffer memory
+    start = sampler.buffered_bytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for body in bodies:
+            sampler.ingest(body)
+        bodies.clear()
+        gc.collect()
+        live = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = sampler.buffered_bytes - start
+    assert sampler.buffered_traces == 5001
+    print(f"per buffered span: {live / spans:.0f} B live (tracemalloc), {counted / spans:.0f} B counted, "
+          f"{serialized / spans:.0f} B serialized")
+    assert counted >= 0.9 * live, f"counted {counted} B, live {live} B"
+    assert counted <= 1.5 * serialized, f"counted {counted} B for {serialized} serialized bytes"
