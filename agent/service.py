@@ -23,12 +23,14 @@ from agent.pipeline import FanOut
 from agent.sampling import SampledTraces, new_sampler, settings_from_config
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
+from agent.span_metrics import SpanMetrics
 from agent.telemetry import TelemetryServer, install_meter_provider
 from exporters.file import FileTraceExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
 from exporters.retry import RetryPolicy
+from samplers.red import RedAggregator
 
 log = logging.getLogger("headwater.agent")
 
@@ -87,6 +89,12 @@ class Agent:
             self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes)
         self.metrics = (FanOut("metrics", [(n, self.exporters[n].consume_metrics) for n in p.metrics.exporters])
                         if p.metrics else None)
+        self.span_metrics: SpanMetrics | None = None
+        if self.traces is not None and self.metrics is not None and p.metrics.span_metrics:
+            sm = config.span_metrics
+            red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series)
+            self.traces.sampler.span_observer = red  # every span, before any sampling decision
+            self.span_metrics = SpanMetrics(red, self.metrics.consume, sm.flush_interval)
         consume_traces = self.traces.consume if self.traces else None
         consume_metrics = self.metrics.consume if self.metrics else None
         otlp = config.receivers.otlp
@@ -117,7 +125,8 @@ class Agent:
         if self.telemetry is not None:
             await self.telemetry.start()
         try:
-            pipelines = [self.traces] if self.traces is not None else []
+            # After the exporters they write to, before the receivers that feed them.
+            pipelines = [c for c in (self.traces, self.span_metrics) if c is not None]
             for component in [*self.exporters.values(), *pipelines, *self.receivers]:
                 await component.start()
                 self._started.append(component)
@@ -140,6 +149,8 @@ class Agent:
         await asyncio.gather(*(r.shutdown(remaining() / 2) for r in receivers), return_exceptions=True)
         if self.traces is not None and self.traces in started:
             await self.traces.shutdown(remaining())
+        if self.span_metrics is not None and self.span_metrics in started:
+            await self.span_metrics.shutdown(remaining())  # a final snapshot, before the exporters drain
         results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), return_exceptions=True)
         for exporter, result in zip(exporters, results):
             if isinstance(result, BaseException):
@@ -154,7 +165,8 @@ class Agent:
         if self.traces is not None and config.sampling != self.config.sampling:
             self.traces.sampler.reconfigure(settings_from_config(config.sampling))
             log.info("sampling config reloaded", **kv(tiers=",".join(t.name for t in config.sampling.tiers)))
-        changed = [f for f in ("receivers", "admission", "exporters", "pipelines", "telemetry", "state_dir")
+        changed = [f for f in ("receivers", "admission", "exporters", "pipelines", "telemetry", "state_dir",
+                               "span_metrics")
                    if getattr(config, f) != getattr(self.config, f)]
         if changed:
             log.warning("config sections changed that apply only after a restart", **kv(sections=",".join(changed)))

@@ -176,6 +176,12 @@ def _check_references(config: Config) -> list[ConfigIssue]:
         for i, name in enumerate(names):
             if name in names[:i]:
                 issues.append(ConfigIssue(f"sampling.tiers[{i}].name", f"expected a unique name, found {name!r} twice"))
+    if config.pipelines.traces is not None and config.pipelines.traces.span_metrics:
+        issues.append(ConfigIssue("pipelines.traces.span_metrics",
+                                  "expected span_metrics on the metrics pipeline, which exports them"))
+    if config.pipelines.metrics is not None and config.pipelines.metrics.span_metrics and config.pipelines.traces is None:
+        issues.append(ConfigIssue("pipelines.metrics.span_metrics",
+                                  "expected a traces pipeline too: span metrics are counted from received spans"))
     if config.sampling.root_delay > config.sampling.decision_wait:
         issues.append(ConfigIssue("sampling.root_delay", "expected at most sampling.decision_wait, found "
                                   f"{config.sampling.root_delay:g}s > {config.sampling.decision_wait:g}s"))

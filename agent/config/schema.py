@@ -217,10 +217,61 @@ class ExportersConfig:
     remote_write: tuple[RemoteWriteConfig, ...] = ()
 
 
+DEFAULT_SPAN_METRICS_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0)
+
+
+RESERVED_SPAN_METRICS_DIMENSIONS = ("service.name", "span.name", "span.kind", "status.code")
+
+
+def _check_buckets(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value:
+        raise ValueError("expected at least one bucket bound")
+    for i, bound in enumerate(value):
+        if bound <= 0:
+            raise ValueError(f"expected durations above 0, found {bound!r}s at position {i}")
+        if i and bound <= value[i - 1]:
+            raise ValueError(f"expected strictly ascending durations, found {value[i - 1]!r}s then {bound!r}s")
+    return value
+
+
+def _check_dimensions(value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if not name:
+            raise ValueError("expected attribute names, found an empty one")
+        if name in RESERVED_SPAN_METRICS_DIMENSIONS:
+            raise ValueError(f"{name!r} is always a dimension; leave it out")
+    if len(set(value)) != len(value):
+        raise ValueError(f"expected unique attribute names, found {list(value)}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"expected a duration above 0, found {value!r}s")
+    return value
+
+
+@dataclass(frozen=True)
+class SpanMetricsConfig:
+    """RED metrics from every span, before sampling, named as the Collector's spanmetrics connector names
+    them (`traces.span.metrics.calls`, `traces.span.metrics.duration` in ms), cumulative, written every
+    `flush_interval` through the metrics pipeline that sets `span_metrics: true`. A series is one service
+    (name, namespace, instance), span name, kind, status code and the values of `dimensions` (span attribute
+    names, falling back to resource attributes). Past `max_series` series, new ones are folded into one
+    `otel.metric.overflow=true` series per service, so totals stay exact."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    flush_interval: Annotated[Duration, AfterValidator(_positive)] = 5.0
+    dimensions: Annotated[tuple[str, ...], AfterValidator(_check_dimensions)] = ()
+    buckets: Annotated[tuple[Duration, ...], AfterValidator(_check_buckets)] = DEFAULT_SPAN_METRICS_BUCKETS
+    max_series: Positive = 10_000
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     __pydantic_config__ = _FORBID_UNKNOWN
     exporters: tuple[str, ...] = ()
+    span_metrics: bool = False  # metrics pipeline only: also export span metrics through these exporters
 
 
 @dataclass(frozen=True)
@@ -250,6 +301,7 @@ class Config:
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    span_metrics: SpanMetricsConfig = field(default_factory=SpanMetricsConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
