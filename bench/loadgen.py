@@ -3,9 +3,13 @@
     python bench/loadgen.py --url http://127.0.0.1:4318 --duration 10 --connections 4
 
 Payloads are built once from a fixed seed: requests of 512 spans (64 traces of 8 spans: a SERVER root, CLIENT
-and INTERNAL children, HTTP/DB/RPC attributes, an error now and then), about 350 serialized bytes per span.
-Each send rewrites the first 8 bytes of every trace ID with a per-send counter (a byte substitution, no
-re-serialization), so every request carries traces never seen before, as real traffic does.
+and INTERNAL children, HTTP/DB/RPC attributes), about 350 serialized bytes per span. Of the traces, ~3 % are
+errors (root status ERROR, HTTP 500), ~5 % carry `sampling.priority=P0` and ~15 % `sampling.priority=P1` on
+one of their spans (any of the 8, the root only sometimes); the rest have no priority (the default tiers
+put them in P2). Each send rewrites the first 8 bytes of every trace ID with a per-send counter (a byte
+substitution, no re-serialization), so every request carries traces never seen before, as real traffic
+does. The other 8 bytes (which hold the randomness consistent sampling reads) repeat with the payloads: the
+16 payloads hold 1,024 traces, so the kept fraction of each tier is that of these 1,024 draws, every run.
 
 Workers (one per connection) POST back to back. 2xx counts as accepted; 429/503 are counted as refused and
 the worker waits for Retry-After before its next request (the span batch is not re-sent, so the
@@ -37,6 +41,10 @@ SPANS_PER_REQUEST = 512
 SPANS_PER_TRACE = 8
 DEFAULT_SEED = 20240611
 MARKER_LEN = 8
+ERROR_FRACTION = 0.03   # traces whose root has status ERROR and HTTP 500 (forced keeps)
+P0_FRACTION = 0.05      # traces with sampling.priority=P0 on one of their spans
+P1_FRACTION = 0.15      # traces with sampling.priority=P1 on one of their spans; the rest fall to P2
+PRIORITY_KEY = "sampling.priority"
 
 _SERVICES = ["checkout", "payments", "cart", "catalog", "shipping", "frontend", "recommendations", "auth"]
 _ROUTES = ["/api/v1/orders/{id}", "/api/v1/cart", "/api/v1/products/{sku}", "/api/v1/users/{id}/profile",
@@ -73,7 +81,13 @@ def _add_trace(rng: random.Random, spans: list[Span], marker: bytes, now_ns: int
     duration = rng.randrange(2_000_000, 400_000_000)
     method, route = rng.choice(_METHODS), rng.choice(_ROUTES)
     request_id = _kv("request.id", rng.randbytes(16).hex())  # on every span of the trace
-    error = rng.random() < 0.03
+    error = rng.random() < ERROR_FRACTION
+    # The tier attribute sits on one span of the trace, chosen at random (the root in 1 of 8 traces), so the
+    # sampler must fold every span's attributes into its trace's tier.
+    draw = rng.random()
+    priority = "P0" if draw < P0_FRACTION else "P1" if draw < P0_FRACTION + P1_FRACTION else ""
+    priority_span = rng.randrange(SPANS_PER_TRACE)
+    tier_attribute = [_kv(PRIORITY_KEY, priority)] if priority else []
     status_code = 500 if error else rng.choice([200, 200, 200, 201, 204, 404])
     root = Span(
         trace_id=trace_id, span_id=root_id, name=f"{method} {route}", kind=Span.SPAN_KIND_SERVER,
@@ -86,7 +100,7 @@ def _add_trace(rng: random.Random, spans: list[Span], marker: bytes, now_ns: int
             _kv("client.address", f"10.0.{rng.randrange(256)}.{rng.randrange(256)}"),
             _kv("network.protocol.version", "1.1"), _kv("user_agent.original", rng.choice(_USER_AGENTS)),
             request_id,
-        ],
+        ] + (tier_attribute if priority_span == 0 else []),
         status=Status(code=Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET),
     )
     spans.append(root)
@@ -113,7 +127,7 @@ def _add_trace(rng: random.Random, spans: list[Span], marker: bytes, now_ns: int
                 _kv("code.function", f"handle_{name.split('.')[0].split(' ')[0].lower()}"),
                 _kv("code.filepath", f"/srv/app/src/{rng.choice(_SERVICES)}/api/handlers.py"),
                 _kv("thread.id", rng.randrange(1, 64)), request_id,
-            ],
+            ] + (tier_attribute if priority_span == i else []),
         ))
 
 
