@@ -26,7 +26,7 @@ from samplers.wire import WireError, find_attribute, frame_request, scan_request
 # Trace header slots.
 _FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV = range(10)
 _SPANS = 10
-_ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED = 1, 2, 4, 8, 16
+_ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED, _UNSCHEDULED = 1, 2, 4, 8, 16, 32
 
 # Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes
 # plus the bytes object header and two list slots; a trace its dict slot, key, list and header values,
@@ -165,7 +165,7 @@ class TailSampler:
         quick = matcher.quick_keys
         quick1 = quick[0] if quick is not None and len(quick) == 1 else None
         added = 0
-        new_traces = 0
+        fresh: list[bytes] = []
         rejected, reject_message = scanned.rejected, scanned.reject_message
         observe = self.span_observer.observe if self.span_observer is not None else None
         for resource_part, scopes in scanned.groups:
@@ -198,12 +198,11 @@ class TailSampler:
                         continue
                     entry = traces.get(trace_id)
                     if entry is None:
-                        deadline = now + wait
-                        entry = [now, deadline, TRACE_OVERHEAD, 0, catch_all, 0, start, end, None, None]
+                        # Scheduled once at the end of this request, with the deadline its spans settle on.
+                        entry = [now, now + wait, TRACE_OVERHEAD, 0, catch_all, _UNSCHEDULED, start, end, None, None]
                         traces[trace_id] = entry
-                        heapq.heappush(schedule, (deadline, trace_id))
+                        fresh.append(trace_id)
                         added += TRACE_OVERHEAD
-                        new_traces += 1
                     cost = len(span) + SPAN_OVERHEAD + share
                     entry[_NBYTES] += cost
                     entry[_NSPANS] += 1
@@ -216,7 +215,8 @@ class TailSampler:
                         due = now + root_delay
                         if due < entry[_DEADLINE]:
                             entry[_DEADLINE] = due
-                            heapq.heappush(schedule, (due, trace_id))
+                            if not flags & _UNSCHEDULED:
+                                heapq.heappush(schedule, (due, trace_id))
                     if code == _STATUS_ERROR and keep_errors:
                         flags |= _ERROR
                     if keep_5xx and kind == _SERVER and b"status_code" in span and _is_5xx(span):
@@ -238,9 +238,16 @@ class TailSampler:
                     if entry[_NBYTES] > cap and not flags & _CAPPED:
                         flags |= _CAPPED
                         entry[_DEADLINE] = now
-                        heapq.heappush(schedule, (now, trace_id))
+                        if not flags & _UNSCHEDULED:
+                            heapq.heappush(schedule, (now, trace_id))
                     entry[_FLAGS] = flags
         self.buffered_bytes += added
+        for trace_id in fresh:
+            entry = traces.get(trace_id)
+            if entry is not None:
+                entry[_FLAGS] &= ~_UNSCHEDULED
+                heapq.heappush(schedule, (entry[_DEADLINE], trace_id))
+        new_traces = len(fresh)
         accepted = scanned.spans - (rejected - scanned.rejected)
         self.stats.spans_in += accepted
         self.stats.traces_in += new_traces
@@ -415,13 +422,29 @@ class TailSampler:
         return [self._decisions.get(t) for t in trace_ids]
 
 
+_STATUS_KEYS = tuple((key, bytes([0x0A, len(key)]) + key + b"\x12") for key in
+                     (b"http.response.status_code", b"http.status_code"))
+
+
 def _is_5xx(span: bytes) -> bool:
-    for key in (b"http.response.status_code", b"http.status_code"):
-        if key in span:
-            value = find_attribute(span, key, 9)
-            try:
-                if value is not None and int(value) >= 500:  # type: ignore[arg-type]
-                    return True
-            except (TypeError, ValueError):
-                continue  # not a number: the other attribute name may still say 5xx
+    """Whether a server span says HTTP status >= 500. The common encoding (an int value) is read straight from
+    the bytes after the KeyValue's key; anything else goes through find_attribute."""
+    for key, prefix in _STATUS_KEYS:
+        i = span.find(prefix)
+        if i < 0:
+            if key not in span:
+                continue
+        else:
+            j = i + len(prefix)
+            length = span[j]
+            if length == 3 and span[j + 1] == 0x18 and span[j + 3] < 0x80 and span[j + 2] & 0x80:
+                return ((span[j + 2] & 0x7F) | (span[j + 3] << 7)) >= 500  # int 128..16383
+            if length == 2 and span[j + 1] == 0x18:
+                return False  # int 0..127
+        value = find_attribute(span, key, 9)
+        try:
+            if value is not None and int(value) >= 500:  # type: ignore[arg-type]
+                return True
+        except (TypeError, ValueError):
+            continue  # not a number: the other attribute name may still say 5xx
     return False
