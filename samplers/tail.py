@@ -192,12 +192,13 @@ class TailSampler:
                         parent = b""
                     if observe is not None:
                         observe(resource_part, span, name, kind, code, start, end)
-                    decided = decisions.get(trace_id)
-                    if decided is not None:
-                        self._late(group, span, decided, tracestate)
-                        continue
                     entry = traces.get(trace_id)
                     if entry is None:
+                        # A buffered trace is never in the decision cache, so only new IDs are looked up there.
+                        decided = decisions.get(trace_id)
+                        if decided is not None:
+                            self._late(group, span, decided, tracestate)
+                            continue
                         # Scheduled once at the end of this request, with the deadline its spans settle on.
                         entry = [now, now + wait, TRACE_OVERHEAD, 0, catch_all, _UNSCHEDULED, start, end, None, None]
                         traces[trace_id] = entry
