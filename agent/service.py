@@ -29,6 +29,7 @@ from exporters.file import FileTraceExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
+from exporters.remote_write.translate import Limits
 from exporters.retry import RetryPolicy
 from samplers.red import RedAggregator
 
@@ -61,7 +62,13 @@ def build_exporters(config: Config) -> dict[str, Any]:
                 retry=_policy(rw.sender.retry), max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
                 flush_interval=rw.batch.flush_interval,
                 delta_to_cumulative=DeltaToCumulative(
-                    Path(config.state_dir) / "delta_to_cumulative" / f"{rw.name}.json"))
+                    Path(config.state_dir) / "delta_to_cumulative" / f"{rw.name}.json"),
+                native_histograms=rw.native_histograms,
+                limits=Limits(max_label_name_length=rw.limits.max_label_name_length,
+                              max_label_value_length=rw.limits.max_label_value_length,
+                              max_labels_per_series=rw.limits.max_labels_per_series,
+                              max_series_per_metric=rw.limits.max_series_per_metric),
+                promote=rw.promote_resource_attributes)
     for name in ("otlp", "file", *(rw.name for rw in ex.remote_write)):
         if name not in built and (name != "otlp" or ex.otlp) and (name != "file" or ex.file):
             log.warning("exporter configured but not used by any pipeline", **kv(exporter=name))

@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from exporters.remote_write.naming import MetricKind, job_label, label_name, label_plan, metric_name, unit_suffix
+from exporters.remote_write.naming import (
+    MetricKind,
+    float_label,
+    job_label,
+    label_name,
+    label_plan,
+    metric_name,
+    unit_suffix,
+)
 
 GAUGE = MetricKind.GAUGE
 COUNTER = MetricKind.MONOTONIC_SUM
@@ -173,3 +181,47 @@ def test_a_repeated_attribute_key_keeps_its_last_value() -> None:
 )
 def test_job_is_namespace_slash_service_name_or_the_name_alone(name: str, namespace: str, job: str) -> None:
     assert job_label(name, namespace) == job
+
+
+def test_a_weak_label_is_used_only_when_no_fixed_label_or_attribute_has_its_name() -> None:
+    plan = label_plan(("region",), ("__name__",), ("region", "zone"))
+    assert _apply(plan, ["from-point"], ["m", "from-resource-region", "from-resource-zone"]) == [
+        ("__name__", "m"),
+        ("region", "from-point"),
+        ("zone", "from-resource-zone"),
+    ]
+
+
+def test_a_reserved_name_is_never_produced_from_an_attribute() -> None:
+    plan = label_plan(("le", "route"), ("__name__",), (), ("le",))
+    assert _apply(plan, ["x", "/a"], ["m"]) == [("__name__", "m"), ("route", "/a")]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.005, "0.005"),
+        (0.01, "0.01"),
+        (0.1, "0.1"),
+        (1.0, "1"),
+        (2.5, "2.5"),
+        (10.0, "10"),
+        (100000.0, "100000"),
+        (1e6, "1e+06"),
+        (1234567.0, "1.234567e+06"),
+        (0.0001, "0.0001"),
+        (1e-05, "1e-05"),
+        (1.5e-07, "1.5e-07"),
+        (0.0, "0"),
+        (-0.0, "-0"),
+        (-2.5, "-2.5"),
+        (-1e6, "-1e+06"),
+        (1e300, "1e+300"),
+        (0.3333333333333333, "0.3333333333333333"),
+        (float("inf"), "+Inf"),
+        (float("-inf"), "-Inf"),
+        (float("nan"), "NaN"),
+    ],
+)
+def test_a_bound_or_quantile_is_written_as_go_formats_floats_like_prometheus(value: float, text: str) -> None:
+    assert float_label(value) == text

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
@@ -22,7 +25,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from exporters.remote_write.translate import SampleBatch, translate
+from exporters.remote_write.translate import STALE_NAN, SampleBatch, translate
 
 T_NS = 1_700_000_000_123_456_789
 T_MS = 1_700_000_000_123
@@ -135,7 +138,9 @@ def test_empty_attribute_values_are_left_out() -> None:
 
 
 def test_job_is_service_namespace_slash_service_name_and_instance_is_the_instance_id() -> None:
-    resource = attrs(service__name="checkout", service__namespace="shop", service__instance__id="pod-1", host__name="n1")
+    resource = attrs(
+        service__name="checkout", service__namespace="shop", service__instance__id="pod-1", host__name="n1"
+    )
     batch = translate(request(gauge("g", point(1.0)), resource=resource))
     assert samples(batch)[0][0] == {"__name__": "g", "job": "shop/checkout", "instance": "pod-1"}
 
@@ -164,7 +169,9 @@ def test_an_empty_scope_version_is_omitted() -> None:
 def test_labels_of_every_sample_are_sorted_by_name() -> None:
     resource = attrs(service__name="svc", service__instance__id="i-1")
     point_attrs = attrs(zeta="z", alpha="a", otel="o", _under="u")
-    batch = translate(request(gauge("g", point(1.0, point_attrs)), resource=resource, scope=InstrumentationScope(name="s")))
+    batch = translate(
+        request(gauge("g", point(1.0, point_attrs)), resource=resource, scope=InstrumentationScope(name="s"))
+    )
     names = [name for name, _ in batch.labels[0]]
     assert names == sorted(names)
     assert names == ["__name__", "alpha", "instance", "job", "key_under", "otel", "otel_scope_name", "zeta"]
@@ -193,32 +200,61 @@ def test_a_sum_without_temporality_is_dropped_and_counted() -> None:
     assert batch.dropped == {"unsupported_unspecified_temporality": 1}
 
 
-def test_histograms_exponential_histograms_and_summaries_are_dropped_and_counted_by_type() -> None:
+def test_delta_histograms_and_exponential_histograms_are_dropped_and_counted_as_unsupported_temporality() -> None:
     histogram = Metric(
         name="h",
-        histogram=Histogram(data_points=[HistogramDataPoint(time_unix_nano=T_NS)], aggregation_temporality=CUMULATIVE),
+        histogram=Histogram(data_points=[HistogramDataPoint(time_unix_nano=T_NS)], aggregation_temporality=DELTA),
     )
     exponential = Metric(
         name="e",
         exponential_histogram=ExponentialHistogram(
-            data_points=[ExponentialHistogramDataPoint(time_unix_nano=T_NS)] * 2, aggregation_temporality=CUMULATIVE
+            data_points=[ExponentialHistogramDataPoint(time_unix_nano=T_NS)] * 2, aggregation_temporality=DELTA
         ),
     )
-    summary = Metric(name="s", summary=Summary(data_points=[SummaryDataPoint(time_unix_nano=T_NS)] * 3))
-    batch = translate(request(histogram, exponential, summary, gauge("g", point(1.0))))
+    batch = translate(request(histogram, exponential, gauge("g", point(1.0))))
     assert samples(batch) == [({"__name__": "g"}, 1.0, T_MS)]
-    assert batch.dropped == {
-        "unsupported_type_histogram": 1,
-        "unsupported_type_exponential_histogram": 2,
-        "unsupported_type_summary": 3,
-    }
+    assert batch.dropped == {"unsupported_delta_temporality": 3}
 
 
-def test_a_point_flagged_no_recorded_value_is_skipped_and_counted() -> None:
+def test_every_metric_type_is_translated_and_nothing_is_dropped() -> None:
+    histogram = Metric(
+        name="h",
+        histogram=Histogram(
+            data_points=[HistogramDataPoint(time_unix_nano=T_NS, count=1, bucket_counts=[1])],
+            aggregation_temporality=CUMULATIVE,
+        ),
+    )
+    exponential = Metric(
+        name="e",
+        exponential_histogram=ExponentialHistogram(
+            data_points=[ExponentialHistogramDataPoint(time_unix_nano=T_NS)], aggregation_temporality=CUMULATIVE
+        ),
+    )
+    summary = Metric(name="s", summary=Summary(data_points=[SummaryDataPoint(time_unix_nano=T_NS)]))
+    batch = translate(request(histogram, exponential, summary, gauge("g", point(1.0))))
+    names = {dict(labels)["__name__"] for labels in batch.labels}
+    assert names == {"h_bucket", "h_count", "e_bucket", "e_count", "s_sum", "s_count", "g"}
+    assert not batch.dropped
+
+
+def test_a_point_flagged_no_recorded_value_becomes_a_staleness_marker() -> None:
     flag = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
-    batch = translate(request(gauge("g", point(1.0, flags=flag), point(2.0))))
-    assert batch.values == [2.0]
-    assert batch.dropped == {"no_recorded_value": 1}
+    batch = translate(request(gauge("g", point(1.0, flags=flag), point(2.0, time_unix_nano=T_NS + 10**9))))
+    assert [struct.pack("<d", v) for v in batch.values] == [
+        struct.pack("<Q", 0x7FF0000000000002),
+        struct.pack("<d", 2.0),
+    ]
+    assert math.isnan(STALE_NAN)
+    assert batch.timestamps == [T_MS, T_MS + 1000]
+    assert not batch.dropped
+
+
+def test_a_stale_counter_point_carries_no_exemplar() -> None:
+    flag = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+    stale = point(1, flags=flag)
+    stale.exemplars.add(time_unix_nano=T_NS, as_double=1.0, trace_id=b"\x01" * 16)
+    batch = translate(request(sum_metric("c", stale)))
+    assert batch.exemplars == []
 
 
 def test_a_point_without_a_timestamp_is_skipped_and_counted() -> None:
@@ -234,7 +270,9 @@ def test_a_metric_without_a_name_is_dropped_and_counted() -> None:
 
 def test_translating_never_modifies_the_request() -> None:
     original = request(
-        sum_metric("c", point(1, attrs(a="1"))), resource=attrs(service__name="svc"), scope=InstrumentationScope(name="s")
+        sum_metric("c", point(1, attrs(a="1"))),
+        resource=attrs(service__name="svc"),
+        scope=InstrumentationScope(name="s"),
     )
     before = original.SerializeToString(deterministic=True)
     translate(original)

@@ -197,12 +197,26 @@ class SenderConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Past a limit the data point is dropped and counted by reason, never truncated (defaults: Mimir's)."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    max_label_name_length: Positive = 1024
+    max_label_value_length: Positive = 2048
+    max_labels_per_series: Positive = 30
+    max_series_per_metric: Positive = 10_000
+
+
+@dataclass(frozen=True)
 class RemoteWriteConfig:
     __pydantic_config__ = _FORBID_UNKNOWN
     name: Name
     url: HttpUrl
     protocol: Annotated[str, AfterValidator(_check_protocol)] = "rw1"
     headers: dict[str, str] = field(default_factory=dict)
+    native_histograms: bool = False  # true only where the receiver ingests native histograms
+    promote_resource_attributes: tuple[str, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
 

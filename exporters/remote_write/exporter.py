@@ -34,7 +34,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from exporters.errors import PermanentError, RetryableError
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write import rw1
-from exporters.remote_write.translate import Labels, SampleBatch, translate
+from exporters.remote_write.translate import Exemplar, Labels, Limits, NativeHistogram, SampleBatch, translate
 from exporters.retry import RetryPolicy, raise_for_status, send_with_retry
 
 logger = logging.getLogger("headwater.exporters.remote_write")
@@ -54,10 +54,18 @@ class _Batch:
     labels: list[Labels] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
+    histogram_labels: list[Labels] = field(default_factory=list)
+    histograms: list[NativeHistogram] = field(default_factory=list)
+    exemplar_labels: list[Labels] = field(default_factory=list)
+    exemplars: list[Exemplar] = field(default_factory=list)
     nbytes: int = 0
 
     def __len__(self) -> int:
-        return len(self.values)
+        """Samples: float samples and native histograms (exemplars ride along uncounted)."""
+        return len(self.values) + len(self.histograms)
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.histograms or self.exemplars)
 
 
 class RemoteWriteExporter:
@@ -89,7 +97,13 @@ class RemoteWriteExporter:
         *,
         meter: metrics.Meter | None = None,
         delta_to_cumulative: DeltaToCumulative | None = None,
+        native_histograms: bool = False,
+        limits: Limits | None = None,
+        promote: tuple[str, ...] = (),
     ) -> None:
+        self._native_histograms = native_histograms
+        self._limits = limits
+        self._promote = tuple(promote)
         self._delta = delta_to_cumulative
         if not name:
             raise ValueError("name must not be empty")
@@ -172,7 +186,9 @@ class RemoteWriteExporter:
             request, skipped = self._delta.apply(request)
             # On disk before these samples can leave and before the client is acknowledged (see cumulative.py).
             await self._delta.commit()
-        batch = translate(request)
+        batch = translate(
+            request, native_histograms=self._native_histograms, limits=self._limits, promote=self._promote
+        )
         batch.dropped.update(skipped)
         for reason, count in batch.dropped.items():
             self._dropped.add(count, {**self._attributes, "reason": reason})
@@ -227,6 +243,19 @@ class RemoteWriteExporter:
                 start = end
             if end < total or len(pending) >= self._max_samples:
                 self._cut()
+        if batch.histograms or batch.exemplars:
+            # After the float samples, so an exemplar never reaches the receiver before its series exists.
+            pending = self._pending
+            if not pending:
+                self._pending_since = self._clock()
+                self._pending_started.set()
+            pending.histogram_labels += batch.histogram_labels
+            pending.histograms += batch.histograms
+            pending.exemplar_labels += batch.exemplar_labels
+            pending.exemplars += batch.exemplars
+            pending.nbytes += sum(batch.histogram_sizes) + sum(batch.exemplar_sizes)
+            if len(pending) >= self._max_samples or pending.nbytes >= self._max_bytes:
+                self._cut()
 
     def _cut(self) -> None:
         """Move the pending batch to the send queue."""
@@ -269,7 +298,16 @@ class RemoteWriteExporter:
         """Send one request and count its outcome; never raises for a delivery failure."""
         count = len(batch)
         try:
-            body = await asyncio.to_thread(rw1.encode, batch.labels, batch.values, batch.timestamps)
+            body = await asyncio.to_thread(
+                rw1.encode,
+                batch.labels,
+                batch.values,
+                batch.timestamps,
+                histogram_labels=batch.histogram_labels,
+                histograms=batch.histograms,
+                exemplar_labels=batch.exemplar_labels,
+                exemplars=batch.exemplars,
+            )
             await send_with_retry(lambda: self._post(body), self._retry, on_retry=self._log_retry)
         except PermanentError as exc:
             logger.error("remote write %s: receiver refused %d samples, dropped: %s", self.name, count, exc)

@@ -26,7 +26,9 @@ meter, not a minute (`min` is the minute).
 from __future__ import annotations
 
 import enum
+import math
 import re
+from decimal import Decimal
 from functools import lru_cache
 
 _INVALID_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
@@ -156,20 +158,28 @@ def label_name(key: str) -> str:
 
 
 # One label of a plan: its name, and where its value comes from. `fixed >= 0` takes the caller's fixed
-# value number `fixed` (job, instance, scope, __name__); otherwise the value is the attribute values at
-# `sources`, joined with ";".
+# value number `fixed` (the fixed labels first, then the weak ones: job, instance, scope, __name__, promoted
+# resource attributes); otherwise the value is the attribute values at `sources`, joined with ";".
 PlanEntry = tuple[str, int, tuple[int, ...]]
 
 
 @lru_cache(maxsize=4096)
-def label_plan(keys: tuple[str, ...], fixed_names: tuple[str, ...]) -> tuple[PlanEntry, ...]:
+def label_plan(
+    keys: tuple[str, ...],
+    fixed_names: tuple[str, ...],
+    weak_names: tuple[str, ...] = (),
+    reserved: tuple[str, ...] = (),
+) -> tuple[PlanEntry, ...]:
     """How to build a sorted label set from attributes with these `keys` plus labels named `fixed_names`.
 
     Computed once per distinct key tuple, not per data point: data points of one metric nearly always
     share their attribute keys. A fixed label wins over an attribute that maps to the same name (the
-    resource's `job` over a data point attribute `job`, as Prometheus's OTLP endpoint does). Attributes
-    whose sanitized keys collide are joined with ";" in the order of their original keys; an attribute
-    key that repeats keeps its last value, as OTLP decoders do.
+    resource's `job` over a data point attribute `job`, as Prometheus's OTLP endpoint does). A weak label
+    (a promoted resource attribute; its value index follows the fixed ones) is used only when neither a
+    fixed label nor an attribute has its name: the data point is more specific than its resource. A
+    `reserved` name (`le` on histograms, `quantile` on summaries: the caller adds it per series) is never
+    produced from an attribute. Attributes whose sanitized keys collide are joined with ";" in the order of
+    their original keys; an attribute key that repeats keeps its last value, as OTLP decoders do.
     """
     last_index: dict[str, int] = {}
     for index, key in enumerate(keys):
@@ -177,13 +187,52 @@ def label_plan(keys: tuple[str, ...], fixed_names: tuple[str, ...]) -> tuple[Pla
     groups: dict[str, list[tuple[str, int]]] = {}
     for key, index in last_index.items():
         name = label_name(key)
-        if name and name not in fixed_names:
+        if name and name not in fixed_names and name not in reserved:
             groups.setdefault(name, []).append((key, index))
     entries: list[PlanEntry] = [(name, i, ()) for i, name in enumerate(fixed_names)]
+    taken = set(fixed_names).union(groups, reserved)
+    for j, name in enumerate(weak_names):
+        if name not in taken:
+            taken.add(name)
+            entries.append((name, len(fixed_names) + j, ()))
     for name, members in groups.items():
         entries.append((name, -1, tuple(index for _, index in sorted(members))))
     entries.sort(key=lambda entry: entry[0])
     return tuple(entries)
+
+
+def float_label(value: float) -> str:
+    """A float as Prometheus writes it in `le` and `quantile` labels: Go's `strconv.FormatFloat(v, 'g', -1,
+    64)` with `+Inf`/`-Inf`/`NaN`, so `0.005`, `1`, `2.5`, `100000`, `1e+06`, `1e-05`.
+
+    The same bound must always produce the same text, or one bucket becomes two series; matching what
+    Prometheus client libraries write keeps the series identical to scraped ones.
+    """
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:  # before the cache, which cannot tell 0.0 from -0.0 (they are equal)
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    return _nonzero_float_label(value)
+
+
+@lru_cache(maxsize=8192)
+def _nonzero_float_label(value: float) -> str:
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()  # repr: the shortest round-trip digits
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)  # type: ignore[operator]
+    point = len(digits) + exponent  # digits before the decimal point
+    scientific = point - 1
+    prefix = "-" if sign else ""
+    if scientific < -4 or scientific >= 6:  # Go's rule for the shortest 'g' format
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if scientific < 0 else '+'}{abs(scientific):02d}"
+    if exponent >= 0:
+        return prefix + digits + "0" * exponent
+    if point > 0:
+        return f"{prefix}{digits[:point]}.{digits[point:]}"
+    return f"{prefix}0.{'0' * -point}{digits}"
 
 
 def job_label(service_name: str, service_namespace: str) -> str:

@@ -16,14 +16,16 @@ class WriteRequest(_message.Message):
     def __init__(self, timeseries: _Optional[_Iterable[_Union[TimeSeries, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[MetricMetadata, _Mapping]]] = ...) -> None: ...
 
 class TimeSeries(_message.Message):
-    __slots__ = ("labels", "samples", "exemplars")
+    __slots__ = ("labels", "samples", "exemplars", "histograms")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     exemplars: _containers.RepeatedCompositeFieldContainer[Exemplar]
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., exemplars: _Optional[_Iterable[_Union[Exemplar, _Mapping]]] = ...) -> None: ...
+    histograms: _containers.RepeatedCompositeFieldContainer[Histogram]
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., exemplars: _Optional[_Iterable[_Union[Exemplar, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[Histogram, _Mapping]]] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ("name", "value")
@@ -50,6 +52,58 @@ class Exemplar(_message.Message):
     value: float
     timestamp: int
     def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., value: _Optional[float] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("count_int", "count_float", "sum", "schema", "zero_threshold", "zero_count_int", "zero_count_float", "negative_spans", "negative_deltas", "negative_counts", "positive_spans", "positive_deltas", "positive_counts", "reset_hint", "timestamp")
+    class ResetHint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[Histogram.ResetHint]
+        YES: _ClassVar[Histogram.ResetHint]
+        NO: _ClassVar[Histogram.ResetHint]
+        GAUGE: _ClassVar[Histogram.ResetHint]
+    UNKNOWN: Histogram.ResetHint
+    YES: Histogram.ResetHint
+    NO: Histogram.ResetHint
+    GAUGE: Histogram.ResetHint
+    COUNT_INT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FLOAT_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    ZERO_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ZERO_COUNT_INT_FIELD_NUMBER: _ClassVar[int]
+    ZERO_COUNT_FLOAT_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_SPANS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SPANS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    RESET_HINT_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    count_int: int
+    count_float: float
+    sum: float
+    schema: int
+    zero_threshold: float
+    zero_count_int: int
+    zero_count_float: float
+    negative_spans: _containers.RepeatedCompositeFieldContainer[BucketSpan]
+    negative_deltas: _containers.RepeatedScalarFieldContainer[int]
+    negative_counts: _containers.RepeatedScalarFieldContainer[float]
+    positive_spans: _containers.RepeatedCompositeFieldContainer[BucketSpan]
+    positive_deltas: _containers.RepeatedScalarFieldContainer[int]
+    positive_counts: _containers.RepeatedScalarFieldContainer[float]
+    reset_hint: Histogram.ResetHint
+    timestamp: int
+    def __init__(self, count_int: _Optional[int] = ..., count_float: _Optional[float] = ..., sum: _Optional[float] = ..., schema: _Optional[int] = ..., zero_threshold: _Optional[float] = ..., zero_count_int: _Optional[int] = ..., zero_count_float: _Optional[float] = ..., negative_spans: _Optional[_Iterable[_Union[BucketSpan, _Mapping]]] = ..., negative_deltas: _Optional[_Iterable[int]] = ..., negative_counts: _Optional[_Iterable[float]] = ..., positive_spans: _Optional[_Iterable[_Union[BucketSpan, _Mapping]]] = ..., positive_deltas: _Optional[_Iterable[int]] = ..., positive_counts: _Optional[_Iterable[float]] = ..., reset_hint: _Optional[_Union[Histogram.ResetHint, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class BucketSpan(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class MetricMetadata(_message.Message):
     __slots__ = ("type", "metric_family_name", "help", "unit")
