@@ -37,7 +37,7 @@ def settings_from_config(c: SamplingConfig) -> SamplingSettings:
             span_kinds=tuple(SPAN_KINDS.index(k) + 1 for k in w.span_kinds),
             root_only=w.root_only,
         )
-        tiers.append(Tier(t.name, t.rate, match))
+        tiers.append(Tier(t.name, t.rate, match, key=tuple(t.key)))
     return SamplingSettings(
         decision_wait=c.decision_wait, root_delay=c.root_delay, max_memory=c.max_memory,
         max_trace_bytes=c.max_trace_size, decision_cache_bytes=c.decision_cache_size,

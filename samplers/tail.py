@@ -12,20 +12,30 @@ it holds `max_trace_bytes`, whichever is first. `tick` decides what is due, in s
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from samplers import consistent
-from samplers.controller import BudgetController
+from samplers.controller import BudgetController, key_rates
 from samplers.decisions import DROPPED, DecisionCache
 from samplers.rules import TierMatcher
 from samplers.settings import SamplingSettings
-from samplers.wire import WireError, find_attribute, frame_request, scan_request, span_facts, with_attributes, with_trace_state
+from samplers.wire import (
+    WireError,
+    find_attribute,
+    frame_request,
+    resource_attributes_bytes,
+    scan_request,
+    span_facts,
+    with_attributes,
+    with_trace_state,
+)
 
 # Trace header slots.
-_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV = range(10)
-_SPANS = 10
+_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT = range(11)
+_SPANS = 11
 _ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED, _UNSCHEDULED = 1, 2, 4, 8, 16, 32
 
 # Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes
@@ -40,6 +50,8 @@ _SERVER = 2
 _STATUS_ERROR = 2
 _ZERO_SPAN_ID = bytes(8)
 _OUTPUT_BYTES = 1 << 20
+KEY_WINDOW = 30.0          # seconds over which key counts decay (e-folding)
+MAX_KEYS_PER_TIER = 10_000
 
 
 class SpanObserver(Protocol):
@@ -109,6 +121,11 @@ class TailSampler:
         else:
             self._controller = None
         self._suffixes: dict[tuple[int, int, int], bytes] = {}
+        # Tiers with a `key`: decayed trace counts per key, and the threshold each key gets (rare keys higher).
+        self._key_tiers = {i: t.key for i, t in enumerate(settings.tiers) if t.key}
+        old_counts = getattr(self, "_key_counts", {})
+        self._key_counts: dict[int, dict[tuple, float]] = {i: old_counts.get(i, {}) for i in self._key_tiers}
+        self._key_thresholds: dict[int, dict[tuple, int]] = {i: {} for i in self._key_tiers}
         self._rates_at = float("-inf")
         self._refresh_rates(self.clock())
 
@@ -147,6 +164,15 @@ class TailSampler:
                 self._controller.set_applied_rates(rates)  # so its feedback does not chase the shed spans
         self._rates = rates
         self._thresholds = [consistent.threshold_for(r) for r in rates]
+        if self._key_tiers:
+            decay = math.exp(-min(now - self._rates_at, KEY_WINDOW * 10) / KEY_WINDOW) if self._rates_at > float("-inf") else 1.0
+            for tier, counts in self._key_counts.items():
+                for key in list(counts):
+                    counts[key] *= decay
+                    if counts[key] < 0.01:
+                        del counts[key]
+                self._key_thresholds[tier] = {k: consistent.threshold_for(r)
+                                              for k, r in key_rates(rates[tier], counts).items()}
         self._rates_at = now
 
     # -- ingest ------------------------------------------------------------------------------------------
@@ -200,7 +226,7 @@ class TailSampler:
                             self._late(group, span, decided, tracestate)
                             continue
                         # Scheduled once at the end of this request, with the deadline its spans settle on.
-                        entry = [now, now + wait, TRACE_OVERHEAD, 0, catch_all, _UNSCHEDULED, start, end, None, None]
+                        entry = [now, now + wait, TRACE_OVERHEAD, 0, catch_all, _UNSCHEDULED, start, end, None, None, 0]
                         traces[trace_id] = entry
                         fresh.append(trace_id)
                         added += TRACE_OVERHEAD
@@ -213,6 +239,7 @@ class TailSampler:
                     flags = entry[_FLAGS]
                     if not parent and not flags & _ROOT:
                         flags |= _ROOT
+                        entry[_ROOT_AT] = len(entry) - 1
                         due = now + root_delay
                         if due < entry[_DEADLINE]:
                             entry[_DEADLINE] = due
@@ -322,6 +349,8 @@ class TailSampler:
             if self._controller is not None:
                 self._controller.observe(tier, nspans, now)
             threshold = self._thresholds[tier]
+            if tier in self._key_tiers:
+                threshold = self._key_threshold(tier, entry, threshold)
             if entry[_TH_IN] is not None:
                 threshold = consistent.combine_th(entry[_TH_IN], threshold)
             rv = entry[_RV]
@@ -344,6 +373,28 @@ class TailSampler:
             span = entry[i + 1]
             ts = span_facts(span)[3] if has_state else ""
             self._emit(entry[i], self._annotate(span, threshold, tier, reason, ts))
+
+    def _key_threshold(self, tier: int, entry: list, tier_threshold: int) -> int:
+        """The threshold of the trace's key (root span name and/or resource attributes of the root's resource):
+        counted for the next refresh, and a key not seen since the last one is kept (its estimated cost is 0)."""
+        root = entry[_ROOT_AT] or _SPANS + 1
+        group, span = entry[root - 1], entry[root]
+        resource = None
+        parts = []
+        for name in self._key_tiers[tier]:
+            if name == "root.name":
+                parts.append(span_facts(span)[4] if entry[_ROOT_AT] else b"")
+            else:
+                if resource is None:
+                    resource = resource_attributes_bytes(group[0])
+                key = name.encode()
+                parts.append(find_attribute(resource, key, 1) if key in resource else None)
+        key = tuple(parts)
+        counts = self._key_counts[tier]
+        if key not in counts and len(counts) >= MAX_KEYS_PER_TIER:
+            return tier_threshold  # too many keys to track: the tier's own rate
+        counts[key] = counts.get(key, 0.0) + 1.0
+        return self._key_thresholds[tier].get(key, 0)
 
     def _annotate(self, span: bytes, threshold: int, tier: int, reason: int, tracestate: str) -> bytes:
         if tracestate:

@@ -98,6 +98,9 @@ class TierConfig:
     name: Name
     rate: Annotated[float, Field(ge=0.0, le=1.0)]
     when: TierMatchConfig | None = None
+    # Resource attributes of the root span's resource and/or `root.name`: each combination gets its own rate,
+    # rare ones higher, while the tier keeps its average rate (decisions then differ between agents).
+    key: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
