@@ -1,6 +1,6 @@
 """The tail sampler: buffers spans by trace, decides each trace once, and emits the kept spans re-framed.
 
-Spans are held as their wire bytes in one flat list per trace, `[header..., group, span, group, span, ...]`,
+Spans are held as their wire bytes in one flat list per trace, `[header..., group, span, span, group, span]`,
 never as parsed objects (see DESIGN.md: a parsed span keeps its whole request alive, and tracked containers
 cost the cyclic GC). Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming
 threshold — is folded into the trace's header as spans arrive, so deciding reads no span again.
@@ -34,14 +34,17 @@ from samplers.wire import (
 )
 
 # Trace header slots.
-_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT = range(11)
-_SPANS = 11
+_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT, _GROUP = range(12)
+_SPANS = 12  # then spans, each run of spans from one (resource, scope) preceded by that group tuple
+_NO_START = 1 << 64
 _ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED, _UNSCHEDULED = 1, 2, 4, 8, 16, 32
 
 # Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes
-# plus the bytes object header and two list slots; a trace its dict slot, key, list and header values,
-# plus its schedule entries; a (resource, scope) group its two bytes objects and tuple, shared by its spans.
-SPAN_OVERHEAD = 33 + 16
+# plus the bytes object header and one list slot; a trace its dict slot, key, list and header values,
+# plus its schedule entries; a (resource, scope) group its two bytes objects and tuple, shared by its spans,
+# and a list slot wherever a run of its spans starts in a trace.
+SPAN_OVERHEAD = 33 + 8
+GROUP_SLOT = 8
 TRACE_OVERHEAD = 480
 GROUP_OVERHEAD = 33 * 2 + 56
 
@@ -138,8 +141,12 @@ class TailSampler:
     def _rematch(self, entry: list) -> int:
         tier = self._matcher.catch_all
         masks: dict[bytes, tuple[bool, ...]] = {}
-        for i in range(_SPANS, len(entry), 2):
-            group, span = entry[i], entry[i + 1]
+        group = entry[_SPANS]
+        for i in range(_SPANS + 1, len(entry)):
+            span = entry[i]
+            if type(span) is tuple:
+                group = span
+                continue
             mask = masks.get(group[0])
             if mask is None:
                 mask = masks[group[0]] = self._matcher.resource_mask(group[0])
@@ -200,7 +207,7 @@ class TailSampler:
                 if not spans:
                     continue
                 group = (resource_part, scope_part)
-                share = (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
+                base = SPAN_OVERHEAD + (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
                 for span in spans:
                     try:
                         trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
@@ -226,49 +233,56 @@ class TailSampler:
                             self._late(group, span, decided, tracestate)
                             continue
                         # Scheduled once at the end of this request, with the deadline its spans settle on.
-                        entry = [now, now + wait, TRACE_OVERHEAD, 0, catch_all, _UNSCHEDULED, start, end, None, None, 0]
+                        entry = [now, now + wait, 0, 0, catch_all, _UNSCHEDULED, start or _NO_START,
+                                 end, None, None, 0, group, group]
                         traces[trace_id] = entry
                         fresh.append(trace_id)
-                        added += TRACE_OVERHEAD
-                    cost = len(span) + SPAN_OVERHEAD + share
+                        cost = TRACE_OVERHEAD + GROUP_SLOT + len(span) + base
+                    elif entry[_GROUP] is group:
+                        cost = len(span) + base
+                    else:
+                        entry[_GROUP] = group
+                        entry.append(group)
+                        cost = GROUP_SLOT + len(span) + base
+                    entry.append(span)
                     entry[_NBYTES] += cost
                     entry[_NSPANS] += 1
-                    entry.append(group)
-                    entry.append(span)
                     added += cost
-                    flags = entry[_FLAGS]
-                    if not parent and not flags & _ROOT:
-                        flags |= _ROOT
-                        entry[_ROOT_AT] = len(entry) - 1
-                        due = now + root_delay
-                        if due < entry[_DEADLINE]:
-                            entry[_DEADLINE] = due
-                            if not flags & _UNSCHEDULED:
-                                heapq.heappush(schedule, (due, trace_id))
+                    if not parent:
+                        flags = entry[_FLAGS]
+                        if not flags & _ROOT:
+                            entry[_FLAGS] = flags | _ROOT
+                            entry[_ROOT_AT] = len(entry) - 1
+                            due = now + root_delay
+                            if due < entry[_DEADLINE]:
+                                entry[_DEADLINE] = due
+                                if not flags & _UNSCHEDULED:
+                                    heapq.heappush(schedule, (due, trace_id))
                     if code == _STATUS_ERROR and keep_errors:
-                        flags |= _ERROR
+                        entry[_FLAGS] |= _ERROR
                     if keep_5xx and kind == _SERVER and b"status_code" in span and _is_5xx(span):
-                        flags |= _HTTP5XX
+                        entry[_FLAGS] |= _HTTP5XX
                     if tracestate:
-                        flags |= _TRACESTATE
+                        entry[_FLAGS] |= _TRACESTATE
                         th, rv = consistent.parse_ot(tracestate)
                         if th is not None:
                             entry[_TH_IN] = th if entry[_TH_IN] is None else max(th, entry[_TH_IN])
                         if rv is not None:
                             entry[_RV] = rv
-                    if start and (start < entry[_MIN_START] or not entry[_MIN_START]):
+                    if start and start < entry[_MIN_START]:
                         entry[_MIN_START] = start
                     if end > entry[_MAX_END]:
                         entry[_MAX_END] = end
                     if entry[_TIER] and (quick1 in span if quick1 is not None else
                                          quick is None or any(k in span for k in quick)):
                         entry[_TIER] = matcher.span_tier(span, name, kind, not parent, mask, entry[_TIER])
-                    if entry[_NBYTES] > cap and not flags & _CAPPED:
-                        flags |= _CAPPED
-                        entry[_DEADLINE] = now
-                        if not flags & _UNSCHEDULED:
-                            heapq.heappush(schedule, (now, trace_id))
-                    entry[_FLAGS] = flags
+                    if entry[_NBYTES] > cap:
+                        flags = entry[_FLAGS]
+                        if not flags & _CAPPED:
+                            entry[_FLAGS] = flags | _CAPPED
+                            entry[_DEADLINE] = now
+                            if not flags & _UNSCHEDULED:
+                                heapq.heappush(schedule, (now, trace_id))
         self.buffered_bytes += added
         for trace_id in fresh:
             entry = traces.get(trace_id)
@@ -338,7 +352,7 @@ class TailSampler:
             reason = 1
         elif flags & _HTTP5XX:
             reason = 2
-        elif self._latency_ns and entry[_MAX_END] - entry[_MIN_START] > self._latency_ns:
+        elif self._latency_ns and entry[_MIN_START] != _NO_START and entry[_MAX_END] - entry[_MIN_START] > self._latency_ns:
             reason = 3
         if reason:
             threshold = consistent.combine_th(entry[_TH_IN], 0)  # a forced keep never lowers an incoming th
@@ -369,16 +383,21 @@ class TailSampler:
         stats.add(stats.kept_spans, name, nspans)
         stats.add(stats.kept_by_reason, REASONS[reason], nspans)
         has_state = bool(flags & _TRACESTATE)
-        for i in range(_SPANS, len(entry), 2):
-            span = entry[i + 1]
-            ts = span_facts(span)[3] if has_state else ""
-            self._emit(entry[i], self._annotate(span, threshold, tier, reason, ts))
+        group = entry[_SPANS]
+        for i in range(_SPANS + 1, len(entry)):
+            item = entry[i]
+            if type(item) is tuple:
+                group = item
+                continue
+            ts = span_facts(item)[3] if has_state else ""
+            self._emit(group, self._annotate(item, threshold, tier, reason, ts))
 
     def _key_threshold(self, tier: int, entry: list, tier_threshold: int) -> int:
         """The threshold of the trace's key (root span name and/or resource attributes of the root's resource):
         counted for the next refresh, and a key not seen since the last one is kept (its estimated cost is 0)."""
         root = entry[_ROOT_AT] or _SPANS + 1
-        group, span = entry[root - 1], entry[root]
+        span = entry[root]
+        group = next(entry[i] for i in range(root - 1, _SPANS - 1, -1) if type(entry[i]) is tuple)
         resource = None
         parts = []
         for name in self._key_tiers[tier]:
