@@ -20,6 +20,7 @@ from opentelemetry import metrics
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from exporters.otlp_json import encode_json
+from exporters.span_counters import span_counters
 
 log = logging.getLogger("headwater.exporters.file")
 
@@ -44,13 +45,7 @@ class FileTraceExporter:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._write_lock = threading.Lock()  # writes run in worker threads; one at a time, in order
-        meter = meter or metrics.get_meter("headwater.exporters.file")
-        self._sent = meter.create_counter(
-            "headwater_exporter_sent_spans", unit="{span}", description="Spans the exporter delivered."
-        )
-        self._failed = meter.create_counter(
-            "headwater_exporter_failed_spans", unit="{span}", description="Spans the exporter dropped, by reason."
-        )
+        self._sent, self._failed = span_counters(meter or metrics.get_meter("headwater.exporters.file"))
 
     @property
     def queued_bytes(self) -> int:

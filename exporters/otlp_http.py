@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from exporters.errors import PermanentError, RetryableError
 from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, raise_for_status, send_with_retry
+from exporters.span_counters import span_counters
 
 log = logging.getLogger("headwater.exporters.otlp")
 
@@ -101,13 +102,7 @@ class OtlpHttpTraceExporter:
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
         self._senders: list[asyncio.Task[None]] = []
-        meter = meter or metrics.get_meter("headwater.exporters.otlp")
-        self._sent = meter.create_counter(
-            "headwater_exporter_sent_spans", unit="{span}", description="Spans the exporter delivered."
-        )
-        self._failed = meter.create_counter(
-            "headwater_exporter_failed_spans", unit="{span}", description="Spans the exporter dropped, by reason."
-        )
+        self._sent, self._failed = span_counters(meter or metrics.get_meter("headwater.exporters.otlp"))
 
     @property
     def queued_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """What both OTLP front ends share: parsing a request of each signal and refusing the items OTLP says are
 invalid, so the HTTP and gRPC receivers differ only in transport.
 
-Invalid items (a span whose trace ID is not 16 bytes) are removed from the request and reported back as a
-partial success; a payload that does not parse at all is refused whole.
+Invalid items (a span whose trace ID is not 16 bytes, a metric without a name) are left out and reported back
+as a partial success; a payload that does not parse at all is refused whole. Spans are checked by the sampler
+as it reads them from the wire bytes; metrics here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from exporters.otlp_json import OtlpJsonError, decode_json
 from samplers.wire import WireError
 
-_ZERO_TRACE = bytes(16)
-_ZERO_SPAN = bytes(8)
 
 
 class Malformed(Exception):
@@ -46,7 +45,7 @@ class Signal:
     request_type: type[Message]
     response_type: type[Message]
     grpc_service: str
-    validate: Callable[[Any], Rejected]
+    validate: Callable[[Any], Rejected] | None
     partial_success: Callable[[Rejected], Message]
 
     def parse(self, data: bytes, json: bool) -> Any:
@@ -76,6 +75,7 @@ class Signal:
                 raise Malformed(f"invalid OTLP protobuf {self.request_type.DESCRIPTOR.name}: {exc}") from None
             return result.spans, Rejected(result.rejected, result.message)
         parsed = self.parse(data, json)
+        assert self.validate is not None
         rejected = self.validate(parsed)
         accepted = item_count(self, parsed)
         if accepted:
@@ -86,39 +86,6 @@ class Signal:
         if rejected.count == 0:
             return self.response_type()
         return self.response_type(partial_success=self.partial_success(rejected))
-
-
-def _span_problem(span: Any) -> str | None:
-    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-    if len(trace_id) != 16:
-        return f"trace ID of {len(trace_id)} bytes (expected 16)"
-    if trace_id == _ZERO_TRACE:
-        return "all-zero trace ID"
-    if len(span_id) != 8:
-        return f"span ID of {len(span_id)} bytes (expected 8)"
-    if span_id == _ZERO_SPAN:
-        return "all-zero span ID"
-    if len(parent) not in (0, 8):
-        return f"parent span ID of {len(parent)} bytes (expected 8 or none)"
-    return None
-
-
-def validate_traces(request: ExportTraceServiceRequest) -> Rejected:
-    """Drop spans with invalid IDs in place; the first problem names the span so a user can find it."""
-    count, first = 0, ""
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            spans = scope_spans.spans
-            for i in range(len(spans) - 1, -1, -1):
-                problem = _span_problem(spans[i])
-                if problem is not None:
-                    first = f"span {spans[i].name!r}: {problem}"
-                    count += 1
-                    del spans[i]
-    if count == 0:
-        return Rejected(0, "")
-    more = f" (and {count - 1} more)" if count > 1 else ""
-    return Rejected(count, f"rejected {count} span(s) with invalid IDs: {first}{more}")
 
 
 def _data_points(metric: Any) -> int:
@@ -153,7 +120,7 @@ TRACES = Signal(
     request_type=ExportTraceServiceRequest,
     response_type=ExportTraceServiceResponse,
     grpc_service="opentelemetry.proto.collector.trace.v1.TraceService",
-    validate=validate_traces,
+    validate=None,  # the sampler reads spans from the wire bytes and refuses invalid ones itself
     partial_success=lambda r: ExportTracePartialSuccess(rejected_spans=r.count, error_message=r.message),
 )
 
@@ -168,7 +135,5 @@ METRICS = Signal(
 
 
 def item_count(signal: Signal, request: Any) -> int:
-    """Spans or data points in a request, for self-telemetry."""
-    if signal is TRACES:
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    """Data points in a metrics request, for self-telemetry."""
     return sum(_data_points(m) for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
