@@ -1,7 +1,7 @@
-"""A pipeline hands each batch a receiver accepted to every exporter it lists, in order.
+"""The metrics pipeline: each batch a receiver accepted goes to every exporter it lists, in order.
 
-The batch is shared, not copied: exporters read it and never mutate it (see agent.component). Until tail
-sampling lands, the trace pipeline passes every span through.
+The batch is shared, not copied: exporters read it and never mutate it (see agent.component). Traces take
+their own pipeline through the sampler (agent.sampling.SampledTraces).
 """
 
 from __future__ import annotations
