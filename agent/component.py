@@ -23,8 +23,9 @@ class Component(Protocol):
 
 
 class TraceConsumer(Protocol):
-    async def consume_traces(self, request: ExportTraceServiceRequest) -> None:
-        """Take a batch of spans.
+    async def consume_traces(self, request: ExportTraceServiceRequest | bytes, spans: int | None = None) -> None:
+        """Take a batch of spans: a request message, or its serialized bytes holding `spans` spans (what the
+        sampler emits; a consumer counts them itself when `spans` is None).
 
         The caller keeps ownership and may hand the same request to other consumers: a consumer reads it and
         never mutates it. Returns once the consumer has taken responsibility for the data (queued it); it does
