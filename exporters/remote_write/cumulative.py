@@ -35,7 +35,7 @@ in-order point resets the stream to that point (counted in `stats()["bounds_rese
 other bounds is skipped (`delta_bounds_mismatch`). Exponential histograms are aligned to the lower of the
 two scales (downscaling merges buckets exactly, by the perfect-subsetting property), to the wider zero
 threshold (buckets wholly inside it move into the zero count), and downscaled further when a sign would need
-more than `MAX_EXPONENTIAL_BUCKETS` buckets.
+more than `MAX_EXPONENTIAL_BUCKETS` buckets (`buckets.add_exponential`).
 
 Persistence and the order the caller must keep. `save()` writes the whole state (JSON, versioned) to a temp
 file in the same directory, fsyncs it, renames it over `state_path` and fsyncs the directory. Once a
@@ -71,7 +71,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -84,11 +83,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, DataPointFlags
 
+from exporters.remote_write.buckets import MAX_EXPONENTIAL_BUCKETS as MAX_EXPONENTIAL_BUCKETS  # re-exported
+from exporters.remote_write.buckets import ExponentialBuckets, add_exponential
+
 logger = logging.getLogger("headwater.exporters.remote_write")
 
 STATE_VERSION = 1
 MAX_INTERVALS = 8
-MAX_EXPONENTIAL_BUCKETS = 160
 _DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
@@ -443,20 +444,11 @@ class _ExponentialHistogram(_Stream):
         return stream
 
     def add(self, point) -> None:
-        scale = min(self.scale, point.scale)
-        mine = [_downscale(*self.positive, self.scale - scale), _downscale(*self.negative, self.scale - scale)]
-        theirs = [_downscale(point.positive.offset, list(point.positive.bucket_counts), point.scale - scale),
-                  _downscale(point.negative.offset, list(point.negative.bucket_counts), point.scale - scale)]
-        zero_count = self.zero_count + point.zero_count
-        threshold = max(self.zero_threshold, point.zero_threshold)
-        for side in (mine, theirs):
-            for i, (offset, counts) in enumerate(side):
-                moved, side[i] = _widen_zero(scale, offset, counts, threshold)
-                zero_count += moved
-        merged = [_merge(*mine[0], *theirs[0]), _merge(*mine[1], *theirs[1])]
-        extra = max(_excess_scale(*merged[0]), _excess_scale(*merged[1]))
-        self.positive, self.negative = (_downscale(*buckets, extra) for buckets in merged)
-        self.scale, self.zero_threshold, self.zero_count = scale - extra, threshold, zero_count
+        mine = ExponentialBuckets(self.scale, self.zero_threshold, self.zero_count, self.positive, self.negative)
+        theirs = ExponentialBuckets(point.scale, point.zero_threshold, point.zero_count,
+                                    (point.positive.offset, list(point.positive.bucket_counts)),
+                                    (point.negative.offset, list(point.negative.bucket_counts)))
+        self.scale, self.zero_threshold, self.zero_count, self.positive, self.negative = add_exponential(mine, theirs)
         self.count += point.count
         self.sum, self.min, self.max = _add_optional((self.sum, self.min, self.max), point)
 
@@ -522,62 +514,6 @@ def _record(intervals: list[int], start: int, end: int) -> None:
         del intervals[i - 1:i + 1]
     while len(intervals) > 2 * MAX_INTERVALS:
         del intervals[1:3]
-
-
-# -- exponential buckets --------------------------------------------------------------------------------
-
-
-def _downscale(offset: int, counts: list[int], by: int) -> tuple[int, list[int]]:
-    """Buckets at scale s as buckets at scale s - by: index i becomes i >> by (exact, by perfect subsetting)."""
-    if by == 0 or not counts:
-        return (offset >> by, counts)
-    new_offset = offset >> by
-    out = [0] * (((offset + len(counts) - 1) >> by) - new_offset + 1)
-    for i, count in enumerate(counts):
-        out[((offset + i) >> by) - new_offset] += count
-    return new_offset, out
-
-
-def _merge(a_offset: int, a: list[int], b_offset: int, b: list[int]) -> tuple[int, list[int]]:
-    """Bucket-wise sum, trimmed of zero buckets at both ends."""
-    if not a or not b:
-        offset, counts = (b_offset, list(b)) if not a else (a_offset, list(a))
-    else:
-        offset = min(a_offset, b_offset)
-        counts = [0] * (max(a_offset + len(a), b_offset + len(b)) - offset)
-        for base, side in ((a_offset - offset, a), (b_offset - offset, b)):
-            for i, count in enumerate(side):
-                counts[base + i] += count
-    lo, hi = 0, len(counts)
-    while lo < hi and counts[lo] == 0:
-        lo += 1
-    while hi > lo and counts[hi - 1] == 0:
-        hi -= 1
-    return (offset + lo, counts[lo:hi]) if lo < hi else (0, [])
-
-
-def _excess_scale(offset: int, counts: list[int]) -> int:
-    """How many scales to drop so these buckets fit in MAX_EXPONENTIAL_BUCKETS."""
-    by = 0
-    while counts and ((offset + len(counts) - 1) >> by) - (offset >> by) + 1 > MAX_EXPONENTIAL_BUCKETS:
-        by += 1
-    return by
-
-
-def _widen_zero(scale: int, offset: int, counts: list[int], threshold: float) -> tuple[int, tuple[int, list[int]]]:
-    """Move the buckets whose upper bound (base ** (index + 1)) is within `threshold` into the zero bucket."""
-    moved = 0
-    while counts and _upper_bound(scale, offset) <= threshold:
-        moved += counts[0]
-        offset, counts = offset + 1, counts[1:]
-    return moved, (offset, counts)
-
-
-def _upper_bound(scale: int, index: int) -> float:
-    try:
-        return 2.0 ** ((index + 1) * 2.0**-scale)
-    except OverflowError:
-        return math.inf
 
 
 # -- points -------------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ and its memory is bounded by the request.
 
 The work is done per batch: names and label plans are cached per distinct (name, unit, kind) and per
 distinct attribute key tuple, `le` tables per distinct bounds, resource and scope labels once per resource
-and scope; the result is columnar (parallel lists) rather than an object per sample.
+and scope; the result is columnar (parallel lists) rather than an object per sample. The arithmetic on
+buckets (bounds, exponential layouts and downscaling, native spans) is in `buckets`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ import json
 import struct
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate
@@ -74,6 +75,15 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, DataPointFlags, Metric
 
+from exporters.remote_write.buckets import MAX_CLASSIC_BUCKETS as MAX_CLASSIC_BUCKETS  # re-exported
+from exporters.remote_write.buckets import (
+    LE,
+    downscale,
+    exponential_layout,
+    le_table,
+    sparse,
+    trim,
+)
 from exporters.remote_write.naming import (
     MetricKind,
     PlanEntry,
@@ -89,8 +99,6 @@ Labels = tuple[tuple[str, str], ...]
 NAME_LABEL = "__name__"
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 """Prometheus's staleness marker: a NaN with this exact bit pattern (compare bits, never values)."""
-MAX_CLASSIC_BUCKETS = 160
-"""Finite buckets (both signs together) an exponential histogram keeps when converted to classic buckets."""
 MIN_SCHEMA, MAX_SCHEMA = -4, 8
 DEFAULT_ZERO_THRESHOLD = 1e-128
 EXEMPLAR_MAX_CHARS = 128  # OpenMetrics: names and values of an exemplar's labels together
@@ -98,9 +106,7 @@ EXEMPLAR_MAX_CHARS = 128  # OpenMetrics: names and values of an exemplar's label
 _NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-_LE = "le"
 _QUANTILE = "quantile"
-_INF_PAIR = (_LE, "+Inf")
 # Bytes a sample costs in a remote-write 1.0 body beyond its label text: tags and lengths per label, the
 # TimeSeries and Sample framing, an 8-byte value and a varint timestamp. Estimates, for batch sizing.
 _SAMPLE_OVERHEAD = 24
@@ -451,25 +457,42 @@ class _Translation:
 
         return admit
 
-    def numbers(self, points: Sequence, name: str, scope: _Scope, exemplars: bool) -> None:
-        batch = self.batch
-        labeler = _Labeler(name, scope, (), self.limits)
-        admit = self.admission(name, len(points))
-        labels_out, values_out, times_out, sizes_out = batch.labels, batch.values, batch.timestamps, batch.sizes
-        dropped = batch.dropped
+    def admitted(
+        self, points: Sequence, family: str, labeler: _Labeler, reject: Callable[[object], str | None] | None = None
+    ) -> Iterator[tuple[object, Labels, int, int, int]]:
+        """(point, labels, their size, timestamp in ms, stale flag) for each point that may be translated.
+
+        The rest are counted in `dropped`: no timestamp, then `reject(point)` (a reason, checked before the
+        labels so that a rejected point never takes a place under the series limit), then the labeler's
+        reason, then the family's series limit. One loop for every kind of point, so that they drop alike.
+        """
+        admit = self.admission(family, len(points))
+        dropped = self.batch.dropped
         for point in points:
             time_unix_nano = point.time_unix_nano
             if not time_unix_nano:
                 dropped["missing_timestamp"] += 1
                 continue
+            if reject is not None:
+                reason = reject(point)
+                if reason is not None:
+                    dropped[reason] += 1
+                    continue
             labels, size, reason = labeler(point.attributes)
             if reason is not None or not admit(labels):
                 dropped[reason or "too_many_series"] += 1
                 continue
+            yield point, labels, size, time_unix_nano // 1_000_000, point.flags & _NO_RECORDED_VALUE
+
+    def numbers(self, points: Sequence, name: str, scope: _Scope, exemplars: bool) -> None:
+        batch = self.batch
+        labeler = _Labeler(name, scope, (), self.limits)
+        labels_out, values_out, times_out, sizes_out = batch.labels, batch.values, batch.timestamps, batch.sizes
+        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
             labels_out.append(labels)
-            times_out.append(time_unix_nano // 1_000_000)
+            times_out.append(timestamp)
             sizes_out.append(size + _SAMPLE_OVERHEAD)
-            if point.flags & _NO_RECORDED_VALUE:
+            if stale:
                 values_out.append(STALE_NAN)
                 continue
             values_out.append(point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int))
@@ -478,25 +501,15 @@ class _Translation:
 
     def histograms(self, points: Sequence, name: str, scope: _Scope) -> None:
         bucket_name = name + "_bucket"
-        labeler = _Labeler(bucket_name, scope, (_LE,), self.limits)
-        admit = self.admission(name, len(points))
+        labeler = _Labeler(bucket_name, scope, (LE,), self.limits)
         dropped = self.batch.dropped
-        for point in points:
-            time_unix_nano = point.time_unix_nano
-            if not time_unix_nano:
-                dropped["missing_timestamp"] += 1
-                continue
-            labels, size, reason = labeler(point.attributes)
-            if reason is not None or not admit(labels):
-                dropped[reason or "too_many_series"] += 1
-                continue
-            stale = point.flags & _NO_RECORDED_VALUE
+        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
             counts = point.bucket_counts
-            table = _le_table(tuple(point.explicit_bounds) if counts or stale else ())
+            table = le_table(tuple(point.explicit_bounds) if counts or stale else ())
             if table is None or (counts and len(counts) != table.given + 1):
                 dropped["invalid_histogram_buckets"] += 1
                 continue
-            bounds, le_pairs, le_sizes = table.bounds, table.le_pairs, table.le_sizes
+            bounds, le_pairs, le_lengths = table.bounds, table.le_pairs, table.le_lengths
             if stale:
                 cumulative = [STALE_NAN] * len(le_pairs)
                 total = total_sum = STALE_NAN
@@ -505,7 +518,7 @@ class _Translation:
                 cumulative = [*map(float, accumulate(counts[: len(bounds)])), total] if counts else [total]
                 total_sum = point.sum if point.HasField("sum") else None
             series = self.classic(
-                labels, size, time_unix_nano // 1_000_000, name, le_pairs, le_sizes, cumulative, total, total_sum, stale
+                labels, size, timestamp, name, le_pairs, le_lengths, cumulative, total, total_sum, stale
             )
             if not stale and point.exemplars:
                 self.exemplars(
@@ -514,28 +527,17 @@ class _Translation:
 
     def exponential_as_classic(self, points: Sequence, name: str, scope: _Scope) -> None:
         bucket_name = name + "_bucket"
-        labeler = _Labeler(bucket_name, scope, (_LE,), self.limits)
-        admit = self.admission(name, len(points))
-        dropped = self.batch.dropped
-        for point in points:
-            time_unix_nano = point.time_unix_nano
-            if not time_unix_nano:
-                dropped["missing_timestamp"] += 1
-                continue
-            labels, size, reason = labeler(point.attributes)
-            if reason is not None or not admit(labels):
-                dropped[reason or "too_many_series"] += 1
-                continue
-            stale = point.flags & _NO_RECORDED_VALUE
+        labeler = _Labeler(bucket_name, scope, (LE,), self.limits)
+        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
             positive, negative = point.positive, point.negative
             if stale:
-                layout = _exponential_layout(0, 0.0, 0, 0, 0, 0, with_zero=False)
+                layout = exponential_layout(0, 0.0, 0, 0, 0, 0, with_zero=False)
                 cumulative = [STALE_NAN] * len(layout.le_pairs)
                 total = total_sum = STALE_NAN
             else:
-                positive_offset, positive_counts = _trim(positive.offset, positive.bucket_counts)
-                negative_offset, negative_counts = _trim(negative.offset, negative.bucket_counts)
-                layout = _exponential_layout(
+                positive_offset, positive_counts = trim(positive.offset, positive.bucket_counts)
+                negative_offset, negative_counts = trim(negative.offset, negative.bucket_counts)
+                layout = exponential_layout(
                     point.scale,
                     point.zero_threshold,
                     positive_offset,
@@ -544,9 +546,9 @@ class _Translation:
                     len(negative_counts),
                 )
                 total = float(point.count)
-                raw = _merge(negative_offset, negative_counts, layout.shift)[::-1]
+                raw = downscale(negative_offset, negative_counts, layout.shift)[1][::-1]
                 raw.append(point.zero_count)
-                raw += _merge(positive_offset, positive_counts, layout.shift)
+                raw += downscale(positive_offset, positive_counts, layout.shift)[1]
                 running = list(accumulate(raw))
                 cumulative = [float(running[i]) for i in layout.keep]
                 cumulative.append(total)
@@ -554,10 +556,10 @@ class _Translation:
             series = self.classic(
                 labels,
                 size,
-                time_unix_nano // 1_000_000,
+                timestamp,
                 name,
                 layout.le_pairs,
-                layout.le_sizes,
+                layout.le_lengths,
                 cumulative,
                 total,
                 total_sum,
@@ -576,7 +578,7 @@ class _Translation:
         timestamp: int,
         name: str,
         le_pairs: tuple[tuple[str, str], ...],
-        le_sizes: tuple[int, ...],
+        le_lengths: tuple[int, ...],
         cumulative: list[float],
         total: float,
         total_sum: float | None,
@@ -585,7 +587,7 @@ class _Translation:
         """Append a classic histogram's series: buckets (labels carry `__name__` = `{name}_bucket`), `_sum`
         (when there is one, or for a staleness marker), `_count`. Returns the bucket series' labels."""
         batch = self.batch
-        at = bisect_left(labels, (_LE,))
+        at = bisect_left(labels, (LE,))
         head, tail = labels[:at], labels[at:]
         series = [(*head, pair, *tail) for pair in le_pairs]
         at_name = bisect_left(labels, (NAME_LABEL,))
@@ -596,7 +598,8 @@ class _Translation:
         batch.labels.append(count_labels)
         batch.values += cumulative
         batch.values.append(total)
-        batch.sizes += [base + extra for extra in le_sizes]
+        bucket_base = base + _LABEL_OVERHEAD  # a bucket series also carries `le`
+        batch.sizes += [bucket_base + length for length in le_lengths]
         batch.sizes.append(base - 1)
         n = len(series) + 1
         if total_sum is not None or stale:
@@ -610,51 +613,26 @@ class _Translation:
     def native_histograms(self, points: Sequence, name: str, scope: _Scope) -> None:
         batch = self.batch
         labeler = _Labeler(name, scope, (), self.limits)
-        admit = self.admission(name, len(points))
-        dropped = batch.dropped
-        for point in points:
-            time_unix_nano = point.time_unix_nano
-            if not time_unix_nano:
-                dropped["missing_timestamp"] += 1
-                continue
-            scale = point.scale
-            if scale < MIN_SCHEMA:
-                dropped["unsupported_histogram_scale"] += 1
-                continue
-            labels, size, reason = labeler(point.attributes)
-            if reason is not None or not admit(labels):
-                dropped[reason or "too_many_series"] += 1
-                continue
-            histogram = _native(point, scale, time_unix_nano // 1_000_000)
+        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler, _unsupported_scale):
+            histogram = _native(point, point.scale, timestamp)
             batch.histogram_labels.append(labels)
             batch.histograms.append(histogram)
             batch.histogram_sizes.append(
                 size + _HISTOGRAM_OVERHEAD + 2 * (len(histogram.positive_deltas) + len(histogram.negative_deltas))
             )
-            if not point.flags & _NO_RECORDED_VALUE and point.exemplars:
+            if not stale and point.exemplars:
                 self.exemplars(point.exemplars, lambda value, labels=labels: labels)
 
     def summaries(self, points: Sequence, name: str, scope: _Scope) -> None:
         batch = self.batch
         labeler = _Labeler(name, scope, (_QUANTILE,), self.limits)
-        admit = self.admission(name, len(points))
-        dropped = batch.dropped
-        for point in points:
-            time_unix_nano = point.time_unix_nano
-            if not time_unix_nano:
-                dropped["missing_timestamp"] += 1
-                continue
-            labels, size, reason = labeler(point.attributes)
-            if reason is not None or not admit(labels):
-                dropped[reason or "too_many_series"] += 1
-                continue
+        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
             quantiles = point.quantile_values
             pairs, pair_sizes = _quantile_table(tuple(q.quantile for q in quantiles))
             at = bisect_left(labels, (_QUANTILE,))
             head, tail = labels[:at], labels[at:]
             at_name = bisect_left(labels, (NAME_LABEL,))
             name_head, name_tail = labels[:at_name], labels[at_name + 1 :]
-            stale = point.flags & _NO_RECORDED_VALUE
             base = size + _SAMPLE_OVERHEAD
             batch.labels += [(*head, pair, *tail) for pair in pairs]
             batch.labels.append((*name_head, (NAME_LABEL, name + "_sum"), *name_tail))
@@ -668,7 +646,7 @@ class _Translation:
             batch.sizes += [base + extra for extra in pair_sizes]
             batch.sizes.append(base + 4)
             batch.sizes.append(base + 6)
-            batch.timestamps += [time_unix_nano // 1_000_000] * (len(pairs) + 2)
+            batch.timestamps += [timestamp] * (len(pairs) + 2)
 
     def exemplars(self, exemplars: Sequence, series_for: Callable[[float], Labels]) -> None:
         """Append exemplars, each on the series `series_for(its value)` returns."""
@@ -749,26 +727,7 @@ def _exemplar_labels(exemplar: object) -> Labels:
     return labels
 
 
-# -- buckets ---------------------------------------------------------------------------------------------
-
-
-class _LeTable(NamedTuple):
-    """The classic buckets of one set of explicit bounds."""
-
-    given: int  # how many bounds the point carried
-    bounds: tuple[float, ...]  # the finite ones (a last bound of +Inf is the +Inf bucket itself)
-    le_pairs: tuple[tuple[str, str], ...]  # `le` labels for `bounds`, then +Inf
-    le_sizes: tuple[int, ...]  # the bytes each adds to a series
-
-
-@lru_cache(maxsize=1024)
-def _le_table(given: tuple[float, ...]) -> _LeTable | None:
-    """The table for these bounds, or None unless they strictly increase (NaN never does)."""
-    if any(not a < b for a, b in zip(given, given[1:])) or (given and given[0] != given[0]):
-        return None
-    bounds = given[:-1] if given and given[-1] == float("inf") else given
-    pairs = tuple((_LE, float_label(bound)) for bound in bounds) + (_INF_PAIR,)
-    return _LeTable(len(given), bounds, pairs, tuple(len(value) + len(_LE) + _LABEL_OVERHEAD for _, value in pairs))
+# -- tables and native histograms ----------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1024)
@@ -777,92 +736,9 @@ def _quantile_table(quantiles: tuple[float, ...]) -> tuple[tuple[tuple[str, str]
     return pairs, tuple(len(value) + len(_QUANTILE) + _LABEL_OVERHEAD for _, value in pairs)
 
 
-class _Layout(NamedTuple):
-    """Classic buckets for one exponential histogram shape."""
-
-    shift: int  # scales merged away to stay within MAX_CLASSIC_BUCKETS
-    keep: tuple[int, ...]  # which cumulative counts (negative buckets, zero bucket, positive buckets) get a series
-    bounds: tuple[float, ...]  # their upper bounds, strictly increasing (+Inf not included)
-    le_pairs: tuple[tuple[str, str], ...]  # their `le` labels, then +Inf
-    le_sizes: tuple[int, ...]
-
-
-def _merged_length(offset: int, length: int, shift: int) -> int:
-    return ((offset + length - 1) >> shift) - (offset >> shift) + 1 if length else 0
-
-
-@lru_cache(maxsize=1024)
-def _exponential_layout(
-    scale: int,
-    zero_threshold: float,
-    positive_offset: int,
-    positive_length: int,
-    negative_offset: int,
-    negative_length: int,
-    with_zero: bool = True,
-) -> _Layout:
-    shift = 0
-    while (
-        _merged_length(positive_offset, positive_length, shift)
-        + _merged_length(negative_offset, negative_length, shift)
-        > MAX_CLASSIC_BUCKETS
-    ):
-        shift += 1
-    scale -= shift
-    upper: list[float] = []
-    first = negative_offset >> shift
-    for index in range(first + _merged_length(negative_offset, negative_length, shift) - 1, first - 1, -1):
-        upper.append(-_power(scale, index))  # a negative bucket's upper bound is -base**index
-    if with_zero:
-        upper.append(zero_threshold)
-    first = positive_offset >> shift
-    for index in range(first, first + _merged_length(positive_offset, positive_length, shift)):
-        upper.append(_power(scale, index + 1))
-    keep: list[int] = []
-    bounds: list[float] = []
-    for i, bound in enumerate(upper):
-        # Bounds that overflow, or that rounding made equal to the one before, fold into the next bucket.
-        if bound != float("inf") and (not bounds or bound > bounds[-1]):
-            keep.append(i)
-            bounds.append(bound)
-    table = _le_table(tuple(bounds))
-    assert table is not None  # increasing by construction
-    return _Layout(shift, tuple(keep), table.bounds, table.le_pairs, table.le_sizes)
-
-
-def _power(scale: int, index: int) -> float:
-    """base**index for base = 2**(2**-scale), as exactly as a float allows."""
-    exponent = index * 2.0**-scale
-    if exponent >= 1024:
-        return float("inf")
-    if exponent < -1074:
-        return 0.0
-    return 2.0**exponent
-
-
-def _trim(offset: int, counts: Sequence[int]) -> tuple[int, Sequence[int]]:
-    """Dense buckets without the empty ones at either end (SDKs send their whole backing array)."""
-    if not counts or (counts[0] and counts[-1]):
-        return offset, counts
-    counts = list(counts)
-    end = len(counts)
-    while end and not counts[end - 1]:
-        end -= 1
-    start = 0
-    while start < end and not counts[start]:
-        start += 1
-    return offset + start, counts[start:end]
-
-
-def _merge(offset: int, counts: Sequence[int], shift: int) -> list[int]:
-    """Dense bucket counts after merging 2**shift adjacent buckets (indexes shifted right by `shift`)."""
-    if not shift:
-        return list(counts)
-    first = offset >> shift
-    merged = [0] * _merged_length(offset, len(counts), shift)
-    for i, count in enumerate(counts):
-        merged[((offset + i) >> shift) - first] += count
-    return merged
+def _unsupported_scale(point: object) -> str | None:
+    """Why an exponential histogram point cannot be a native histogram: a scale Prometheus has no schema for."""
+    return "unsupported_histogram_scale" if point.scale < MIN_SCHEMA else None  # type: ignore[attr-defined]
 
 
 def _native(point: object, scale: int, timestamp: int) -> NativeHistogram:
@@ -872,8 +748,8 @@ def _native(point: object, scale: int, timestamp: int) -> NativeHistogram:
     if point.flags & _NO_RECORDED_VALUE:  # type: ignore[attr-defined]
         return NativeHistogram(timestamp, STALE_NAN, STALE_NAN, scale - shift, zero_threshold, 0)
     positive, negative = point.positive, point.negative  # type: ignore[attr-defined]
-    positive_spans, positive_deltas = _sparse(positive.offset, positive.bucket_counts, shift)
-    negative_spans, negative_deltas = _sparse(negative.offset, negative.bucket_counts, shift)
+    positive_spans, positive_deltas = sparse(positive.offset, positive.bucket_counts, shift)
+    negative_spans, negative_deltas = sparse(negative.offset, negative.bucket_counts, shift)
     return NativeHistogram(
         timestamp,
         point.count,  # type: ignore[attr-defined]
@@ -886,40 +762,6 @@ def _native(point: object, scale: int, timestamp: int) -> NativeHistogram:
         positive_spans,
         positive_deltas,
     )
-
-
-def _sparse(offset: int, counts: Sequence[int], shift: int) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
-    """OTLP's dense buckets (lower-boundary indexes from `offset`) as Prometheus spans and count deltas
-    (upper-boundary indexes, one more); runs of more than two empty buckets start a new span."""
-    if not counts:
-        return (), ()
-    if shift:
-        counts = _merge(offset, counts, shift)
-        offset >>= shift
-    spans: list[list[int]] = []
-    deltas: list[int] = []
-    previous = zeros = 0
-    span: list[int] | None = None
-    for i, count in enumerate(counts):
-        if not count:
-            zeros += 1
-            continue
-        if span is None:
-            span = [offset + 1 + i, 1]
-            spans.append(span)
-        elif zeros > 2:
-            span = [zeros, 1]
-            spans.append(span)
-        else:
-            if zeros:
-                deltas.append(-previous)
-                deltas.extend([0] * (zeros - 1))
-                previous = 0
-            span[1] += zeros + 1
-        zeros = 0
-        deltas.append(count - previous)
-        previous = count
-    return tuple((span_offset, length) for span_offset, length in spans), tuple(deltas)
 
 
 # -- attribute values ------------------------------------------------------------------------------------
