@@ -208,6 +208,13 @@ class TailSampler:
                     continue
                 group = (resource_part, scope_part)
                 base = SPAN_OVERHEAD + (len(resource_part) + len(scope_part) + GROUP_OVERHEAD) // len(spans) + 1
+                # Consecutive spans of one trace (the usual layout of an SDK batch) update locals, written
+                # back to the trace's entry once per run: most per-span list reads and writes disappear.
+                entry = None
+                run_id = b""
+                late = None
+                nbytes = nspans = flags = tier = 0
+                min_start = max_end = 0
                 for span in spans:
                     try:
                         trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
@@ -225,64 +232,66 @@ class TailSampler:
                         parent = b""
                     if observe is not None:
                         observe(resource_part, span, name, kind, code, start, end)
-                    entry = traces.get(trace_id)
+                    if trace_id != run_id:
+                        if entry is not None:  # close the previous run
+                            self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end, now, cap)
+                            added += nbytes
+                        run_id = trace_id
+                        entry = traces.get(trace_id)
+                        late = None
+                        if entry is None:
+                            # A buffered trace is never in the decision cache: only new IDs are looked up.
+                            late = decisions.get(trace_id)
+                            if late is None:
+                                # Scheduled once at the end of this request, with the deadline it settles on.
+                                entry = [now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, _UNSCHEDULED, _NO_START,
+                                         0, None, None, 0, group, group]
+                                traces[trace_id] = entry
+                                fresh.append(trace_id)
+                                added += TRACE_OVERHEAD + GROUP_SLOT
+                        elif entry[_GROUP] is not group:
+                            entry[_GROUP] = group
+                            entry.append(group)
+                            entry[_NBYTES] += GROUP_SLOT
+                            added += GROUP_SLOT
+                        if entry is not None:
+                            nbytes, nspans, flags, tier = 0, 0, entry[_FLAGS], entry[_TIER]
+                            min_start, max_end = entry[_MIN_START], entry[_MAX_END]
                     if entry is None:
-                        # A buffered trace is never in the decision cache, so only new IDs are looked up there.
-                        decided = decisions.get(trace_id)
-                        if decided is not None:
-                            self._late(group, span, decided, tracestate)
-                            continue
-                        # Scheduled once at the end of this request, with the deadline its spans settle on.
-                        entry = [now, now + wait, 0, 0, catch_all, _UNSCHEDULED, start or _NO_START,
-                                 end, None, None, 0, group, group]
-                        traces[trace_id] = entry
-                        fresh.append(trace_id)
-                        cost = TRACE_OVERHEAD + GROUP_SLOT + len(span) + base
-                    elif entry[_GROUP] is group:
-                        cost = len(span) + base
-                    else:
-                        entry[_GROUP] = group
-                        entry.append(group)
-                        cost = GROUP_SLOT + len(span) + base
+                        self._late(group, span, late, tracestate)
+                        continue
                     entry.append(span)
-                    entry[_NBYTES] += cost
-                    entry[_NSPANS] += 1
-                    added += cost
-                    if not parent:
-                        flags = entry[_FLAGS]
-                        if not flags & _ROOT:
-                            entry[_FLAGS] = flags | _ROOT
-                            entry[_ROOT_AT] = len(entry) - 1
-                            due = now + root_delay
-                            if due < entry[_DEADLINE]:
-                                entry[_DEADLINE] = due
-                                if not flags & _UNSCHEDULED:
-                                    heapq.heappush(schedule, (due, trace_id))
+                    nbytes += len(span) + base
+                    nspans += 1
+                    if not parent and not flags & _ROOT:
+                        flags |= _ROOT
+                        entry[_ROOT_AT] = len(entry) - 1
+                        due = now + root_delay
+                        if due < entry[_DEADLINE]:
+                            entry[_DEADLINE] = due
+                            if not flags & _UNSCHEDULED:
+                                heapq.heappush(schedule, (due, trace_id))
                     if code == _STATUS_ERROR and keep_errors:
-                        entry[_FLAGS] |= _ERROR
+                        flags |= _ERROR
                     if keep_5xx and kind == _SERVER and b"status_code" in span and _is_5xx(span):
-                        entry[_FLAGS] |= _HTTP5XX
+                        flags |= _HTTP5XX
                     if tracestate:
-                        entry[_FLAGS] |= _TRACESTATE
+                        flags |= _TRACESTATE
                         th, rv = consistent.parse_ot(tracestate)
                         if th is not None:
                             entry[_TH_IN] = th if entry[_TH_IN] is None else max(th, entry[_TH_IN])
                         if rv is not None:
                             entry[_RV] = rv
-                    if start and start < entry[_MIN_START]:
-                        entry[_MIN_START] = start
-                    if end > entry[_MAX_END]:
-                        entry[_MAX_END] = end
-                    if entry[_TIER] and (quick1 in span if quick1 is not None else
-                                         quick is None or any(k in span for k in quick)):
-                        entry[_TIER] = matcher.span_tier(span, name, kind, not parent, mask, entry[_TIER])
-                    if entry[_NBYTES] > cap:
-                        flags = entry[_FLAGS]
-                        if not flags & _CAPPED:
-                            entry[_FLAGS] = flags | _CAPPED
-                            entry[_DEADLINE] = now
-                            if not flags & _UNSCHEDULED:
-                                heapq.heappush(schedule, (now, trace_id))
+                    if start and start < min_start:
+                        min_start = start
+                    if end > max_end:
+                        max_end = end
+                    if tier and (quick1 in span if quick1 is not None else
+                                 quick is None or any(k in span for k in quick)):
+                        tier = matcher.span_tier(span, name, kind, not parent, mask, tier)
+                if entry is not None:
+                    self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end, now, cap)
+                    added += nbytes
         self.buffered_bytes += added
         for trace_id in fresh:
             entry = traces.get(trace_id)
@@ -296,6 +305,22 @@ class TailSampler:
         if self.buffered_bytes > s.max_memory:
             self._evict()
         return Ingested(accepted, rejected, reject_message)
+
+    def _close_run(self, trace_id: bytes, entry: list, nbytes: int, nspans: int, flags: int, tier: int,
+                   min_start: int, max_end: int, now: float, cap: int) -> None:
+        """Write a run of spans' totals back to their trace; a trace past `max_trace_bytes` is due now."""
+        total = entry[_NBYTES] + nbytes
+        entry[_NBYTES] = total
+        entry[_NSPANS] += nspans
+        entry[_TIER] = tier
+        entry[_MIN_START] = min_start
+        entry[_MAX_END] = max_end
+        if total > cap and not flags & _CAPPED:
+            flags |= _CAPPED
+            entry[_DEADLINE] = now
+            if not flags & _UNSCHEDULED:
+                heapq.heappush(self._schedule, (now, trace_id))
+        entry[_FLAGS] = flags
 
     def _late(self, group: tuple[bytes, bytes], span: bytes, decided: tuple, tracestate: str) -> None:
         if decided is DROPPED or not decided:
