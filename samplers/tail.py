@@ -172,7 +172,8 @@ class TailSampler:
         self._rates = rates
         self._thresholds = [consistent.threshold_for(r) for r in rates]
         if self._key_tiers:
-            decay = math.exp(-min(now - self._rates_at, KEY_WINDOW * 10) / KEY_WINDOW) if self._rates_at > float("-inf") else 1.0
+            elapsed = min(now - self._rates_at, KEY_WINDOW * 10) if self._rates_at > float("-inf") else 0.0
+            decay = math.exp(-elapsed / KEY_WINDOW)
             for tier, counts in self._key_counts.items():
                 for key in list(counts):
                     counts[key] *= decay
@@ -234,7 +235,8 @@ class TailSampler:
                         observe(resource_part, span, name, kind, code, start, end)
                     if trace_id != run_id:
                         if entry is not None:  # close the previous run
-                            self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end, now, cap)
+                            self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end,
+                                            now, cap)
                             added += nbytes
                         run_id = trace_id
                         entry = traces.get(trace_id)
@@ -244,8 +246,8 @@ class TailSampler:
                             late = decisions.get(trace_id)
                             if late is None:
                                 # Scheduled once at the end of this request, with the deadline it settles on.
-                                entry = [now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, _UNSCHEDULED, _NO_START,
-                                         0, None, None, 0, group, group]
+                                entry = [now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, _UNSCHEDULED,
+                                         _NO_START, 0, None, None, 0, group, group]
                                 traces[trace_id] = entry
                                 fresh.append(trace_id)
                                 added += TRACE_OVERHEAD + GROUP_SLOT
@@ -377,7 +379,8 @@ class TailSampler:
             reason = 1
         elif flags & _HTTP5XX:
             reason = 2
-        elif self._latency_ns and entry[_MIN_START] != _NO_START and entry[_MAX_END] - entry[_MIN_START] > self._latency_ns:
+        elif (self._latency_ns and entry[_MIN_START] != _NO_START
+              and entry[_MAX_END] - entry[_MIN_START] > self._latency_ns):
             reason = 3
         if reason:
             threshold = consistent.combine_th(entry[_TH_IN], 0)  # a forced keep never lowers an incoming th
