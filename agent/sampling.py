@@ -98,11 +98,14 @@ class SampledTraces:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            self._shed_if_behind()
-            while self.sampler.tick(_SLICE) == _SLICE:
+            try:
+                self._shed_if_behind()
+                while self.sampler.tick(_SLICE) == _SLICE:
+                    await self._export()
+                    await asyncio.sleep(0)
                 await self._export()
-                await asyncio.sleep(0)
-            await self._export()
+            except Exception:  # a bug must not stop every later decision: log it and keep deciding
+                log.exception("sampling decision pass failed")
             await asyncio.sleep(_TICK_SECONDS)
 
     def _shed_if_behind(self) -> None:
