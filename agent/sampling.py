@@ -120,8 +120,7 @@ class SampledTraces:
         if level != self.sampler.shed_tiers:
             log.warning("exporters are behind: shedding the lowest tiers" if level else "exporters caught up",
                         **kv(shed_tiers=level, backlog_bytes=backlog))
-            self.sampler.shed_tiers = level
-            self.sampler._refresh_rates(self.sampler.clock())
+            self.sampler.shed(level)
 
     async def _export(self) -> None:
         for data, spans in self.sampler.take_output():
@@ -148,7 +147,7 @@ class SampledTraces:
         meter.create_observable_gauge("headwater_sampling_decision_lag_seconds", [lambda _o: [metrics.Observation(stats.decision_lag_seconds)]], unit="s")
         meter.create_observable_gauge("headwater_sampling_effective_rate",
                                       [lambda _o: [metrics.Observation(r, {"tier": n}) for r, n in
-                                                   zip(self.sampler.effective_rates, self.sampler._names)]])
+                                                   zip(self.sampler.effective_rates, self.sampler.tier_names)]])
 
 
 def new_sampler(config: SamplingConfig) -> TailSampler:

@@ -69,8 +69,9 @@ def build_exporters(config: Config) -> dict[str, Any]:
                               max_labels_per_series=rw.limits.max_labels_per_series,
                               max_series_per_metric=rw.limits.max_series_per_metric),
                 promote=rw.promote_resource_attributes)
-    for name in ("otlp", "file", *(rw.name for rw in ex.remote_write)):
-        if name not in built and (name != "otlp" or ex.otlp) and (name != "file" or ex.file):
+    configured = [n for n in ("otlp", "file") if getattr(ex, n) is not None] + [rw.name for rw in ex.remote_write]
+    for name in configured:
+        if name not in built:
             log.warning("exporter configured but not used by any pipeline", **kv(exporter=name))
     return built
 

@@ -162,6 +162,16 @@ class TailSampler:
     def effective_rates(self) -> list[float]:
         return list(self._rates)
 
+    @property
+    def tier_names(self) -> list[str]:
+        return list(self._names)
+
+    def shed(self, tiers: int) -> None:
+        """Drop the lowest `tiers` tiers outright from now on (0 = none), e.g. while exporters are behind."""
+        if tiers != self.shed_tiers:
+            self.shed_tiers = tiers
+            self._refresh_rates(self.clock())
+
     def _refresh_rates(self, now: float) -> None:
         rates = self._controller.rates(now) if self._controller is not None else list(self._configured)
         if self.shed_tiers:
