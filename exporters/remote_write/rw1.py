@@ -30,7 +30,7 @@ from exporters.remote_write.proto.remote_write_v1_pb2 import (
     WriteRequest,
 )
 from exporters.remote_write.proto.remote_write_v1_pb2 import Exemplar as ExemplarMessage
-from exporters.remote_write.translate import Exemplar, Labels, NativeHistogram
+from exporters.remote_write.series import Exemplar, Labels, NativeHistogram
 
 # The headers the spec requires on every request. They are reserved: configured headers may not replace
 # them (the exporter refuses such a configuration).

@@ -62,11 +62,9 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
 from typing import NamedTuple
@@ -84,6 +82,15 @@ from exporters.remote_write.buckets import (
     sparse,
     trim,
 )
+from exporters.remote_write.series import (  # re-exported: the series model's old home
+    NAME_LABEL as NAME_LABEL,
+    STALE_NAN as STALE_NAN,
+    Exemplar as Exemplar,
+    Labels as Labels,
+    Metadata as Metadata,
+    NativeHistogram as NativeHistogram,
+    SampleBatch as SampleBatch,
+)
 from exporters.remote_write.naming import (
     MetricKind,
     PlanEntry,
@@ -93,12 +100,6 @@ from exporters.remote_write.naming import (
     metric_name,
 )
 
-Labels = tuple[tuple[str, str], ...]
-"""A series' complete label set, sorted by name, `__name__` included."""
-
-NAME_LABEL = "__name__"
-STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
-"""Prometheus's staleness marker: a NaN with this exact bit pattern (compare bits, never values)."""
 MIN_SCHEMA, MAX_SCHEMA = -4, 8
 DEFAULT_ZERO_THRESHOLD = 1e-128
 EXEMPLAR_MAX_CHARS = 128  # OpenMetrics: names and values of an exemplar's labels together
@@ -151,62 +152,6 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-
-
-class NativeHistogram(NamedTuple):
-    """One native histogram sample with integer counts, as remote write 1.0's `Histogram` message carries it.
-
-    Spans are (offset, length): the first offset is the index of the first bucket, the next ones the gap
-    after the previous span. Deltas are each bucket's count minus the previous bucket's (the first minus 0).
-    `count` and `sum` are `STALE_NAN` for a staleness marker (then `count` is a float).
-    """
-
-    timestamp: int
-    count: int | float
-    sum: float
-    schema: int
-    zero_threshold: float
-    zero_count: int
-    negative_spans: tuple[tuple[int, int], ...] = ()
-    negative_deltas: tuple[int, ...] = ()
-    positive_spans: tuple[tuple[int, int], ...] = ()
-    positive_deltas: tuple[int, ...] = ()
-
-
-class Exemplar(NamedTuple):
-    """An exemplar: its own labels (`trace_id`, `span_id`, ...), value and timestamp in ms (0 if unknown)."""
-
-    labels: Labels
-    value: float
-    timestamp: int
-
-
-@dataclass(slots=True)
-class SampleBatch:
-    """Translated series, in columns.
-
-    Float samples: sample i is (labels[i], values[i], timestamps[i] in ms since the epoch); `sizes[i]`
-    estimates the bytes it adds to an uncompressed remote-write 1.0 body. `len(batch)` counts these only.
-    Native histograms: histogram i is (histogram_labels[i], histograms[i]), its timestamp inside.
-    Exemplars: exemplar i belongs to the series exemplar_labels[i]; a receiver attaches it to a series it
-    already has, so send it with or after that series' samples. `dropped` counts the data points (and
-    `target_info` series) that were not translated, by reason.
-    """
-
-    labels: list[Labels] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    histogram_labels: list[Labels] = field(default_factory=list)
-    histograms: list[NativeHistogram] = field(default_factory=list)
-    histogram_sizes: list[int] = field(default_factory=list)
-    exemplar_labels: list[Labels] = field(default_factory=list)
-    exemplars: list[Exemplar] = field(default_factory=list)
-    exemplar_sizes: list[int] = field(default_factory=list)
-    dropped: Counter[str] = field(default_factory=Counter)
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 def translate(
