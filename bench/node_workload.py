@@ -18,8 +18,8 @@ The same state is:
   `job="node-exporter", instance="<node>"` plus the attributes: the label sets the scrape path produces.
 - served as Prometheus text exposition at `/metrics/<node>` (one node) and `/metrics` (all nodes), with
   `job` and `instance` written into every line, so a scraper with `honor_labels: true` stores the same label
-  sets. The labels a real setup adds as target or external labels (cluster, region, zone, env) are written
-  on every series in both paths, which gives the ~8-12 labels per series of a production node.
+  sets. The labels a real setup adds as target or external labels (cluster, region, availability_zone, env)
+  are written on every series in both paths, which gives the ~8-12 labels per series of a production node.
 
 Metric names carry their Prometheus suffixes already (`_total`, `_bytes`, `_seconds`) and OTLP units are left
 empty, so the OTLP-to-Prometheus naming rules change nothing.
@@ -363,7 +363,7 @@ class Workload:
         return sum(self.series_per_node.values())
 
     def common(self, node_index: int) -> tuple[tuple[str, str], ...]:
-        return (*COMMON, ("zone", ZONES[node_index % len(ZONES)]))
+        return (*COMMON, ("availability_zone", ZONES[node_index % len(ZONES)]))
 
     def _build_otlp(self) -> None:
         """The OTLP request, built once: a tick only rewrites values and timestamps in place, because building
