@@ -5,9 +5,10 @@ The binaries come from `tests/peers/install-victoriametrics.sh` (Debian's 1.79, 
 1.79 predates VictoriaMetrics' own protocol (1.88): it takes remote write 1.0 with snappy only, which is
 what makes it the peer that shows a sender falling back.
 
-Each server gets its own temporary storage. VictoriaMetrics makes a write queryable only after a delay and
-caches query results, so the server runs with `-search.latencyOffset=0s -search.disableCache` and tests
-poll with `wait_for_query`.
+Each server gets its own temporary storage. VictoriaMetrics hides the last 30 s of data from queries and
+caches results, so the server runs with `-search.latencyOffset=0s -search.disableCache`. A new series still
+becomes visible to queries over the current hour only when the storage moves it into its hour index, every
+10 s in 1.79 (`currHourMetricIDsUpdateInterval`, no flag), so tests poll with `wait_for_query`.
 
     with VictoriaMetricsServer() as vm:
         ...send to vm.remote_write_url...
@@ -158,11 +159,11 @@ class VictoriaMetricsServer:
         self,
         expr: str,
         predicate: Callable[[list[dict]], bool] = bool,
-        timeout: float = 15.0,
+        timeout: float = 20.0,
         interval: float = 0.2,
     ) -> list[dict]:
-        """Poll `query(expr)` until `predicate(result)` holds (VictoriaMetrics shows a write only after it
-        flushed its in-memory rows, about a second); AssertionError with the last result if it never does."""
+        """Poll `query(expr)` until `predicate(result)` holds (a new series shows up only after up to 10 s);
+        AssertionError with the last result if it never does."""
         deadline = time.monotonic() + timeout
         while True:
             result = self.query(expr)
