@@ -21,6 +21,7 @@ run: venv
 peers:
 	tests/peers/install-prometheus.sh
 	tests/peers/install-node.sh
+	tests/peers/install-victoriametrics.sh
 
 test: venv peers
 	$(BIN)/pytest -q
