@@ -1,0 +1,430 @@
+"""The receiving side of the compact format: a gateway's store of sender sessions, and decoding against it.
+
+Why decoding and committing are apart: a gateway may refuse a decoded batch (429, a full queue), and then the
+sender resends the same sequence number against the same state, so `decode` reads the session and changes
+nothing; the gateway calls the returned `commit` once it has accepted the batch.
+
+Why one step of undo: if the answer to request k is lost after the gateway committed it, the sender still
+holds the state before k and sends k again (the same batch or another one) built against that state. The
+session therefore keeps how to go back from k to k-1 (the symbol and series counts before k and the last
+values k overwrote), decodes a resend of k against that earlier state, and on commit first undoes k, then
+applies the resend. Returning the stored result of k instead would be wrong when the resend carries a
+different batch. Anything else out of order is `SessionLost` (HTTP 409): the sender starts a new epoch.
+
+Memory is bounded in bytes (estimated from strings plus a per-entry overhead): a sender's session past
+`max_bytes_per_sender`, or the least recently committed sessions while the total is past `max_total_bytes`,
+are evicted whole and counted in `evictions`; their senders get `SessionLost` next time and start again.
+Sessions idle past `idle_timeout` are dropped the same way (counted in `expirations`).
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from itertools import accumulate
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from exporters.remote_write.compact import (
+    CONTENT_TYPE,
+    EPOCH_HEADER,
+    SEQUENCE_HEADER,
+    SERIES_OVERHEAD,
+    SESSION_HEADER,
+    SYMBOL_OVERHEAD,
+    VERSION,
+    VERSION_HEADER,
+    SessionLost,
+    bits_float,
+    header,
+    is_uniform,
+    last_of_each,
+    running,
+)
+from exporters.remote_write.encoding import DecodeError
+from exporters.remote_write.proto.compact_pb2 import Request
+from exporters.remote_write.series import (
+    METRIC_TYPES,
+    Exemplar,
+    Labels,
+    Metadata,
+    NativeHistogram,
+    SampleBatch,
+)
+
+RECEIVER_PAIR_OVERHEAD = 72
+"""Bytes each label pair of a decoded series costs: its (name, value) tuple and a slot in the label set."""
+UNDO_ENTRY_BYTES = 120
+"""Bytes each series' saved last values cost in the one step of undo."""
+SAMPLE_SIZE = 20
+"""What a float sample adds to a remote write 1.0 body beyond its labels: `SampleBatch.sizes` estimates."""
+MAX_SENDER_ID = 256
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class _Undo:
+    __slots__ = ("bytes", "old", "sequence", "series", "symbols")
+
+    def __init__(self, sequence: int, symbols: int, series: int, old: dict[int, tuple[int, int, int]], size: int):
+        self.sequence = sequence
+        self.symbols = symbols
+        self.series = series
+        self.old = old
+        self.bytes = size
+
+
+class _Session:
+    """One sender's epoch: the state its acknowledged requests built."""
+
+    __slots__ = (
+        "bytes",
+        "epoch",
+        "last_bits",
+        "last_start",
+        "last_ts",
+        "sequence",
+        "series",
+        "sizes",
+        "symbols",
+        "undo",
+        "used",
+        "version",
+    )
+
+    def __init__(self, epoch: int, now: float) -> None:
+        self.epoch = epoch
+        self.sequence = 0  # last committed
+        self.symbols: list[str] = [""]
+        self.series: list[Labels] = []
+        self.sizes: list[int] = []
+        self.last_ts: list[int] = []
+        self.last_bits: list[int] = []
+        self.last_start: list[int] = []
+        self.bytes = 0
+        self.used = now
+        self.undo: _Undo | None = None
+        self.version = 0  # bumped by every commit, so a stale commit can tell
+
+
+class _Base:
+    """The state a request is decoded against: a session as it is, as it was before its last request, or empty."""
+
+    def __init__(self, session: _Session | None, before_last: bool) -> None:
+        self.session = session
+        self.overrides: dict[int, tuple[int, int, int]] = {}
+        self.before_last = before_last
+        if session is None:
+            self.symbols, self.series = 1, 0
+        elif before_last:
+            assert session.undo is not None
+            self.symbols, self.series = session.undo.symbols, session.undo.series
+            self.overrides = session.undo.old
+        else:
+            self.symbols, self.series = len(session.symbols), len(session.series)
+
+    def last(self, refs: list[int], which: int) -> list[int]:
+        """Each series' acknowledged last timestamp (0), value bits (1) or start (2); 0 for a series new here."""
+        if self.session is None:
+            return [0] * len(refs)
+        state = (self.session.last_ts, self.session.last_bits, self.session.last_start)[which]
+        known, overrides = self.series, self.overrides
+        if refs[-1] < known and not overrides:
+            return list(map(state.__getitem__, refs))
+        return [
+            (overrides[ref][which] if ref in overrides else state[ref]) if ref < known else 0 for ref in refs
+        ]
+
+
+class CompactSessions:
+    """A gateway's compact sessions, one per sender, bounded in bytes; decodes requests against them."""
+
+    protocol = "compact"
+
+    def __init__(
+        self,
+        *,
+        max_bytes_per_sender: int = 64 << 20,
+        max_total_bytes: int = 256 << 20,
+        idle_timeout: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_bytes_per_sender = max_bytes_per_sender
+        self.max_total_bytes = max_total_bytes
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently committed first
+        self.bytes_used = 0
+        self.evictions = 0
+        """Sessions dropped whole to keep within max_bytes_per_sender or max_total_bytes."""
+        self.expirations = 0
+        """Sessions dropped after idle_timeout without a commit."""
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _drop(self, sender: str) -> None:
+        session = self._sessions.pop(sender)
+        self.bytes_used -= session.bytes
+
+    def _expire_idle(self) -> None:
+        deadline = self._clock() - self.idle_timeout
+        while self._sessions:
+            sender, session = next(iter(self._sessions.items()))
+            if session.used >= deadline:
+                break
+            self._drop(sender)
+            self.expirations += 1
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[SampleBatch, Callable[[], None]]:
+        """The batch in an (already decompressed) body, and the commit to call once the gateway accepted it.
+
+        Raises `SessionLost` (answer 409 with its message) when the request does not follow the session's
+        state, `DecodeError` (answer 400) when body or headers are malformed. Changes no state itself."""
+        sender, epoch, sequence = _session_headers(headers)
+        self._expire_idle()
+        session = self._sessions.get(sender)
+        where = f"sender {sender} epoch {epoch} sequence {sequence}"
+        if session is None or epoch > session.epoch:
+            if sequence != 1:
+                raise SessionLost(f"{where}: no such session here; start a new epoch at sequence 1")
+            base = _Base(None, False)
+        elif epoch < session.epoch:
+            raise SessionLost(f"{where}: epoch {session.epoch} has replaced it")
+        elif sequence == session.sequence + 1:
+            base = _Base(session, False)
+        elif sequence == session.sequence and session.undo is not None and session.undo.sequence == sequence:
+            base = _Base(session, True)  # a resend of the last committed request: its answer was lost
+        else:
+            raise SessionLost(f"{where}: expected sequence {session.sequence + 1}")
+        try:
+            message = Request.FromString(body)
+        except ProtobufDecodeError as exc:
+            raise DecodeError(f"compact: body is not a headwater.compact.v1.Request ({exc})") from exc
+        decoded = _Decoded(message, base)
+        version = session.version if session is not None else -1
+
+        def commit() -> None:
+            current = self._sessions.get(sender)
+            if current is not session or (session is not None and session.version != version):
+                return  # replaced, evicted or committed meanwhile: nothing consistent to apply to
+            if base.session is None:
+                if current is not None:
+                    self._drop(sender)  # a newer epoch replaces the old one
+                target = _Session(epoch, self._clock())
+                self._sessions[sender] = target
+            else:
+                target = current
+                if base.before_last:
+                    self._undo(target)
+            self._apply(target, decoded, sequence)
+            self._sessions.move_to_end(sender)
+            self._enforce_bounds(sender)
+
+        return decoded.batch, commit
+
+    def _undo(self, session: _Session) -> None:
+        undo = session.undo
+        assert undo is not None
+        del session.symbols[undo.symbols :]
+        for column in (session.series, session.sizes, session.last_ts, session.last_bits, session.last_start):
+            del column[undo.series :]
+        for ref, (stamp, bits, start) in undo.old.items():
+            session.last_ts[ref], session.last_bits[ref], session.last_start[ref] = stamp, bits, start
+        self.bytes_used += undo.bytes - session.bytes
+        session.bytes = undo.bytes
+        session.sequence = undo.sequence - 1
+        session.undo = None
+
+    def _apply(self, session: _Session, decoded: _Decoded, sequence: int) -> None:
+        known = len(session.series)
+        refs = decoded.refs
+        touched = refs if not refs or refs[-1] < known else [ref for ref in refs if ref < known]
+        old = {
+            ref: (session.last_ts[ref], session.last_bits[ref], session.last_start[ref]) for ref in touched
+        }
+        size_before = session.bytes - (UNDO_ENTRY_BYTES * len(session.undo.old) if session.undo else 0)
+        session.undo = _Undo(sequence, len(session.symbols), known, old, size_before)
+        session.symbols += decoded.new_symbols
+        session.series += decoded.new_series
+        session.sizes += decoded.new_sizes
+        added = len(decoded.new_series)
+        session.last_ts += [0] * added
+        session.last_bits += [0] * added
+        session.last_start += [0] * added
+        for state, column in (
+            (session.last_ts, decoded.stamps),
+            (session.last_bits, decoded.bits),
+            (session.last_start, decoded.starts),
+        ):
+            if column is None or not refs:
+                continue
+            for ref, last in zip(refs, last_of_each(column, decoded.counts)):
+                state[ref] = last
+        grown = size_before + decoded.bytes + UNDO_ENTRY_BYTES * len(old)
+        self.bytes_used += grown - session.bytes
+        session.bytes = grown
+        session.sequence = sequence
+        session.version += 1
+        session.used = self._clock()
+
+    def _enforce_bounds(self, sender: str) -> None:
+        session = self._sessions[sender]
+        if session.bytes > self.max_bytes_per_sender:
+            self._drop(sender)
+            self.evictions += 1
+        while self.bytes_used > self.max_total_bytes and self._sessions:
+            self._drop(next(iter(self._sessions)))
+            self.evictions += 1
+
+
+def _session_headers(headers: Mapping[str, str]) -> tuple[str, int, int]:
+    version = header(headers, VERSION_HEADER)
+    if version != VERSION:
+        raise DecodeError(f"compact: {VERSION_HEADER} must be {VERSION}, not {version!r}")
+    content_type = header(headers, "Content-Type")
+    if content_type is not None and content_type.replace(" ", "").lower() != CONTENT_TYPE.lower():
+        raise DecodeError(f"compact: Content-Type must be {CONTENT_TYPE}, not {content_type!r}")
+    sender = header(headers, SESSION_HEADER)
+    if not sender or len(sender) > MAX_SENDER_ID or not sender.isprintable():
+        raise DecodeError(f"compact: {SESSION_HEADER} must name the sender (1-{MAX_SENDER_ID} printable characters)")
+    numbers = []
+    for name in (EPOCH_HEADER, SEQUENCE_HEADER):
+        text = header(headers, name)
+        if text is None or not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < 1:
+            raise DecodeError(f"compact: {name} must be a positive decimal integer, not {text!r}")
+        numbers.append(int(text))
+    return sender, numbers[0], numbers[1]
+
+
+class _Decoded:
+    """One request decoded against a base state: the batch, and what committing it adds to the session."""
+
+    def __init__(self, message: Request, base: _Base) -> None:
+        session = base.session
+        self.new_symbols = list(message.symbols)
+        self.bytes = sum(len(text.encode()) + SYMBOL_OVERHEAD for text in self.new_symbols)
+        symbols = session.symbols if session is not None else [""]
+        if len(symbols) != base.symbols or self.new_symbols:
+            symbols = symbols[: base.symbols] + self.new_symbols
+        self._define_series(message, symbols)
+        series = session.series if session is not None else []
+        sizes = session.sizes if session is not None else []
+        if len(series) != base.series or self.new_series:
+            series = series[: base.series] + self.new_series
+            sizes = sizes[: base.series] + self.new_sizes
+        self.series = series
+        batch = SampleBatch()
+        self._samples(message, base, batch, sizes)
+        for item in message.metadata:
+            if item.name_ref >= len(symbols) or item.help_ref >= len(symbols) or item.unit_ref >= len(symbols):
+                raise DecodeError("compact: metadata refers to a symbol the session does not have")
+            if not 0 <= item.type < len(METRIC_TYPES):
+                raise DecodeError(f"compact: metadata has unknown metric type {item.type}")
+            batch.metadata[symbols[item.name_ref]] = Metadata(
+                METRIC_TYPES[item.type], symbols[item.help_ref], symbols[item.unit_ref]
+            )
+        for h in message.histograms:
+            batch.histogram_labels.append(self._series(h.series_ref, "a histogram"))
+            batch.histograms.append(_histogram(h))
+            batch.histogram_sizes.append(sizes[h.series_ref] + 10 * (len(h.positive_deltas) + len(h.negative_deltas)))
+        for e in message.exemplars:
+            labels = list(e.labels)
+            if len(labels) % 2:
+                raise DecodeError("compact: an exemplar's labels are not name/value pairs")
+            batch.exemplar_labels.append(self._series(e.series_ref, "an exemplar"))
+            batch.exemplars.append(Exemplar(tuple(zip(labels[::2], labels[1::2])), bits_float(e.value_bits), e.timestamp))
+            batch.exemplar_sizes.append(sum(map(len, labels)) + 20)
+        self.batch = batch
+
+    def _series(self, ref: int, what: str) -> Labels:
+        if ref >= len(self.series):
+            raise DecodeError(f"compact: {what} refers to series {ref}, the session has {len(self.series)}")
+        return self.series[ref]
+
+    def _define_series(self, message: Request, symbols: list[str]) -> None:
+        counts, refs = list(message.series_label_counts), list(message.series_label_refs)
+        if sum(counts) * 2 != len(refs):
+            raise DecodeError(f"compact: {len(refs)} series label refs for {sum(counts)} label pairs")
+        if refs and max(refs) >= len(symbols):
+            raise DecodeError(f"compact: a series label refers to symbol {max(refs)}, the session has {len(symbols)}")
+        self.new_series: list[Labels] = []
+        self.new_sizes: list[int] = []
+        texts = list(map(symbols.__getitem__, refs))
+        start = 0
+        for count in counts:
+            end = start + 2 * count
+            names, values = texts[start:end:2], texts[start + 1 : end : 2]
+            if "" in names or any(map(operator.ge, names, names[1:])):
+                raise DecodeError(f"compact: series labels {names!r} are not sorted, distinct, non-empty names")
+            self.new_series.append(tuple(zip(names, values)))
+            self.new_sizes.append(sum(map(len, texts[start:end])) + 4 * count + SAMPLE_SIZE)
+            start = end
+        self.bytes += sum(SERIES_OVERHEAD + RECEIVER_PAIR_OVERHEAD * count for count in counts)
+
+    def _samples(self, message: Request, base: _Base, batch: SampleBatch, sizes: list[int]) -> None:
+        deltas, counts = list(message.sample_series_ref_deltas), list(message.sample_counts)
+        encoded_stamps, xored = list(message.timestamps), list(message.values)
+        n = len(encoded_stamps)
+        if len(deltas) != len(counts):
+            raise DecodeError(f"compact: {len(deltas)} sample series refs but {len(counts)} sample counts")
+        if 0 in counts or sum(counts) != n or len(xored) != n:
+            raise DecodeError(f"compact: sample counts sum to {sum(counts)}, with {n} timestamps and {len(xored)} values")
+        if message.start_timestamps and len(message.start_timestamps) != n:
+            raise DecodeError(f"compact: {len(message.start_timestamps)} start timestamps for {n} samples")
+        if 0 in deltas[1:]:
+            raise DecodeError("compact: sample series refs are not increasing")
+        self.refs = refs = list(accumulate(deltas))
+        self.counts = counts
+        self.stamps: list[int] = []
+        self.bits: list[int] = []
+        self.starts: list[int] | None = None
+        if not refs:
+            return
+        if refs[-1] >= len(self.series):
+            raise DecodeError(f"compact: samples refer to series {refs[-1]}, the session has {len(self.series)}")
+        intervals = running(encoded_stamps, counts, [0] * len(counts), operator.add)
+        stamps = running(intervals, counts, base.last(refs, 0), operator.add)
+        if min(stamps) < INT64_MIN or max(stamps) > INT64_MAX:
+            raise DecodeError("compact: a timestamp decodes beyond int64")
+        bits = running(xored, counts, base.last(refs, 1), operator.xor)
+        self.stamps, self.bits = stamps, bits
+        if message.start_timestamps:
+            starts = running(list(message.start_timestamps), counts, base.last(refs, 2), operator.add)
+            if min(starts) < INT64_MIN or max(starts) > INT64_MAX:
+                raise DecodeError("compact: a start timestamp decodes beyond int64")
+            self.starts = batch.start_timestamps = starts
+        batch.timestamps = stamps
+        batch.values = array("d", array("Q", bits).tobytes()).tolist()
+        series = self.series
+        if is_uniform(counts) and counts[0] == 1:
+            batch.labels = list(map(series.__getitem__, refs))
+            batch.sizes = list(map(sizes.__getitem__, refs))
+        else:
+            for ref, count in zip(refs, counts):
+                batch.labels += [series[ref]] * count
+                batch.sizes += [sizes[ref]] * count
+
+
+def _histogram(h) -> NativeHistogram:  # type: ignore[no-untyped-def]
+    for offsets, lengths in ((h.negative_span_offsets, h.negative_span_lengths),
+                             (h.positive_span_offsets, h.positive_span_lengths)):
+        if len(offsets) != len(lengths):
+            raise DecodeError("compact: a histogram's span offsets and lengths differ in number")
+    kind = h.WhichOneof("count")
+    count: int | float = bits_float(h.count_float_bits) if kind == "count_float_bits" else h.count_int
+    return NativeHistogram(
+        timestamp=h.timestamp,
+        count=count,
+        sum=bits_float(h.sum_bits),
+        schema=h.schema,
+        zero_threshold=bits_float(h.zero_threshold_bits),
+        zero_count=h.zero_count,
+        negative_spans=tuple(zip(h.negative_span_offsets, h.negative_span_lengths)),
+        negative_deltas=tuple(h.negative_deltas),
+        positive_spans=tuple(zip(h.positive_span_offsets, h.positive_span_lengths)),
+        positive_deltas=tuple(h.positive_deltas),
+        start_timestamp=h.start_timestamp,
+    )
