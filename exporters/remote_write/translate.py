@@ -60,20 +60,18 @@ buckets (bounds, exponential layouts and downscaling, native spans) is in `bucke
 
 from __future__ import annotations
 
-import base64
-import json
+import struct
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from itertools import accumulate
-from typing import NamedTuple
+from sys import getsizeof
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, DataPointFlags, Metric
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from exporters.remote_write.buckets import MAX_CLASSIC_BUCKETS as MAX_CLASSIC_BUCKETS  # re-exported
 from exporters.remote_write.buckets import (
     LE,
     downscale,
@@ -82,27 +80,60 @@ from exporters.remote_write.buckets import (
     sparse,
     trim,
 )
-from exporters.remote_write.series import (  # re-exported: the series model's old home
-    NAME_LABEL as NAME_LABEL,
-    STALE_NAN as STALE_NAN,
-    Exemplar as Exemplar,
-    Labels as Labels,
-    Metadata as Metadata,
-    NativeHistogram as NativeHistogram,
-    SampleBatch as SampleBatch,
+from exporters.remote_write.buckets import MAX_CLASSIC_BUCKETS as MAX_CLASSIC_BUCKETS  # re-exported
+from exporters.remote_write.labels import (  # re-exported: their old home
+    DEFAULT_LIMITS as DEFAULT_LIMITS,
+)
+from exporters.remote_write.labels import (
+    EXEMPLAR_MAX_CHARS as EXEMPLAR_MAX_CHARS,
+)
+from exporters.remote_write.labels import (
+    LABEL_OVERHEAD,
+    Labeler,
+    ScopeLabels,
+    apply_plan,
+    attribute_text,
+    exemplar_labels,
+    fixed_error,
+    labels_error,
+    labels_size,
+)
+from exporters.remote_write.labels import (
+    Limits as Limits,
 )
 from exporters.remote_write.naming import (
     MetricKind,
-    PlanEntry,
     float_label,
     job_label,
     label_plan,
     metric_name,
 )
+from exporters.remote_write.series import (  # re-exported: the series model's old home
+    NAME_LABEL as NAME_LABEL,
+)
+from exporters.remote_write.series import (
+    STALE_NAN as STALE_NAN,
+)
+from exporters.remote_write.series import (
+    Exemplar as Exemplar,
+)
+from exporters.remote_write.series import (
+    Labels as Labels,
+)
+from exporters.remote_write.series import (
+    Metadata as Metadata,
+)
+from exporters.remote_write.series import (
+    NativeHistogram as NativeHistogram,
+)
+from exporters.remote_write.series import (
+    SampleBatch as SampleBatch,
+)
+from exporters.remote_write.series_cache import INTERNED_BYTES, SeriesCache, labels_bytes
+from exporters.remote_write.wire import attributes_key, number_fields, skip_field, varint_at
 
 MIN_SCHEMA, MAX_SCHEMA = -4, 8
 DEFAULT_ZERO_THRESHOLD = 1e-128
-EXEMPLAR_MAX_CHARS = 128  # OpenMetrics: names and values of an exemplar's labels together
 
 _NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -111,47 +142,8 @@ _QUANTILE = "quantile"
 # Bytes a sample costs in a remote-write 1.0 body beyond its label text: tags and lengths per label, the
 # TimeSeries and Sample framing, an 8-byte value and a varint timestamp. Estimates, for batch sizing.
 _SAMPLE_OVERHEAD = 24
-_LABEL_OVERHEAD = 6
 _HISTOGRAM_OVERHEAD = 48
 _EXEMPLAR_OVERHEAD = 24
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on one series, and on series per metric within one `translate` call.
-
-        translate(request, limits=Limits(max_labels_per_series=40))
-
-    Past a bound the data point (every series it would produce) is dropped and counted in
-    `SampleBatch.dropped` as `label_name_too_long`, `label_value_too_long`, `too_many_labels` or
-    `too_many_series`; nothing is truncated. Lengths are UTF-8 bytes, never fewer than characters, so a
-    receiver that counts either accepts what passes. The defaults are Grafana Mimir's (and Loki's)
-    distributor defaults, the strictest of the common receivers, which refuse a series past them: names
-    1024, values 2048, 30 labels (VictoriaMetrics 1.79 also stops at 30 labels, by cutting the rest
-    silently). Prometheus itself has no such limits. The series limit (10,000) is ours: a guard against a
-    runaway attribute, an order of magnitude above the OpenTelemetry SDKs' default cardinality limit (2000).
-    """
-
-    max_label_name_length: int = 1024
-    max_label_value_length: int = 2048
-    max_labels_per_series: int = 30
-    max_series_per_metric: int = 10_000
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_label_name_length",
-            "max_label_value_length",
-            "max_labels_per_series",
-            "max_series_per_metric",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_labels_per_series < 2:
-            raise ValueError("max_labels_per_series must be at least 2 (__name__ and le/quantile)")
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def translate(
@@ -160,14 +152,20 @@ def translate(
     native_histograms: bool = False,
     limits: Limits | None = None,
     promote: tuple[str, ...] = (),
+    cache: SeriesCache | None = None,
 ) -> SampleBatch:
     """Translate every data point of `request` (read only, never modified).
 
     `native_histograms`: exponential histograms as native histograms (only for a receiver that ingests
     them: Prometheus 2.42 refuses the whole request otherwise) instead of classic buckets. `promote`: the
     resource attribute keys (as OTLP spells them, e.g. `k8s.namespace.name`) to copy onto every series.
+    `cache`: the series built by earlier calls (one per exporter, kept across calls); without one, a private
+    cache lives for this call only. The result is the same either way; with a warm cache it costs a lookup
+    per data point and its label tuples are the cache's interned ones (`cache.series_id(labels)`).
     """
-    return _Translation(native_histograms, limits or DEFAULT_LIMITS, tuple(promote)).run(request)
+    if cache is None:
+        cache = SeriesCache()
+    return _Translation(native_histograms, limits or DEFAULT_LIMITS, tuple(promote), cache).run(request)
 
 
 class _Family:
@@ -180,72 +178,99 @@ class _Family:
         self.seen: set[Labels] | None = None
 
 
-class _Labeler:
-    """Builds the sorted labels of one metric's data points; built once per metric."""
+class _Resource:
+    """What one resource gives every series (cached per resource bytes and call options)."""
 
-    __slots__ = ("fixed_names", "weak_names", "values", "reserved", "bare", "bare_size", "bare_error", "limits")
+    __slots__ = ("error", "fixed", "nbytes", "rid", "target", "weak")
 
-    def __init__(self, name: str, scope: _Scope, reserved: tuple[str, ...], limits: Limits) -> None:
-        self.fixed_names = (NAME_LABEL, *scope.fixed_names)
-        self.weak_names = scope.weak_names
-        self.values = [name, *scope.fixed_values, *scope.weak_values]
-        self.reserved = reserved
-        self.limits = limits
-        self.bare, self.bare_size, self.bare_error = self.build((), ())
-        if self.bare_error is None:
-            self.bare_error = scope.error or _value_error(name, limits.max_label_value_length)
-
-    def __call__(self, attributes: Sequence[KeyValue]) -> tuple[Labels, int, str | None]:
-        """(labels, their size estimate, None), or ((), 0, the reason the point must be dropped)."""
-        if not attributes:
-            return self.bare, self.bare_size, self.bare_error
-        if self.bare_error is not None:
-            return (), 0, self.bare_error
-        return self.build(tuple(kv.key for kv in attributes), [_attribute_text(kv.value) for kv in attributes])
-
-    def build(self, keys: tuple[str, ...], texts: Sequence[str]) -> tuple[Labels, int, str | None]:
-        limits = self.limits
-        plan, name_error = _checked_plan(
-            keys, self.fixed_names, self.weak_names, self.reserved, limits.max_label_name_length
+    def __init__(
+        self,
+        rid: int,
+        fixed: list[tuple[str, str]],
+        weak: list[tuple[str, str]],
+        target: Labels | None,
+        error: str | None,
+    ) -> None:
+        self.rid = rid
+        self.fixed = fixed
+        self.weak = weak
+        self.target = target
+        self.error = error
+        self.nbytes = (
+            getsizeof(self) + _pairs_bytes(fixed) + _pairs_bytes(weak) + (labels_bytes(target) if target else 0)
         )
-        if name_error:
-            return (), 0, "label_name_too_long"
-        max_value = limits.max_label_value_length
-        fixed_values = self.values
-        labels = []
-        size = 0
-        for name, fixed_index, sources in plan:
-            if fixed_index >= 0:
-                value = fixed_values[fixed_index]
-            else:
-                value = texts[sources[0]] if len(sources) == 1 else ";".join(texts[i] for i in sources)
-                if len(value) * 4 > max_value and _value_error(value, max_value):
-                    return (), 0, "label_value_too_long"
-            if value:
-                labels.append((name, value))
-                size += len(name) + len(value) + _LABEL_OVERHEAD
-        if len(labels) + (1 if self.reserved else 0) > limits.max_labels_per_series:
-            return (), 0, "too_many_labels"
-        return tuple(labels), size, None
+
+    def held_labels(self) -> tuple[Labels, ...]:
+        return (self.target,) if self.target else ()
 
 
-class _Scope(NamedTuple):
-    """Labels every point of one scope carries: fixed (job, instance, scope) and weak (promoted)."""
+class _Scope:
+    """One scope of one resource: its context number and the labels every point of it carries."""
 
-    fixed_names: tuple[str, ...]
-    fixed_values: tuple[str, ...]
-    weak_names: tuple[str, ...]
-    weak_values: tuple[str, ...]
-    error: str | None  # why every point of the scope must be dropped, if one of these labels breaks a limit
+    __slots__ = ("labels", "nbytes", "sid")
+
+    def __init__(self, sid: int, labels: ScopeLabels) -> None:
+        self.sid = sid
+        self.labels = labels
+        self.nbytes = getsizeof(self) + getsizeof(labels) + sum(getsizeof(part) for part in labels)
+
+
+class _Context:
+    """One metric of one scope, translated one way: the `Labeler` its series are built with, and the number
+    its series are keyed under."""
+
+    __slots__ = ("cid", "labeler", "nbytes")
+
+    def __init__(self, cid: int, labeler: Labeler) -> None:
+        self.cid = cid
+        self.labeler = labeler
+        self.nbytes = (
+            getsizeof(self)
+            + getsizeof(labeler)
+            + getsizeof(labeler.values)
+            + sum(getsizeof(value) for value in labeler.values)
+            + labels_bytes(labeler.bare)
+        )
+
+
+class _Series:
+    """A cached series of a histogram or summary metric: its base labels (or the reason it is dropped) and
+    the label sets derived from them for the newest bucket layout or quantiles seen."""
+
+    __slots__ = ("derived", "labels", "nbytes", "reason", "size")
+
+    def __init__(self, labels: Labels, size: int, reason: str | None) -> None:
+        self.labels = labels
+        self.size = size
+        self.reason = reason
+        # (the le pairs or quantile pairs they are for, one label set per pair, `_count`, `_sum`)
+        self.derived: tuple[object, list[Labels], Labels, Labels] | None = None
+        self.nbytes = getsizeof(self) + labels_bytes(labels) + INTERNED_BYTES
+
+    def held_labels(self) -> tuple[Labels, ...]:
+        if self.derived is None:
+            return (self.labels,) if self.labels else ()
+        return (self.labels, *self.derived[1], self.derived[2], self.derived[3])
+
+
+# One cached series of a gauge or sum: (labels, sample size estimate, stale flag, drop reason, bytes held).
+_NumberSeries = tuple[Labels, int, int, "str | None", int]
+_WITH_START = struct.Struct("<BQBQBd").unpack_from  # start time, time, as_double: the usual layout
+_WITHOUT_START = struct.Struct("<BQBd").unpack_from  # time, as_double
+_HISTOGRAM_ATTRIBUTES = 9
+_EXPONENTIAL_ATTRIBUTES = 1
+_SUMMARY_ATTRIBUTES = 7
 
 
 class _Translation:
     """The state of one `translate` call."""
 
-    def __init__(self, native_histograms: bool, limits: Limits, promote: tuple[str, ...]) -> None:
+    def __init__(self, native_histograms: bool, limits: Limits, promote: tuple[str, ...], cache: SeriesCache) -> None:
         self.native = native_histograms
         self.limits = limits
         self.promote = frozenset(promote)
+        self.cache = cache
+        self.options = (limits, self.promote)
         self.batch = SampleBatch()
         self.families: dict[str, _Family] = {}
         self.targets: dict[Labels, int] = {}  # target_info label set -> newest timestamp
@@ -254,22 +279,12 @@ class _Translation:
         batch = self.batch
         for resource_metrics in request.resource_metrics:
             samples_before, histograms_before = len(batch.timestamps), len(batch.histograms)
-            fixed, weak, target, error = self.resource(resource_metrics.resource.attributes)
+            resource = self.resource_entry(resource_metrics.resource)
             for scope_metrics in resource_metrics.scope_metrics:
-                scope = scope_metrics.scope
-                names, values = [name for name, _ in fixed], [value for _, value in fixed]
-                if scope.name:
-                    names.append("otel_scope_name")
-                    values.append(scope.name)
-                if scope.version:
-                    names.append("otel_scope_version")
-                    values.append(scope.version)
-                scope_error = error or _fixed_error(names, values, self.limits)
-                weak_names = tuple(name for name, _ in weak)
-                weak_values = tuple(value for _, value in weak)
-                context = _Scope(tuple(names), tuple(values), weak_names, weak_values, scope_error)
+                scope = self.scope_entry(resource, scope_metrics.scope)
                 for metric in scope_metrics.metrics:
-                    self.metric(metric, context)
+                    self.metric(metric, scope)
+            target = resource.target
             if target is not None:
                 newest = max(batch.timestamps[samples_before:], default=0)
                 newest = max(newest, max((h.timestamp for h in batch.histograms[histograms_before:]), default=0))
@@ -278,7 +293,40 @@ class _Translation:
         self.emit_targets()
         return batch
 
-    # -- resource ---------------------------------------------------------------------------------------
+    # -- resource and scope -----------------------------------------------------------------------------
+
+    def resource_entry(self, resource: Resource) -> _Resource:
+        key = ("resource", self.options, resource.SerializeToString())
+        cache = self.cache
+        entry = cache.get(key)
+        if entry is None:
+            fixed, weak, target, error = self.resource(resource.attributes)
+            if target is not None:
+                target = cache.intern(target)
+            entry = _Resource(cache.context_id(), fixed, weak, target, error)
+            cache.put(key, entry, entry.nbytes + INTERNED_BYTES)
+        return entry
+
+    def scope_entry(self, resource: _Resource, scope: object) -> _Scope:
+        key = ("scope", resource.rid, scope.SerializeToString())  # type: ignore[attr-defined]
+        cache = self.cache
+        entry = cache.get(key)
+        if entry is None:
+            fixed, weak = resource.fixed, resource.weak
+            names, values = [name for name, _ in fixed], [value for _, value in fixed]
+            if scope.name:  # type: ignore[attr-defined]
+                names.append("otel_scope_name")
+                values.append(scope.name)  # type: ignore[attr-defined]
+            if scope.version:  # type: ignore[attr-defined]
+                names.append("otel_scope_version")
+                values.append(scope.version)  # type: ignore[attr-defined]
+            scope_error = resource.error or fixed_error(names, values, self.limits)
+            weak_names = tuple(name for name, _ in weak)
+            weak_values = tuple(value for _, value in weak)
+            labels = ScopeLabels(tuple(names), tuple(values), weak_names, weak_values, scope_error)
+            entry = _Scope(cache.context_id(), labels)
+            cache.put(key, entry, entry.nbytes)
+        return entry
 
     def resource(
         self, attributes: Sequence[KeyValue]
@@ -291,7 +339,7 @@ class _Translation:
         promoted_texts: list[str] = []
         for kv in attributes:
             key = kv.key
-            text = _attribute_text(kv.value)
+            text = attribute_text(kv.value)
             if key == "service.name":
                 service_name = text
             elif key == "service.namespace":
@@ -306,26 +354,26 @@ class _Translation:
                 promoted_texts.append(text)
         job = job_label(service_name, service_namespace)
         fixed = [(name, value) for name, value in (("job", job), ("instance", instance)) if value]
-        weak = list(_apply(label_plan(tuple(promoted_keys), ()), (), promoted_texts)) if promoted_keys else []
-        error = _fixed_error([n for n, _ in fixed + weak], [v for _, v in fixed + weak], self.limits)
+        weak = list(apply_plan(label_plan(tuple(promoted_keys), ()), (), promoted_texts)) if promoted_keys else []
+        error = fixed_error([n for n, _ in fixed + weak], [v for _, v in fixed + weak], self.limits)
         target = None
         if other_keys:
             plan = label_plan(tuple(other_keys), (NAME_LABEL, "instance", "job"))
-            target = tuple(_apply(plan, ("target_info", instance, job), other_texts))
+            target = tuple(apply_plan(plan, ("target_info", instance, job), other_texts))
         return fixed, weak, target, error
 
     def emit_targets(self) -> None:
         batch = self.batch
         limits = self.limits
         for labels, timestamp in self.targets.items():
-            reason = _labels_error(labels, limits)
+            reason = labels_error(labels, limits)
             if reason is not None:
                 batch.dropped[reason] += 1
                 continue
             batch.labels.append(labels)
             batch.values.append(1.0)
             batch.timestamps.append(timestamp)
-            batch.sizes.append(_labels_size(labels) + _SAMPLE_OVERHEAD)
+            batch.sizes.append(labels_size(labels) + _SAMPLE_OVERHEAD)
 
     # -- metrics ----------------------------------------------------------------------------------------
 
@@ -349,21 +397,33 @@ class _Translation:
             kind = MetricKind.HISTOGRAM
         else:
             kind = MetricKind.SUMMARY
-        name = metric_name(metric.name, metric.unit, kind)
+        raw_name, unit = metric.name, metric.unit
+        name = metric_name(raw_name, unit, kind)
         if not name:
             self.batch.dropped["invalid_metric_name"] += len(points)
             return
-        if data == "gauge" or data == "sum":
-            self.numbers(points, name, scope, exemplars=kind is MetricKind.MONOTONIC_SUM)
-        elif data == "histogram":
-            self.histograms(points, name, scope)
-        elif data == "exponential_histogram":
-            if self.native:
-                self.native_histograms(points, name, scope)
+        native = data == "exponential_histogram" and self.native
+        key = ("metric", scope.sid, raw_name, unit, kind, data, native)
+        context = self.cache.get(key)
+        if context is None:
+            if data in ("histogram", "exponential_histogram") and not native:
+                labeler = Labeler(name + "_bucket", scope.labels, (LE,), self.limits)
+            elif data == "summary":
+                labeler = Labeler(name, scope.labels, (_QUANTILE,), self.limits)
             else:
-                self.exponential_as_classic(points, name, scope)
+                labeler = Labeler(name, scope.labels, (), self.limits)
+            context = _Context(self.cache.context_id(), labeler)
+            self.cache.put(key, context, context.nbytes)
+        if data == "gauge" or data == "sum":
+            self.numbers(body, points, name, context, exemplars=kind is MetricKind.MONOTONIC_SUM)
+        elif data == "histogram":
+            self.histograms(points, name, context)
+        elif native:
+            self.native_histograms(points, name, context)
+        elif data == "exponential_histogram":
+            self.exponential_as_classic(points, name, context)
         else:
-            self.summaries(points, name, scope)
+            self.summaries(points, name, context)
 
     def cumulative(self, body: object, count: int) -> bool:
         temporality = body.aggregation_temporality  # type: ignore[attr-defined]
@@ -373,11 +433,15 @@ class _Translation:
         self.batch.dropped[reason] += count
         return False
 
+    def family(self, name: str) -> _Family:
+        tracked = self.families.get(name)
+        if tracked is None:
+            tracked = self.families[name] = _Family()
+        return tracked
+
     def admission(self, family: str, points: int) -> Callable[[Labels], bool]:
         """A check for each point's labels: False when the family already has `max_series_per_metric`."""
-        tracked = self.families.get(family)
-        if tracked is None:
-            tracked = self.families[family] = _Family()
+        tracked = self.family(family)
         limit = self.limits.max_series_per_metric
         if tracked.seen is None and len(tracked.recorded) + points <= limit:
             record = tracked.recorded.append
@@ -402,14 +466,140 @@ class _Translation:
 
         return admit
 
+    def numbers(self, body: object, points: Sequence, name: str, context: _Context, exemplars: bool) -> None:
+        """Gauge and sum points, read from the metric's serialized bytes (see `wire`): per point a slice, a
+        struct read, a lookup of its series and appends; upb objects only for a new series or exemplars."""
+        batch = self.batch
+        cache = self.cache
+        dropped = batch.dropped
+        data = body.SerializeToString()  # type: ignore[attr-defined]
+        tracked = self.family(name)
+        below = tracked.seen is None and len(tracked.recorded) + len(points) <= self.limits.max_series_per_metric
+        admit = None if below else self.admission(name, len(points))
+        labels_out, values_out, times_out, sizes_out = batch.labels, batch.values, batch.timestamps, batch.sizes
+        before = len(labels_out)
+        young_get = cache.young.get
+        cid = context.cid
+        index = -1
+        pos, end_of_data = 0, len(data)
+        while pos < end_of_data:
+            if data[pos] != 0x0A:  # not a data point (Sum's temporality and monotonicity, unknown fields)
+                pos = skip_field(data, pos)
+                continue
+            length = data[pos + 1]
+            if length < 0x80:
+                start = pos + 2
+            else:
+                length, start = varint_at(data, pos + 1)
+            end = pos = start + length
+            index += 1
+            first = data[start] if length else 0
+            fast = False
+            if first == 0x11 and length >= 27:
+                _, _, time_tag, time, value_tag, value = _WITH_START(data, start)
+                at = start + 27
+                fast = time_tag == 0x19 and value_tag == 0x21 and (at == end or data[at] != 0x2A)
+            elif first == 0x19 and length >= 18:
+                _, time, value_tag, value = _WITHOUT_START(data, start)
+                at = start + 18
+                fast = value_tag == 0x21 and (at == end or data[at] != 0x2A)
+            with_exemplars = False
+            if not fast:
+                time, value, at, with_exemplars = number_fields(data, start, end)
+                if not time:
+                    dropped["missing_timestamp"] += 1
+                    continue
+            key = (cid, data[at:end])
+            series = young_get(key)
+            if series is None:
+                series = self.number_series(context, key, points[index])
+                young_get = cache.young.get  # a new series may have started a new generation
+            labels, size, stale, reason, _ = series
+            if reason is not None or (admit is not None and not admit(labels)):
+                dropped[reason or "too_many_series"] += 1
+                continue
+            labels_out.append(labels)
+            times_out.append(time // 1_000_000)
+            sizes_out.append(size)
+            if stale:
+                values_out.append(STALE_NAN)
+                continue
+            values_out.append(value)
+            if with_exemplars and exemplars:
+                self.exemplars(points[index].exemplars, lambda value, labels=labels: labels)
+        if below:
+            tracked.recorded += labels_out[before:]
+
+    def number_series(self, context: _Context, key: tuple[int, bytes], point: object) -> _NumberSeries:
+        """The cached series for a gauge or sum point's key, built from the point when it is new."""
+        cache = self.cache
+        series = cache.get(key)
+        if series is None:
+            labels, size, reason = context.labeler(point.attributes)  # type: ignore[attr-defined]
+            nbytes = getsizeof(key[1])
+            if reason is None:
+                labels = cache.intern(labels)
+                nbytes += labels_bytes(labels) + INTERNED_BYTES
+            stale = point.flags & _NO_RECORDED_VALUE  # type: ignore[attr-defined]
+            nbytes += getsizeof((labels, size, stale, reason, nbytes))
+            series = (labels, size + _SAMPLE_OVERHEAD, stale, reason, nbytes)
+            cache.put(key, series, nbytes)
+        return series
+
+    def point_series(self, context: _Context, point: object, attributes_field: int) -> _Series:
+        """The cached series for a histogram or summary point, keyed by its attributes' bytes."""
+        cache = self.cache
+        key = (context.cid, attributes_key(point.SerializeToString(), attributes_field))  # type: ignore[attr-defined]
+        series = cache.get(key)
+        if series is None:
+            labels, size, reason = context.labeler(point.attributes)  # type: ignore[attr-defined]
+            if reason is None:
+                labels = cache.intern(labels)
+            series = _Series(labels, size, reason)
+            cache.put(key, series, series.nbytes + getsizeof(key[1]))
+        return series
+
+    def derive(self, series: _Series, pairs: tuple[tuple[str, str], ...], name: str, reserved: str) -> tuple:
+        """The label sets of a histogram's buckets (or a summary's quantiles), `_count` and `_sum` for a
+        series, kept on it for as long as its layout (`pairs`, from an lru-cached table) stays the same."""
+        derived = series.derived
+        if derived is not None and derived[0] is pairs:
+            return derived
+        labels = series.labels
+        at = bisect_left(labels, (reserved,))
+        head, tail = labels[:at], labels[at:]
+        at_name = bisect_left(labels, (NAME_LABEL,))
+        name_head, name_tail = labels[:at_name], labels[at_name + 1 :]
+        intern = self.cache.intern
+        derived = (
+            pairs,
+            [intern((*head, pair, *tail)) for pair in pairs],
+            intern((*name_head, (NAME_LABEL, name + "_count"), *name_tail)),
+            intern((*name_head, (NAME_LABEL, name + "_sum"), *name_tail)),
+        )
+        added = sum(labels_bytes(labels) + INTERNED_BYTES for labels in derived[1]) + 2 * (
+            labels_bytes(derived[2]) + INTERNED_BYTES
+        )
+        if self.cache.charge(added):
+            series.derived = derived
+            series.nbytes += added
+        return derived
+
     def admitted(
-        self, points: Sequence, family: str, labeler: _Labeler, reject: Callable[[object], str | None] | None = None
-    ) -> Iterator[tuple[object, Labels, int, int, int]]:
-        """(point, labels, their size, timestamp in ms, stale flag) for each point that may be translated.
+        self,
+        points: Sequence,
+        family: str,
+        context: _Context,
+        attributes_field: int,
+        reject: Callable[[object], str | None] | None = None,
+    ) -> Iterator[tuple[object, _Series, int, int]]:
+        """(point, its series, timestamp in ms, stale flag) for each histogram or summary point that may be
+        translated.
 
         The rest are counted in `dropped`: no timestamp, then `reject(point)` (a reason, checked before the
         labels so that a rejected point never takes a place under the series limit), then the labeler's
-        reason, then the family's series limit. One loop for every kind of point, so that they drop alike.
+        reason, then the family's series limit. One loop for every kind of point, so that they drop alike
+        (gauges and sums, in `numbers`, check in the same order).
         """
         admit = self.admission(family, len(points))
         dropped = self.batch.dropped
@@ -423,32 +613,16 @@ class _Translation:
                 if reason is not None:
                     dropped[reason] += 1
                     continue
-            labels, size, reason = labeler(point.attributes)
-            if reason is not None or not admit(labels):
+            series = self.point_series(context, point, attributes_field)
+            reason = series.reason
+            if reason is not None or not admit(series.labels):
                 dropped[reason or "too_many_series"] += 1
                 continue
-            yield point, labels, size, time_unix_nano // 1_000_000, point.flags & _NO_RECORDED_VALUE
+            yield point, series, time_unix_nano // 1_000_000, point.flags & _NO_RECORDED_VALUE
 
-    def numbers(self, points: Sequence, name: str, scope: _Scope, exemplars: bool) -> None:
-        batch = self.batch
-        labeler = _Labeler(name, scope, (), self.limits)
-        labels_out, values_out, times_out, sizes_out = batch.labels, batch.values, batch.timestamps, batch.sizes
-        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
-            labels_out.append(labels)
-            times_out.append(timestamp)
-            sizes_out.append(size + _SAMPLE_OVERHEAD)
-            if stale:
-                values_out.append(STALE_NAN)
-                continue
-            values_out.append(point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int))
-            if exemplars and point.exemplars:
-                self.exemplars(point.exemplars, lambda value, labels=labels: labels)
-
-    def histograms(self, points: Sequence, name: str, scope: _Scope) -> None:
-        bucket_name = name + "_bucket"
-        labeler = _Labeler(bucket_name, scope, (LE,), self.limits)
+    def histograms(self, points: Sequence, name: str, context: _Context) -> None:
         dropped = self.batch.dropped
-        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
+        for point, series, timestamp, stale in self.admitted(points, name, context, _HISTOGRAM_ATTRIBUTES):
             counts = point.bucket_counts
             table = le_table(tuple(point.explicit_bounds) if counts or stale else ())
             if table is None or (counts and len(counts) != table.given + 1):
@@ -462,18 +636,14 @@ class _Translation:
                 total = float(point.count)
                 cumulative = [*map(float, accumulate(counts[: len(bounds)])), total] if counts else [total]
                 total_sum = point.sum if point.HasField("sum") else None
-            series = self.classic(
-                labels, size, timestamp, name, le_pairs, le_lengths, cumulative, total, total_sum, stale
-            )
+            buckets = self.classic(series, timestamp, name, le_pairs, le_lengths, cumulative, total, total_sum, stale)
             if not stale and point.exemplars:
                 self.exemplars(
-                    point.exemplars, lambda value, series=series, bounds=bounds: series[bisect_left(bounds, value)]
+                    point.exemplars, lambda value, buckets=buckets, bounds=bounds: buckets[bisect_left(bounds, value)]
                 )
 
-    def exponential_as_classic(self, points: Sequence, name: str, scope: _Scope) -> None:
-        bucket_name = name + "_bucket"
-        labeler = _Labeler(bucket_name, scope, (LE,), self.limits)
-        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
+    def exponential_as_classic(self, points: Sequence, name: str, context: _Context) -> None:
+        for point, series, timestamp, stale in self.admitted(points, name, context, _EXPONENTIAL_ATTRIBUTES):
             positive, negative = point.positive, point.negative
             if stale:
                 layout = exponential_layout(0, 0.0, 0, 0, 0, 0, with_zero=False)
@@ -498,9 +668,8 @@ class _Translation:
                 cumulative = [float(running[i]) for i in layout.keep]
                 cumulative.append(total)
                 total_sum = point.sum if point.HasField("sum") else None
-            series = self.classic(
-                labels,
-                size,
+            buckets = self.classic(
+                series,
                 timestamp,
                 name,
                 layout.le_pairs,
@@ -513,13 +682,12 @@ class _Translation:
             if not stale and point.exemplars:
                 bounds = layout.bounds
                 self.exemplars(
-                    point.exemplars, lambda value, series=series, bounds=bounds: series[bisect_left(bounds, value)]
+                    point.exemplars, lambda value, buckets=buckets, bounds=bounds: buckets[bisect_left(bounds, value)]
                 )
 
     def classic(
         self,
-        labels: Labels,
-        size: int,
+        series: _Series,
         timestamp: int,
         name: str,
         le_pairs: tuple[tuple[str, str], ...],
@@ -532,56 +700,51 @@ class _Translation:
         """Append a classic histogram's series: buckets (labels carry `__name__` = `{name}_bucket`), `_sum`
         (when there is one, or for a staleness marker), `_count`. Returns the bucket series' labels."""
         batch = self.batch
-        at = bisect_left(labels, (LE,))
-        head, tail = labels[:at], labels[at:]
-        series = [(*head, pair, *tail) for pair in le_pairs]
-        at_name = bisect_left(labels, (NAME_LABEL,))
-        head, tail = labels[:at_name], labels[at_name + 1 :]
-        count_labels = (*head, (NAME_LABEL, name + "_count"), *tail)
-        base = size + _SAMPLE_OVERHEAD
-        batch.labels += series
+        _, buckets, count_labels, sum_labels = self.derive(series, le_pairs, name, LE)
+        base = series.size + _SAMPLE_OVERHEAD
+        batch.labels += buckets
         batch.labels.append(count_labels)
         batch.values += cumulative
         batch.values.append(total)
-        bucket_base = base + _LABEL_OVERHEAD  # a bucket series also carries `le`
+        bucket_base = base + LABEL_OVERHEAD  # a bucket series also carries `le`
         batch.sizes += [bucket_base + length for length in le_lengths]
         batch.sizes.append(base - 1)
-        n = len(series) + 1
+        n = len(buckets) + 1
         if total_sum is not None or stale:
-            batch.labels.append((*head, (NAME_LABEL, name + "_sum"), *tail))
+            batch.labels.append(sum_labels)
             batch.values.append(STALE_NAN if stale else total_sum)  # type: ignore[arg-type]
             batch.sizes.append(base - 3)
             n += 1
         batch.timestamps += [timestamp] * n
-        return series
+        return buckets
 
-    def native_histograms(self, points: Sequence, name: str, scope: _Scope) -> None:
+    def native_histograms(self, points: Sequence, name: str, context: _Context) -> None:
         batch = self.batch
-        labeler = _Labeler(name, scope, (), self.limits)
-        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler, _unsupported_scale):
+        for point, series, timestamp, stale in self.admitted(
+            points, name, context, _EXPONENTIAL_ATTRIBUTES, _unsupported_scale
+        ):
+            labels = series.labels
             histogram = _native(point, point.scale, timestamp)
             batch.histogram_labels.append(labels)
             batch.histograms.append(histogram)
             batch.histogram_sizes.append(
-                size + _HISTOGRAM_OVERHEAD + 2 * (len(histogram.positive_deltas) + len(histogram.negative_deltas))
+                series.size
+                + _HISTOGRAM_OVERHEAD
+                + 2 * (len(histogram.positive_deltas) + len(histogram.negative_deltas))
             )
             if not stale and point.exemplars:
                 self.exemplars(point.exemplars, lambda value, labels=labels: labels)
 
-    def summaries(self, points: Sequence, name: str, scope: _Scope) -> None:
+    def summaries(self, points: Sequence, name: str, context: _Context) -> None:
         batch = self.batch
-        labeler = _Labeler(name, scope, (_QUANTILE,), self.limits)
-        for point, labels, size, timestamp, stale in self.admitted(points, name, labeler):
+        for point, series, timestamp, stale in self.admitted(points, name, context, _SUMMARY_ATTRIBUTES):
             quantiles = point.quantile_values
             pairs, pair_sizes = _quantile_table(tuple(q.quantile for q in quantiles))
-            at = bisect_left(labels, (_QUANTILE,))
-            head, tail = labels[:at], labels[at:]
-            at_name = bisect_left(labels, (NAME_LABEL,))
-            name_head, name_tail = labels[:at_name], labels[at_name + 1 :]
-            base = size + _SAMPLE_OVERHEAD
-            batch.labels += [(*head, pair, *tail) for pair in pairs]
-            batch.labels.append((*name_head, (NAME_LABEL, name + "_sum"), *name_tail))
-            batch.labels.append((*name_head, (NAME_LABEL, name + "_count"), *name_tail))
+            _, quantile_labels, count_labels, sum_labels = self.derive(series, pairs, name, _QUANTILE)
+            base = series.size + _SAMPLE_OVERHEAD
+            batch.labels += quantile_labels
+            batch.labels.append(sum_labels)
+            batch.labels.append(count_labels)
             if stale:
                 batch.values += [STALE_NAN] * (len(pairs) + 2)
             else:
@@ -598,78 +761,15 @@ class _Translation:
         batch = self.batch
         for exemplar in exemplars:
             value = exemplar.as_double if exemplar.WhichOneof("value") == "as_double" else float(exemplar.as_int)
-            labels = _exemplar_labels(exemplar)
+            labels = exemplar_labels(exemplar)
             series = series_for(value)
             batch.exemplar_labels.append(series)
             batch.exemplars.append(Exemplar(labels, value, exemplar.time_unix_nano // 1_000_000))
-            batch.exemplar_sizes.append(_labels_size(labels) + _EXEMPLAR_OVERHEAD)
+            batch.exemplar_sizes.append(labels_size(labels) + _EXEMPLAR_OVERHEAD)
 
 
-# -- labels and limits -----------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=4096)
-def _checked_plan(
-    keys: tuple[str, ...],
-    fixed_names: tuple[str, ...],
-    weak_names: tuple[str, ...],
-    reserved: tuple[str, ...],
-    max_name_length: int,
-) -> tuple[tuple[PlanEntry, ...], bool]:
-    """The label plan, and whether one of its names is longer than `max_name_length` bytes."""
-    plan = label_plan(keys, fixed_names, weak_names, reserved)
-    return plan, any(len(name.encode()) > max_name_length for name, _, _ in plan)
-
-
-def _apply(plan: Iterable[PlanEntry], fixed_values: Sequence[str], texts: Sequence[str]) -> Iterable[tuple[str, str]]:
-    for name, fixed_index, sources in plan:
-        value = fixed_values[fixed_index] if fixed_index >= 0 else ";".join(texts[i] for i in sources)
-        if value:
-            yield name, value
-
-
-def _value_error(value: str, max_length: int) -> str | None:
-    if len(value) * 4 > max_length and len(value.encode()) > max_length:
-        return "label_value_too_long"
-    return None
-
-
-def _fixed_error(names: Sequence[str], values: Sequence[str], limits: Limits) -> str | None:
-    if any(len(name.encode()) > limits.max_label_name_length for name in names):
-        return "label_name_too_long"
-    for value in values:
-        if _value_error(value, limits.max_label_value_length):
-            return "label_value_too_long"
-    return None
-
-
-def _labels_error(labels: Labels, limits: Limits) -> str | None:
-    """Why a complete label set breaks a limit, or None (for series built outside a `_Labeler`)."""
-    reason = _fixed_error([n for n, _ in labels], [v for _, v in labels], limits)
-    if reason is None and len(labels) > limits.max_labels_per_series:
-        return "too_many_labels"
-    return reason
-
-
-def _labels_size(labels: Labels) -> int:
-    return sum(len(name) + len(value) + _LABEL_OVERHEAD for name, value in labels)
-
-
-def _exemplar_labels(exemplar: object) -> Labels:
-    ids = []
-    if exemplar.span_id:  # type: ignore[attr-defined]
-        ids.append(("span_id", exemplar.span_id.hex()))  # type: ignore[attr-defined]
-    if exemplar.trace_id:  # type: ignore[attr-defined]
-        ids.append(("trace_id", exemplar.trace_id.hex()))  # type: ignore[attr-defined]
-    attributes = exemplar.filtered_attributes  # type: ignore[attr-defined]
-    if not attributes:
-        return tuple(ids)
-    plan = label_plan(tuple(kv.key for kv in attributes), tuple(name for name, _ in ids))
-    texts = [_attribute_text(kv.value) for kv in attributes]
-    labels = tuple(_apply(plan, [value for _, value in ids], texts))
-    if sum(len(name) + len(value) for name, value in labels) > EXEMPLAR_MAX_CHARS:
-        return tuple(ids)
-    return labels
+def _pairs_bytes(pairs: list[tuple[str, str]]) -> int:
+    return getsizeof(pairs) + sum(getsizeof(pair) + getsizeof(value) for pair in pairs for value in pair[1:])
 
 
 # -- tables and native histograms ----------------------------------------------------------------------
@@ -678,7 +778,7 @@ def _exemplar_labels(exemplar: object) -> Labels:
 @lru_cache(maxsize=1024)
 def _quantile_table(quantiles: tuple[float, ...]) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:
     pairs = tuple((_QUANTILE, float_label(q)) for q in quantiles)
-    return pairs, tuple(len(value) + len(_QUANTILE) + _LABEL_OVERHEAD for _, value in pairs)
+    return pairs, tuple(len(value) + len(_QUANTILE) + LABEL_OVERHEAD for _, value in pairs)
 
 
 def _unsupported_scale(point: object) -> str | None:
@@ -707,45 +807,3 @@ def _native(point: object, scale: int, timestamp: int) -> NativeHistogram:
         positive_spans,
         positive_deltas,
     )
-
-
-# -- attribute values ------------------------------------------------------------------------------------
-
-
-def _attribute_text(value: AnyValue) -> str:
-    """An attribute value as label text, per the OpenTelemetry attribute spec for non-OTLP formats:
-    strings as they are, booleans `true`/`false`, numbers in decimal, bytes in base64, arrays and maps as
-    JSON."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind is None:
-        return ""
-    return _json_text(_plain(value)) if kind in ("array_value", "kvlist_value") else _scalar_text(value, kind)
-
-
-def _scalar_text(value: AnyValue, kind: str) -> str:
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        return repr(value.double_value)
-    return base64.b64encode(value.bytes_value).decode("ascii")
-
-
-def _plain(value: AnyValue) -> object:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")
-    if kind is None:
-        return None
-    return getattr(value, kind)
-
-
-def _json_text(plain: object) -> str:
-    return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
