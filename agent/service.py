@@ -68,7 +68,8 @@ def build_exporters(config: Config) -> dict[str, Any]:
                               max_label_value_length=rw.limits.max_label_value_length,
                               max_labels_per_series=rw.limits.max_labels_per_series,
                               max_series_per_metric=rw.limits.max_series_per_metric),
-                promote=rw.promote_resource_attributes)
+                promote=rw.promote_resource_attributes, protocol=rw.protocol, compression=rw.compression,
+                compression_level=rw.compression_level)
     configured = [n for n in ("otlp", "file") if getattr(ex, n) is not None] + [rw.name for rw in ex.remote_write]
     for name in configured:
         if name not in built:
@@ -115,6 +116,18 @@ class Agent:
             self.grpc = OtlpGrpcReceiver(otlp.grpc.endpoint, otlp.grpc.max_message_size, self.admission,
                                          consume_traces, consume_metrics)
             self.receivers.append(self.grpc)
+        gateway = config.receivers.remote_write
+        if gateway is not None and gateway.enabled and p.metrics:
+            series = FanOut("metrics", [(n, self.exporters[n].consume_series) for n in p.metrics.exporters])
+            from agent.receivers.remote_write import RemoteWriteReceiver  # only gateways load every decoder
+            from exporters.remote_write.compact import CompactSessions
+
+            self.gateway = RemoteWriteReceiver(
+                gateway.endpoint, gateway.max_body_size, self.admission, series.consume,
+                sessions=CompactSessions(max_bytes_per_sender=gateway.max_dictionary_per_sender,
+                                         max_total_bytes=gateway.max_dictionary_total),
+                drain_timeout=config.shutdown_timeout / 2)
+            self.receivers.append(self.gateway)
         self._ready = False
         self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
                           if config.telemetry.enabled else None)

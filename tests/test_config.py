@@ -73,9 +73,27 @@ def test_a_bad_endpoint_is_an_error_at_its_key_path():
         "receivers.otlp.grpc.endpoint: expected host:port such as 127.0.0.1:4318, found 'localhost'"]
 
 
-def test_remote_write_protocols_other_than_rw1_are_refused_as_not_supported_yet():
-    [issue] = problems("exporters: {remote_write: [{name: p, url: 'http://h/w', protocol: rw2}]}\n")
-    assert "not supported yet" in issue and issue.startswith("exporters.remote_write[0].protocol")
+def test_an_unknown_remote_write_protocol_is_refused_naming_the_choices():
+    [issue] = problems("exporters: {remote_write: [{name: p, url: 'http://h/w', protocol: rw3}]}\n")
+    assert issue.startswith("exporters.remote_write[0].protocol") and "rw1, rw2, vm, compact, auto" in issue
+
+
+@pytest.mark.parametrize("protocol", ["rw1", "rw2"])
+def test_remote_write_1_and_2_with_zstd_are_refused_because_their_specs_allow_snappy_only(protocol):
+    [issue] = problems(f"exporters: {{remote_write: [{{name: p, url: 'http://h/w', protocol: {protocol}, "
+                       "compression: zstd}]}\n")
+    assert issue.startswith("exporters.remote_write[0].compression") and "snappy only" in issue
+
+
+def test_the_vm_protocol_with_snappy_is_refused_because_it_is_zstd_by_definition():
+    [issue] = problems("exporters: {remote_write: [{name: p, url: 'http://h/w', protocol: vm, compression: snappy}]}\n")
+    assert issue.startswith("exporters.remote_write[0].compression") and "zstd" in issue
+
+
+def test_a_remote_write_endpoint_negotiates_its_format_unless_told_otherwise():
+    config = load_text("exporters: {remote_write: [{name: p, url: 'http://h/w'}]}\n")
+    assert config.exporters.remote_write[0].protocol == "auto"
+    assert config.exporters.remote_write[0].compression == "auto"
 
 
 def test_a_pipeline_naming_a_missing_exporter_is_an_error():

@@ -166,16 +166,46 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 # -- batching -----------------------------------------------------------------------------------------------
 
 
-def test_a_batch_is_cut_into_a_request_when_it_holds_max_samples() -> None:
+def test_a_flush_is_cut_into_requests_of_at_most_max_samples() -> None:
     async def scenario() -> None:
         async with Receiver() as receiver:
-            exp = exporter(receiver.url, max_samples=3)
+            exp = exporter(receiver.url, max_samples=3, flush_interval=0.05)
             await exp.start()
             await exp.consume_metrics(gauge_request(7))
-            await until(lambda: len(receiver.received) == 2)
-            assert receiver.sample_counts() == [3, 3]
-            await exp.shutdown(timeout=5)
+            await until(lambda: len(receiver.received) == 3)
             assert receiver.sample_counts() == [3, 3, 1]
+            await exp.shutdown(timeout=5)
+
+    run(scenario)
+
+
+def test_the_samples_of_a_series_within_one_flush_go_in_one_request_when_the_limits_allow() -> None:
+    async def scenario() -> None:
+        async with Receiver() as receiver:
+            exp = exporter(receiver.url, max_samples=4)
+            await exp.consume_metrics(gauge_request(4))  # series i=0..3 at t=0..3
+            later = gauge_request(4)
+            for point in later.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points:
+                point.time_unix_nano += 60 * 10**9
+            await exp.consume_metrics(later)  # the same four series, a minute later
+            await exp.start()
+            await exp.shutdown(timeout=5)
+            assert receiver.sample_counts() == [4, 4]
+            for received in receiver.received:
+                assert [len(ts.samples) for ts in received.request.timeseries] == [2, 2]
+
+    run(scenario)
+
+
+def test_a_flush_too_large_to_hold_is_cut_before_its_interval_passes() -> None:
+    async def scenario() -> None:
+        async with Receiver() as receiver:
+            exp = exporter(receiver.url, max_samples=2)  # holds at most four requests' worth: 8 samples
+            await exp.start()
+            await exp.consume_metrics(gauge_request(9))
+            await until(lambda: sum(receiver.sample_counts()) == 9)
+            assert max(receiver.sample_counts()) <= 2
+            await exp.shutdown(timeout=5)
 
     run(scenario)
 
@@ -239,13 +269,13 @@ def test_a_batch_waits_until_flush_interval_has_passed_on_the_injected_clock() -
 def test_queued_bytes_counts_pending_and_queued_samples_and_returns_to_zero_once_sent() -> None:
     async def scenario() -> None:
         async with Receiver() as receiver:
-            exp = exporter(receiver.url, max_samples=2)
+            exp = exporter(receiver.url, max_samples=2, flush_interval=0.05)
             assert exp.queued_bytes == 0
-            await exp.consume_metrics(gauge_request(3))  # not started: one request queued, one sample pending
+            await exp.consume_metrics(gauge_request(3))  # not started: the flush is pending
             assert exp.queued_bytes > 0
             await exp.start()
-            await until(lambda: len(receiver.received) == 1)
-            assert exp.queued_bytes > 0  # the pending sample
+            await until(lambda: len(receiver.received) == 2)
+            assert exp.queued_bytes == 0
             await exp.shutdown(timeout=5)
             assert exp.queued_bytes == 0
             assert receiver.sample_counts() == [2, 1]
@@ -377,7 +407,7 @@ def test_a_request_still_failing_after_max_elapsed_is_counted_as_failed() -> Non
 
     async def scenario() -> None:
         async with Receiver(script=[(503, "down", {})] * 1000) as receiver:
-            exp = exporter(receiver.url, counters, retry=retry, max_samples=2)
+            exp = exporter(receiver.url, counters, retry=retry, max_samples=2, flush_interval=0.05)
             await exp.start()
             await exp.consume_metrics(gauge_request(2))
             await until(lambda: counters.value("samples_failed") == 2)
@@ -453,7 +483,7 @@ def test_shutdown_gives_up_at_its_timeout_and_counts_what_is_left_as_failed() ->
 
     async def scenario() -> None:
         async with Receiver(script=[(503, "down", {})] * 10) as receiver:
-            exp = exporter(receiver.url, counters, retry=slow_retry, max_samples=2)
+            exp = exporter(receiver.url, counters, retry=slow_retry, max_samples=2, flush_interval=0.05)
             await exp.start()
             await exp.consume_metrics(gauge_request(5))
             await until(lambda: receiver.attempts == 1)

@@ -167,10 +167,13 @@ def test_an_out_of_order_sample_refused_with_400_is_dropped_and_counted_not_retr
     counters = Counters()
 
     async def send() -> None:
-        # One sample per request, so the older sample travels after the newer one in a request of its own.
-        exporter = exporter_for(prometheus, counters, max_samples=1)
+        # Two flushes, so the older sample travels after the newer one in a request of its own (within one
+        # flush the batcher would put them in time order).
+        exporter = exporter_for(prometheus, counters, flush_interval=0.05)
         await exporter.start()
         await exporter.consume_metrics(counter_request("retries", 10, now_ns))
+        while counters.value("samples_sent") < 1:
+            await asyncio.sleep(0.01)
         await exporter.consume_metrics(counter_request("retries", 7, now_ns - 30 * 10**9))
         await exporter.shutdown(timeout=10)
 

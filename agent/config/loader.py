@@ -189,6 +189,19 @@ def _check_references(config: Config) -> list[ConfigIssue]:
     for i, name in enumerate(names):
         if name in names[:i]:
             issues.append(ConfigIssue(f"exporters.remote_write[{i}].name", f"expected a unique name, found {name!r} twice"))
+    allowed = {"rw1": ("snappy",), "rw2": ("snappy",), "vm": ("zstd",), "compact": ("snappy", "zstd")}
+    for i, rw in enumerate(config.exporters.remote_write):
+        if rw.protocol in allowed and rw.compression != "auto" and rw.compression not in allowed[rw.protocol]:
+            why = {"rw1": "remote write 1.0 allows snappy only", "rw2": "remote write 2.0 allows snappy only",
+                   "vm": "VictoriaMetrics' protocol is zstd"}[rw.protocol]
+            issues.append(ConfigIssue(f"exporters.remote_write[{i}].compression",
+                                      f"expected snappy or auto with protocol {rw.protocol} ({why}), found "
+                                      f"{rw.compression!r}" if rw.protocol != "vm" else
+                                      f"expected zstd or auto with protocol vm ({why}), found {rw.compression!r}"))
+    gateway = config.receivers.remote_write
+    if gateway is not None and gateway.enabled and config.pipelines.metrics is None:
+        issues.append(ConfigIssue("receivers.remote_write",
+                                  "expected a metrics pipeline: the gateway forwards through its exporters"))
     trace_exporters = [n for n in ("otlp", "file") if getattr(config.exporters, n) is not None]
     pipelines = (("traces", config.pipelines.traces, trace_exporters), ("metrics", config.pipelines.metrics, names))
     for signal, pipeline, available in pipelines:

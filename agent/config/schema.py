@@ -16,14 +16,19 @@ from agent.config.units import Duration, HostPort, HttpUrl, LogLevel, Size
 _FORBID_UNKNOWN = ConfigDict(extra="forbid")
 MiB = 1 << 20
 
-REMOTE_WRITE_PROTOCOLS_LATER = ("rw2", "vm", "compact", "auto")
+REMOTE_WRITE_PROTOCOLS = ("rw1", "rw2", "vm", "compact", "auto")
+COMPRESSIONS = ("auto", "snappy", "zstd")
 
 
 def _check_protocol(value: str) -> str:
-    if value in REMOTE_WRITE_PROTOCOLS_LATER:
-        raise ValueError(f"protocol {value!r} is not supported yet; only 'rw1' (remote write 1.0) is")
-    if value != "rw1":
-        raise ValueError(f"expected 'rw1', found {value!r}")
+    if value not in REMOTE_WRITE_PROTOCOLS:
+        raise ValueError(f"expected one of {', '.join(REMOTE_WRITE_PROTOCOLS)}, found {value!r}")
+    return value
+
+
+def _check_compression(value: str) -> str:
+    if value not in COMPRESSIONS:
+        raise ValueError(f"expected one of {', '.join(COMPRESSIONS)}, found {value!r}")
     return value
 
 
@@ -65,9 +70,24 @@ class OtlpReceiversConfig:
 
 
 @dataclass(frozen=True)
+class RemoteWriteReceiverConfig:
+    """Gateway mode: `POST /api/v1/write` in any remote-write format (rw1, rw2, vm, compact), forwarded through
+    the metrics pipeline's remote-write exporters. Present in the file = on; `max_body_size` bounds a body as
+    sent and after decompression; the compact format's dictionaries are bounded per sender and in total."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    enabled: bool = True
+    endpoint: HostPort = "127.0.0.1:9201"
+    max_body_size: Size = 32 * MiB
+    max_dictionary_per_sender: Size = 64 * MiB
+    max_dictionary_total: Size = 256 * MiB
+
+
+@dataclass(frozen=True)
 class ReceiversConfig:
     __pydantic_config__ = _FORBID_UNKNOWN
     otlp: OtlpReceiversConfig = field(default_factory=OtlpReceiversConfig)
+    remote_write: RemoteWriteReceiverConfig | None = None
 
 
 SPAN_KINDS = ("internal", "server", "client", "producer", "consumer")
@@ -215,7 +235,9 @@ class RemoteWriteConfig:
     __pydantic_config__ = _FORBID_UNKNOWN
     name: Name
     url: HttpUrl
-    protocol: Annotated[str, AfterValidator(_check_protocol)] = "rw1"
+    protocol: Annotated[str, AfterValidator(_check_protocol)] = "auto"
+    compression: Annotated[str, AfterValidator(_check_compression)] = "auto"
+    compression_level: Annotated[int, Field(ge=1, le=22)] = 3
     headers: dict[str, str] = field(default_factory=dict)
     native_histograms: bool = False  # true only where the receiver ingests native histograms
     promote_resource_attributes: tuple[str, ...] = ()

@@ -1,17 +1,18 @@
-"""The remote-write exporter: OTLP metrics in, Prometheus remote write 1.0 requests out.
+"""The remote-write exporter: OTLP metrics (or a gateway's decoded batches) in, remote-write requests out.
 
-The chain, in order: `consume_metrics` translates a request (`translate`) and appends its samples to the
-pending batch -> the batch is cut into a request when it holds `max_samples`, or about `max_bytes`, or
-`flush_interval` after its first sample (the flusher task) -> requests wait in a FIFO queue -> one sender
-task encodes each (`rw1`, in a thread) and posts it through `send_with_retry`.
+The chain, in order (DESIGN.md, "Sending"): `consume_metrics` translates a request (`translate`) ->
+the batcher holds one flush and cuts it into requests with each series whole (`batcher`) -> requests wait in
+a FIFO queue -> one sender task delivers each through `send_with_retry` -> the connection encodes it in the
+negotiated format (in a thread), posts it and says what the answer means (`connection`) -> the transport
+does the HTTP exchange (`transport`).
 
 One request in flight per endpoint: Prometheus refuses a sample older than the newest it holds for the
-series, so requests must arrive in order. Every sample ends in one counted outcome: sent, dropped (the
-receiver refused it with a 4xx, or it could not be translated) or failed (retries ran out, or shutdown came
-first).
+series, so requests must arrive in order, and the compact format's session allows one at a time. Every
+sample ends in one counted outcome: sent, dropped (the receiver refused it with a 4xx, or it could not be
+translated) or failed (retries ran out, or shutdown came first).
 
-Shutdown order: stop the flusher, cut the pending batch, let the sender drain the queue within the timeout,
-then cancel it, count what is left as failed and close the HTTP session.
+Shutdown order: stop the flusher, cut the pending flush, let the sender drain the queue within the timeout,
+then cancel it, count what is left as failed and close the transport.
 
 The queue lives in memory for now; `queued_bytes` (estimated uncompressed bytes) lets admission control
 refuse new data before it grows without bound.
@@ -24,63 +25,55 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import aiohttp
 from opentelemetry import metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from exporters.errors import PermanentError, RetryableError
+from exporters.remote_write.batcher import Batcher
+from exporters.remote_write.connection import COMPACT_HANDSHAKE, VM_HANDSHAKE, Connection, Delivered
 from exporters.remote_write.cumulative import DeltaToCumulative
-from exporters.remote_write import rw1
-from exporters.remote_write.translate import Exemplar, Labels, Limits, NativeHistogram, SampleBatch, translate
-from exporters.retry import RetryPolicy, raise_for_status, send_with_retry
+from exporters.remote_write.encoding import PROTOCOLS
+from exporters.remote_write.formats import new_encoder, protocols_for
+from exporters.remote_write.series import SampleBatch
+from exporters.remote_write.translate import Limits, translate
+from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
+from exporters.remote_write.transport import AiohttpTransport, Transport
+from exporters.retry import RetryPolicy, send_with_retry
 
 logger = logging.getLogger("headwater.exporters.remote_write")
 
-USER_AGENT = "headwater/0.1.0"
-# Headers the protocol or the HTTP client owns; a configured header may not replace them (the spec forbids
+# Headers a protocol or the HTTP client owns; a configured header may not replace them (the spec forbids
 # letting users override the reserved ones). Authorization stays configurable until auth settings exist.
 RESERVED_HEADERS = frozenset(
-    h.lower() for h in (*rw1.HEADERS, "User-Agent", "Content-Length", "Host", "Connection", "Transfer-Encoding")
+    h.lower()
+    for h in (
+        "Content-Encoding", "Content-Type", "X-Prometheus-Remote-Write-Version",
+        "X-VictoriaMetrics-Remote-Write-Version",
+        "X-Headwater-Session", "X-Headwater-Epoch", "X-Headwater-Sequence", "X-Headwater-Compact-Version",
+        "User-Agent", "Content-Length", "Host", "Connection", "Transfer-Encoding",
+    )
 )
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Samples waiting to be sent as one request, in columns (see `translate.SampleBatch`)."""
-
-    labels: list[Labels] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    histogram_labels: list[Labels] = field(default_factory=list)
-    histograms: list[NativeHistogram] = field(default_factory=list)
-    exemplar_labels: list[Labels] = field(default_factory=list)
-    exemplars: list[Exemplar] = field(default_factory=list)
-    nbytes: int = 0
-
-    def __len__(self) -> int:
-        """Samples: float samples and native histograms (exemplars ride along uncounted)."""
-        return len(self.values) + len(self.histograms)
-
-    def __bool__(self) -> bool:
-        return bool(self.values or self.histograms or self.exemplars)
+PROTOCOL_CHOICES = (*PROTOCOLS, "auto")
+COMPRESSION_CHOICES = ("auto", "snappy", "zstd")
 
 
 class RemoteWriteExporter:
-    """Sends metrics to one remote-write 1.0 endpoint.
+    """Sends metrics to one remote-write endpoint, in the format it negotiated (or was told to use).
 
         exporter = RemoteWriteExporter("prometheus", "http://127.0.0.1:9090/api/v1/write", {}, timeout=30.0,
                                        retry=RetryPolicy(), max_samples=10_000, max_bytes=4 << 20,
-                                       flush_interval=5.0)
+                                       flush_interval=5.0, protocol="auto")
         await exporter.start()
         await exporter.consume_metrics(request)   # returns once queued
         await exporter.shutdown(timeout=10.0)      # flushes, delivers what it can, closes
 
-    `timeout` bounds one HTTP attempt; `retry` bounds the whole delivery of a request. `clock` (seconds,
-    monotonic) decides when a batch is `flush_interval` old; tests inject one. `meter` defaults to the global
-    meter provider's `headwater.exporters.remote_write` meter.
+    `timeout` bounds one HTTP attempt; `retry` bounds the whole delivery of a request. `protocol` is one of
+    `PROTOCOL_CHOICES`, `compression` one of `COMPRESSION_CHOICES` (`auto`: the format's best), and
+    `compression_level` is zstd's. `clock` (seconds, monotonic) decides when a flush is due and when to probe
+    for a better format again; tests inject one. `transport` defaults to HTTP through aiohttp; tests pass a
+    fake. `meter` defaults to the global meter provider's `headwater.exporters.remote_write` meter.
     """
 
     def __init__(
@@ -100,11 +93,12 @@ class RemoteWriteExporter:
         native_histograms: bool = False,
         limits: Limits | None = None,
         promote: tuple[str, ...] = (),
+        protocol: str = "rw1",
+        compression: str = "auto",
+        compression_level: int = 3,
+        reprobe_interval: float = 3600.0,
+        transport: Transport | None = None,
     ) -> None:
-        self._native_histograms = native_histograms
-        self._limits = limits
-        self._promote = tuple(promote)
-        self._delta = delta_to_cumulative
         if not name:
             raise ValueError("name must not be empty")
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
@@ -114,31 +108,46 @@ class RemoteWriteExporter:
             raise ValueError(f"headers may not set {', '.join(reserved)}: remote write or HTTP itself sets them")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        if max_samples <= 0:
-            raise ValueError(f"max_samples must be positive, got {max_samples}")
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
+        if protocol not in PROTOCOL_CHOICES:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_CHOICES)}, got {protocol!r}")
+        if compression not in COMPRESSION_CHOICES:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, got {compression!r}")
+        if not 1 <= compression_level <= 22:
+            raise ValueError(f"compression_level must be between 1 and 22 (zstd), got {compression_level}")
+        protocols = protocols_for(protocol, compression)  # raises for a pair no format allows
+        self._native_histograms = native_histograms
+        self._limits = limits
+        self._promote = tuple(promote)
+        self._delta = delta_to_cumulative
         self.name = name
         self._url = url
-        self._headers = {**rw1.HEADERS, "User-Agent": USER_AGENT, **headers}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry = retry
-        self._max_samples = max_samples
-        self._max_bytes = max_bytes
-        self._flush_interval = flush_interval
         self._clock = clock
+        self._batcher = Batcher(max_samples, max_bytes, flush_interval, clock)
+        self._flush_interval = flush_interval
+        self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers))
+        self._protocols = protocols
+        self._protocol_in_use: str | None = None
+        self._connection = Connection(
+            name,
+            url,
+            self._transport,
+            protocols=protocols,
+            new_encoder=lambda p: new_encoder(p, compression, compression_level),
+            handshakes={"compact": COMPACT_HANDSHAKE, "vm": VM_HANDSHAKE},
+            reprobe_interval=reprobe_interval,
+            clock=clock,
+            on_protocol=self._protocol_changed,
+            on_attempt=self._count_attempt,
+        )
 
-        self._pending = _Batch()
-        self._pending_since = 0.0
-        self._pending_started = asyncio.Event()  # the pending batch went from empty to not empty
-        self._queue: deque[_Batch] = deque()
+        self._pending_started = asyncio.Event()  # the batcher went from empty to not empty
+        self._queue: deque[tuple[SampleBatch, int]] = deque()
         self._queue_bytes = 0
         self._queue_changed = asyncio.Event()
         self._closing = False  # the sender exits once the queue is empty
+        self._started = False
         self._shut_down = False
-        self._session: aiohttp.ClientSession | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._warned_reasons: set[str] = set()
@@ -162,18 +171,34 @@ class RemoteWriteExporter:
         self._requests = meter.create_counter(
             "headwater_remote_write_requests",
             unit="{request}",
-            description="HTTP attempts by response status code, or `error` when no response came.",
+            description="HTTP attempts by response status code (`error` when no response came) and wire format.",
+        )
+        self._body_bytes = meter.create_counter(
+            "headwater_remote_write_body_bytes",
+            unit="By",
+            description="Compressed request body bytes of delivered requests, by wire format.",
+        )
+        meter.create_observable_gauge(
+            "headwater_remote_write_protocol",
+            callbacks=[self._observe_protocol],
+            description="1 for the wire format this endpoint speaks now (confirmed or being tried), 0 for the "
+            "other formats it may use.",
         )
 
     @property
+    def protocol(self) -> str | None:
+        """The wire format in use, None before the first request."""
+        return self._connection.protocol
+
+    @property
     def queued_bytes(self) -> int:
-        """Estimated uncompressed bytes held: the pending batch plus requests waiting or in flight."""
-        return self._pending.nbytes + self._queue_bytes
+        """Estimated uncompressed bytes held: the pending flush plus requests waiting or in flight."""
+        return self._batcher.nbytes + self._queue_bytes
 
     async def start(self) -> None:
-        if self._session is not None or self._shut_down:
+        if self._started or self._shut_down:
             return
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        self._started = True
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"remote_write[{self.name}].flusher")
         self._sender = asyncio.create_task(self._send_loop(), name=f"remote_write[{self.name}].sender")
 
@@ -198,6 +223,12 @@ class RemoteWriteExporter:
             logger.log(level, "remote write %s: %d data points not sent: %s", self.name, count, reason)
         self._append(batch)
 
+    async def consume_series(self, batch: SampleBatch) -> None:
+        """Queue samples that are already series (a gateway's decoded request); `batch` is read, not kept."""
+        if self._shut_down:
+            raise RuntimeError(f"remote write exporter {self.name!r} is shut down")
+        self._append(batch)
+
     async def shutdown(self, timeout: float) -> None:
         if self._shut_down:
             return
@@ -205,7 +236,7 @@ class RemoteWriteExporter:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        self._cut()
+        self._enqueue(self._batcher.cut())
         self._closing = True
         self._queue_changed.set()
         if self._sender is not None:
@@ -216,68 +247,35 @@ class RemoteWriteExporter:
         self._fail_queued()
         if self._delta is not None:
             await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
-        if self._session is not None:
-            await self._session.close()
+        await self._connection.close()
 
     # -- batching ---------------------------------------------------------------------------------------
 
     def _append(self, batch: SampleBatch) -> None:
-        sizes = batch.sizes
-        start, total = 0, len(batch)
-        while start < total:
-            pending = self._pending
-            room = self._max_samples - len(pending)
-            end, nbytes = start, pending.nbytes
-            limit = min(total, start + room)
-            while end < limit and (nbytes + sizes[end] <= self._max_bytes or (end == start and not pending)):
-                nbytes += sizes[end]
-                end += 1
-            if end > start:
-                if not pending:
-                    self._pending_since = self._clock()
-                    self._pending_started.set()
-                pending.labels.extend(batch.labels[start:end])
-                pending.values.extend(batch.values[start:end])
-                pending.timestamps.extend(batch.timestamps[start:end])
-                pending.nbytes = nbytes
-                start = end
-            if end < total or len(pending) >= self._max_samples:
-                self._cut()
-        if batch.histograms or batch.exemplars:
-            # After the float samples, so an exemplar never reaches the receiver before its series exists.
-            pending = self._pending
-            if not pending:
-                self._pending_since = self._clock()
-                self._pending_started.set()
-            pending.histogram_labels += batch.histogram_labels
-            pending.histograms += batch.histograms
-            pending.exemplar_labels += batch.exemplar_labels
-            pending.exemplars += batch.exemplars
-            pending.nbytes += sum(batch.histogram_sizes) + sum(batch.exemplar_sizes)
-            if len(pending) >= self._max_samples or pending.nbytes >= self._max_bytes:
-                self._cut()
+        was_empty = not self._batcher
+        self._enqueue(self._batcher.add(batch))
+        if was_empty and self._batcher:
+            self._pending_started.set()
 
-    def _cut(self) -> None:
-        """Move the pending batch to the send queue."""
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, _Batch()
-        self._queue.append(batch)
-        self._queue_bytes += batch.nbytes
-        self._queue_changed.set()
+    def _enqueue(self, requests: list[tuple[SampleBatch, int]]) -> None:
+        for batch, nbytes in requests:
+            self._queue.append((batch, nbytes))
+            self._queue_bytes += nbytes
+        if requests:
+            self._queue_changed.set()
 
     async def _flush_loop(self) -> None:
         while True:
-            if not self._pending:
+            due = self._batcher.due()
+            if due is None:
                 self._pending_started.clear()
                 await self._pending_started.wait()
                 continue
-            remaining = self._pending_since + self._flush_interval - self._clock()
-            if remaining <= 0:
-                self._cut()
+            if due <= 0:
+                self._enqueue(self._batcher.cut())
                 continue
             # Re-read the clock at least every flush_interval, so an injected clock that jumps is noticed.
-            await asyncio.sleep(min(remaining, self._flush_interval))
+            await asyncio.sleep(min(due, self._flush_interval))
 
     # -- sending ----------------------------------------------------------------------------------------
 
@@ -289,26 +287,21 @@ class RemoteWriteExporter:
                 self._queue_changed.clear()
                 await self._queue_changed.wait()
                 continue
-            batch = self._queue[0]
+            batch, nbytes = self._queue[0]
             await self._deliver(batch)
             self._queue.popleft()
-            self._queue_bytes -= batch.nbytes
+            self._queue_bytes -= nbytes
 
-    async def _deliver(self, batch: _Batch) -> None:
+    async def _deliver(self, batch: SampleBatch) -> None:
         """Send one request and count its outcome; never raises for a delivery failure."""
-        count = len(batch)
+        count = batch.samples
+        delivered: list[Delivered] = []
+
+        async def attempt() -> None:
+            delivered.append(await self._connection.send(batch))
+
         try:
-            body = await asyncio.to_thread(
-                rw1.encode,
-                batch.labels,
-                batch.values,
-                batch.timestamps,
-                histogram_labels=batch.histogram_labels,
-                histograms=batch.histograms,
-                exemplar_labels=batch.exemplar_labels,
-                exemplars=batch.exemplars,
-            )
-            await send_with_retry(lambda: self._post(body), self._retry, on_retry=self._log_retry)
+            await send_with_retry(attempt, self._retry, on_retry=self._log_retry, clock=self._clock)
         except PermanentError as exc:
             logger.error("remote write %s: receiver refused %d samples, dropped: %s", self.name, count, exc)
             self._dropped.add(count, {**self._attributes, "reason": "rejected"})
@@ -319,28 +312,32 @@ class RemoteWriteExporter:
             logger.exception("remote write %s: unexpected error sending %d samples", self.name, count)
             self._failed.add(count, self._attributes)
         else:
+            outcome = delivered[-1]
+            attributes = {**self._attributes, "protocol": outcome.protocol}
             self._sent.add(count, self._attributes)
-
-    async def _post(self, body: bytes) -> None:
-        assert self._session is not None
-        try:
-            async with self._session.post(self._url, data=body) as response:
-                status, headers = response.status, response.headers
-                text = await response.text(errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self._requests.add(1, {**self._attributes, "status": "error"})
-            raise RetryableError(f"POST {self._url}: {type(exc).__name__}: {exc}") from exc
-        self._requests.add(1, {**self._attributes, "status": str(status)})
-        raise_for_status(status, headers, text)
+            self._body_bytes.add(outcome.body_bytes, attributes)
 
     def _log_retry(self, exc: RetryableError, delay: float) -> None:
         logger.warning("remote write %s: %s; retrying in %.1fs", self.name, exc, delay)
 
+    def _count_attempt(self, protocol: str, status: str) -> None:
+        self._requests.add(1, {**self._attributes, "status": status, "protocol": protocol})
+
+    def _protocol_changed(self, protocol: str | None) -> None:
+        self._protocol_in_use = protocol
+
+    def _observe_protocol(self, _options: object) -> list[metrics.Observation]:
+        current = self._protocol_in_use
+        return [
+            metrics.Observation(1 if p == current else 0, {**self._attributes, "protocol": p})
+            for p in self._protocols
+        ]
+
     def _fail_queued(self) -> None:
-        count = sum(len(batch) for batch in self._queue) + len(self._pending)
+        count = sum(batch.samples for batch, _ in self._queue) + len(self._batcher)
         if count:
             logger.error("remote write %s: shut down with %d samples undelivered", self.name, count)
             self._failed.add(count, self._attributes)
         self._queue.clear()
         self._queue_bytes = 0
-        self._pending = _Batch()
+        self._batcher.cut()

@@ -1,0 +1,191 @@
+"""The gateway's remote-write receiver (aiohttp): `POST /api/v1/write` in any format Headwater speaks.
+
+A node agent sends the compact format here; other senders (Prometheus, vmagent, another collector) may send
+remote write 1.0 or 2.0, or VictoriaMetrics' zstd variant. Whatever arrives is decoded into the series model
+and forwarded through the metrics pipeline's remote-write exporters, which write what their store speaks.
+
+Statuses, as the remote-write specs prescribe: 204 with the `X-Prometheus-Remote-Write-*-Written` headers
+(a 2.0 sender reads them to know the write was counted), 400 for a body that is not what its headers say,
+413 past `max_body_size` (as sent or decompressed), 415 for a Content-Type or Content-Encoding no format here
+speaks, 409 when a compact sender refers to a session this gateway no longer holds (restart, eviction,
+another gateway behind a load balancer: the sender starts a new one and resends), 429 with Retry-After when
+admission control refuses. The compact session state moves on only once the batch is accepted, so a refused
+request can be resent as it is.
+
+Handshakes: `GET /api/v1/write?get_headwater_compact_version=1` and `?get_vm_proto_version=1` answer `1`,
+which is how a sender on `protocol: auto` learns it may send compact or vm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from opentelemetry import metrics
+
+from agent.admission import Admission, Refused
+from agent.logs import kv
+from exporters.remote_write.compact import CompactSessions, SessionLost
+from exporters.remote_write.encoding import DecodeError, TooLarge, decompress
+from exporters.remote_write.formats import detect, new_decoder
+from exporters.remote_write.series import SampleBatch
+
+log = logging.getLogger("headwater.receivers.remote_write")
+
+ConsumeSeries = Callable[[SampleBatch], Awaitable[None]]
+_THREAD_THRESHOLD = 256 * 1024  # decode bodies larger than this off the event loop
+_LINGER_SECONDS = 2.0
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+class RemoteWriteReceiver:
+    """Gateway mode.
+
+        receiver = RemoteWriteReceiver("127.0.0.1:9201", 32 << 20, admission, pipeline.consume_series)
+        await receiver.start(); ...; await receiver.shutdown(5.0)
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        max_body_size: int,
+        admission: Admission,
+        consume: ConsumeSeries,
+        *,
+        sessions: CompactSessions | None = None,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self._host, self._port = host.strip("[]"), int(port)
+        self._max_body = max_body_size
+        self._admission = admission
+        self._consume = consume
+        self.sessions = sessions or CompactSessions()
+        self._decoders = {p: new_decoder(p) for p in ("rw1", "vm", "rw2")}
+        self._drain_timeout = drain_timeout
+        self._runner: web.AppRunner | None = None
+        self._lock = asyncio.Lock()  # compact sessions advance one request at a time
+        self.bound_port: int | None = None
+        meter = metrics.get_meter("headwater.receivers.remote_write")
+        self._accepted = meter.create_counter(
+            "headwater_receiver_accepted_items", description="Spans or data points accepted")
+        self._refused = meter.create_counter(
+            "headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+        self._requests = meter.create_counter(
+            "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_post("/api/v1/write", self._handle)
+        app.router.add_get("/api/v1/write", self._handshake)
+        self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
+                                     shutdown_timeout=self._drain_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = list(getattr(server, "sockets", ())) if server is not None else []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("listening", **kv(receiver="remote_write", endpoint=f"{self._host}:{self.bound_port}"))
+
+    async def shutdown(self, timeout: float) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await asyncio.wait_for(runner.cleanup(), timeout=max(timeout, 0.1))
+
+    async def _handshake(self, request: web.Request) -> web.Response:
+        query = request.query
+        if query.get("get_headwater_compact_version") == "1" or query.get("get_vm_proto_version") == "1":
+            return web.Response(status=200, text="1")
+        return web.Response(status=405, text="POST remote-write requests here", headers={"Allow": "POST"})
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._write(request)
+        except _Refusal as refusal:
+            self._refused.add(1, {"signal": "metrics", "transport": "remote_write", "status": str(refusal.status)})
+            log.debug("refused", **kv(status=refusal.status, reason=refusal.message))
+            headers = {}
+            if refusal.retry_after is not None:
+                headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after)))
+            return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
+
+    async def _write(self, request: web.Request) -> web.Response:
+        try:
+            protocol, codec = detect(request.headers)
+        except DecodeError as exc:
+            raise _Refusal(415, str(exc)) from None
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise _Refusal(413, f"body of {length} bytes exceeds the limit of {self._max_body} bytes (max_body_size)")
+        try:
+            lease = self._admission.acquire(length or 0, "metrics")
+        except Refused as exc:
+            raise _Refusal(429, str(exc), exc.retry_after) from None
+        with lease:
+            body = await self._read_body(request)
+            lease.resize(len(body))
+            try:
+                if len(body) > _THREAD_THRESHOLD:
+                    data = await asyncio.to_thread(decompress, codec, body, self._max_body)
+                else:
+                    data = decompress(codec, body, self._max_body)
+            except TooLarge as exc:
+                raise _Refusal(413, f"{exc} (max_body_size)") from None
+            except DecodeError as exc:
+                raise _Refusal(400, str(exc)) from None
+            lease.resize(len(body) + len(data))
+            if protocol == "compact":
+                async with self._lock:  # decode, hand over and commit as one step per session order
+                    batch, commit = self._decode_compact(data, request)
+                    await self._accept(batch)
+                    commit()
+            else:
+                try:
+                    decoder = self._decoders[protocol]
+                    if len(data) > _THREAD_THRESHOLD:
+                        batch = await asyncio.to_thread(decoder.decode, data, request.headers)
+                    else:
+                        batch = decoder.decode(data, request.headers)
+                except DecodeError as exc:
+                    raise _Refusal(400, f"{protocol}: {exc}") from None
+                await self._accept(batch)
+        self._requests.add(1, {"protocol": protocol})
+        return web.Response(status=204, headers={
+            "X-Prometheus-Remote-Write-Samples-Written": str(len(batch.values)),
+            "X-Prometheus-Remote-Write-Histograms-Written": str(len(batch.histograms)),
+            "X-Prometheus-Remote-Write-Exemplars-Written": str(len(batch.exemplars)),
+        })
+
+    def _decode_compact(self, data: bytes, request: web.Request) -> tuple[SampleBatch, Callable[[], None]]:
+        try:
+            return self.sessions.decode(data, request.headers)
+        except SessionLost as exc:
+            raise _Refusal(409, str(exc)) from None
+        except DecodeError as exc:
+            raise _Refusal(400, f"compact: {exc}") from None
+
+    async def _accept(self, batch: SampleBatch) -> None:
+        """Hand the batch to the pipeline; admission already holds its bytes."""
+        await self._consume(batch)
+        if batch.samples:
+            self._accepted.add(batch.samples, {"signal": "metrics", "transport": "remote_write"})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        buf = bytearray()
+        async for chunk in request.content.iter_any():
+            buf += chunk
+            if len(buf) > self._max_body:
+                raise _Refusal(413, f"body exceeds the limit of {self._max_body} bytes (max_body_size)")
+        return bytes(buf)

@@ -1,0 +1,171 @@
+"""The first link of the remote-write chain (DESIGN.md, "Sending"): translated samples gathered over one
+flush interval and cut into requests.
+
+Why a flush is held whole and then cut, rather than cut whenever a request is full: a series' samples from
+one flush belong in one request. Every format writes a series' labels (or its dictionary reference) once
+per request and its timestamps and values as differences, so five samples of a series in one request cost
+far less than one sample in each of five (measured with remote write 1.0 at 5,100 series: 11.6 bytes per
+sample when `max_samples` split a 5 s flush across requests, 5.9 with each series whole). So a cut groups
+samples by series, keeps each series whole, and packs whole series into requests of at most `max_samples`
+samples and about `max_bytes` estimated bytes; only a series that alone passes a limit is split, in time
+order. A flush holds at most `hold_factor` requests' worth: past that it is cut early, so memory stays
+bounded however fast samples arrive.
+
+Native histograms and exemplars, far fewer, ride in the last request of a cut, after every float sample (a
+receiver drops an exemplar whose series it has not seen yet).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from exporters.remote_write.series import Labels, SampleBatch
+
+
+class Batcher:
+    """Pending samples of one flush.
+
+        batcher = Batcher(max_samples=10_000, max_bytes=4 << 20, flush_interval=5.0)
+        requests = batcher.add(batch)          # usually [], unless the flush got too big to hold
+        if batcher.due() == 0: requests += batcher.cut()
+
+    Not thread-safe: the exporter calls it from the event loop only. Batches handed to `add` are copied from,
+    never kept or modified.
+    """
+
+    def __init__(
+        self,
+        max_samples: int,
+        max_bytes: int,
+        flush_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        hold_factor: int = 4,
+    ) -> None:
+        if max_samples <= 0:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._hold_samples = max_samples * hold_factor
+        self._hold_bytes = max_bytes * hold_factor
+        self._pending = SampleBatch()
+        self._nbytes = 0
+        self._since = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes pending (what remote write 1.0 would need for them uncompressed)."""
+        return self._nbytes
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def __len__(self) -> int:
+        return self._pending.samples
+
+    def due(self) -> float | None:
+        """Seconds until the pending flush is due (0 when it is), None when nothing is pending."""
+        if not self._pending:
+            return None
+        return max(0.0, self._since + self.flush_interval - self._clock())
+
+    def add(self, batch: SampleBatch) -> list[tuple[SampleBatch, int]]:
+        """Take `batch`'s samples; returns requests cut at once when the flush grew past what it may hold."""
+        if not batch:
+            return []
+        pending = self._pending
+        if not pending:
+            self._since = self._clock()
+        if batch.start_timestamps or pending.start_timestamps:
+            # Keep the column parallel: zeros (unknown) for samples that came without one.
+            if not pending.start_timestamps:
+                pending.start_timestamps.extend([0] * len(pending.values))
+            pending.start_timestamps.extend(batch.start_timestamps or [0] * len(batch.values))
+        pending.labels += batch.labels
+        pending.values += batch.values
+        pending.timestamps += batch.timestamps
+        pending.sizes += batch.sizes
+        pending.histogram_labels += batch.histogram_labels
+        pending.histograms += batch.histograms
+        pending.histogram_sizes += batch.histogram_sizes
+        pending.exemplar_labels += batch.exemplar_labels
+        pending.exemplars += batch.exemplars
+        pending.exemplar_sizes += batch.exemplar_sizes
+        pending.metadata.update(batch.metadata)
+        self._nbytes += sum(batch.sizes) + sum(batch.histogram_sizes) + sum(batch.exemplar_sizes)
+        if pending.samples >= self._hold_samples or self._nbytes >= self._hold_bytes:
+            return self.cut()
+        return []
+
+    def cut(self) -> list[tuple[SampleBatch, int]]:
+        """Everything pending, as requests (batch, estimated bytes), in the order they should be sent."""
+        pending, nbytes = self._pending, self._nbytes
+        self._pending, self._nbytes = SampleBatch(), 0
+        if not pending:
+            return []
+        if len(pending.values) <= self.max_samples - len(pending.histograms) and nbytes <= self.max_bytes:
+            return [(pending, nbytes)]
+        return self._split(pending)
+
+    def _split(self, pending: SampleBatch) -> list[tuple[SampleBatch, int]]:
+        groups: dict[Labels, list[int]] = {}
+        for index, labels in enumerate(pending.labels):
+            members = groups.get(labels)
+            if members is None:
+                groups[labels] = [index]
+            else:
+                members.append(index)
+        sizes = pending.sizes
+        requests: list[tuple[SampleBatch, int]] = []
+        current: list[int] = []
+        current_bytes = 0
+        for members in groups.values():
+            group_bytes = sum(sizes[i] for i in members)
+            too_many = len(current) + len(members) > self.max_samples
+            if current and (too_many or current_bytes + group_bytes > self.max_bytes):
+                requests.append(self._take(pending, current, current_bytes))
+                current, current_bytes = [], 0
+            if len(members) <= self.max_samples and group_bytes <= self.max_bytes:
+                current += members
+                current_bytes += group_bytes
+                continue
+            # One series alone passes a limit: its samples in time order, as many per request as fit.
+            members.sort(key=pending.timestamps.__getitem__)
+            for index in members:
+                if current and (len(current) >= self.max_samples or current_bytes + sizes[index] > self.max_bytes):
+                    requests.append(self._take(pending, current, current_bytes))
+                    current, current_bytes = [], 0
+                current.append(index)
+                current_bytes += sizes[index]
+        last, last_bytes = self._take(pending, current, current_bytes) if current else (SampleBatch(), 0)
+        last.histogram_labels, last.histograms, last.histogram_sizes = (
+            pending.histogram_labels, pending.histograms, pending.histogram_sizes)
+        last.exemplar_labels, last.exemplars, last.exemplar_sizes = (
+            pending.exemplar_labels, pending.exemplars, pending.exemplar_sizes)
+        last.metadata = pending.metadata
+        last_bytes += sum(pending.histogram_sizes) + sum(pending.exemplar_sizes)
+        if last:
+            requests.append((last, last_bytes))
+        return requests
+
+    @staticmethod
+    def _take(pending: SampleBatch, indexes: list[int], nbytes: int) -> tuple[SampleBatch, int]:
+        labels, values, timestamps, sizes = pending.labels, pending.values, pending.timestamps, pending.sizes
+        batch = SampleBatch(
+            labels=[labels[i] for i in indexes],
+            values=[values[i] for i in indexes],
+            timestamps=[timestamps[i] for i in indexes],
+            sizes=[sizes[i] for i in indexes],
+            metadata=pending.metadata,
+        )
+        if pending.start_timestamps:
+            starts = pending.start_timestamps
+            batch.start_timestamps = [starts[i] for i in indexes]
+        return batch, nbytes

@@ -1,0 +1,107 @@
+"""The last link of the sending chain (DESIGN.md, "Sending", link 5): one HTTP exchange, nothing else.
+
+A transport knows nothing of formats, retries or batches: `send(request) -> response` and `close()`. The
+connection above it decides what a response means. Tests put a fake transport here (a plain async function
+wrapped in `FunctionTransport`), so negotiation and session logic are tested without a network; the
+end-to-end tests use `AiohttpTransport` against real receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+
+USER_AGENT = "headwater/0.1.0"
+MAX_RESPONSE_BODY = 64 * 1024
+"""Bytes of a response body kept: enough for any receiver's error message, bounded against a hostile one."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """`headers` keys are compared case-insensitively by whoever reads them: use `header()`."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class TransportError(Exception):
+    """No response came: connection refused or reset, DNS, timeout. Always worth a retry."""
+
+
+class Transport(Protocol):
+    async def send(self, request: HttpRequest) -> HttpResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class FunctionTransport:
+    """A transport that calls `handler`: the tests' fake, and a way to plug anything in."""
+
+    def __init__(self, handler: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+        self._handler = handler
+        self.closed = False
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        return await self._handler(request)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class AiohttpTransport:
+    """HTTP/1.1 with keep-alive through one aiohttp session, created on first use (inside the event loop).
+
+        transport = AiohttpTransport(timeout=30.0, headers={"X-Scope-OrgID": "tenant-a"})
+        response = await transport.send(HttpRequest("POST", url, headers, body))
+        await transport.close()
+
+    `timeout` bounds one exchange. `headers` go on every request (a request's own headers win).
+    """
+
+    def __init__(self, *, timeout: float, headers: Mapping[str, str] | None = None) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, auto_decompress=False)
+        try:
+            async with self._session.request(
+                request.method, request.url, headers=dict(request.headers), data=request.body or None
+            ) as response:
+                body = await response.content.read(MAX_RESPONSE_BODY)
+                return HttpResponse(response.status, dict(response.headers), body)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TransportError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
