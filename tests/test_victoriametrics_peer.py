@@ -9,16 +9,22 @@ not know. So an rw2 body "succeeds" with 204 and stores nothing, while zstd is r
 from __future__ import annotations
 
 import struct
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from exporters.remote_write import rw1, vm
-from tests.peers.victoriametrics import VictoriaMetricsServer
+from tests.peers.victoriametrics import (
+    VMAGENT_BINARY,
+    VictoriaMetricsServer,
+    require_binary,
+)
 
 
 @pytest.fixture
@@ -121,3 +127,15 @@ def test_the_vm_protocol_handshake_is_answered_400_so_a_sender_keeps_to_remote_w
     status, _, answer = send(vm.handshake_url(victoriametrics.remote_write_url), None, {}, method="GET")
     assert (status, b"snappy: corrupt input" in answer) == (400, True)
     assert not vm.supports_vm(status, answer)
+
+
+def test_a_missing_binary_fails_with_the_install_script_named_instead_of_skipping(tmp_path: Path) -> None:
+    server = VictoriaMetricsServer(tmp_path / "vm", binary=tmp_path / "absent" / "victoria-metrics")
+    with pytest.raises(FileNotFoundError, match="install-victoriametrics.sh"):
+        server.start()
+    assert server._process is None
+
+
+def test_the_peer_package_also_provides_a_vmagent_that_runs_for_the_benchmarks() -> None:
+    binary = str(require_binary(VMAGENT_BINARY))
+    assert subprocess.run([binary, "-version"], check=False, capture_output=True, timeout=30).returncode == 0
