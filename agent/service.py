@@ -120,7 +120,7 @@ class Agent:
         if gateway is not None and gateway.enabled and p.metrics:
             series = FanOut("metrics", [(n, self.exporters[n].consume_series) for n in p.metrics.exporters])
             from agent.receivers.remote_write import RemoteWriteReceiver  # only gateways load every decoder
-            from exporters.remote_write.compact import CompactSessions
+            from exporters.remote_write.compact_session import CompactSessions
 
             self.gateway = RemoteWriteReceiver(
                 gateway.endpoint, gateway.max_body_size, self.admission, series.consume,

@@ -28,7 +28,8 @@ from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
 from agent.logs import kv
-from exporters.remote_write.compact import CompactSessions, SessionLost
+from exporters.remote_write.compact import SessionLost
+from exporters.remote_write.compact_session import CompactSessions
 from exporters.remote_write.encoding import DecodeError, TooLarge, decompress
 from exporters.remote_write.formats import detect, new_decoder
 from exporters.remote_write.series import SampleBatch
