@@ -335,7 +335,8 @@ class _Decoded:
             if len(labels) % 2:
                 raise DecodeError("compact: an exemplar's labels are not name/value pairs")
             batch.exemplar_labels.append(self._series(e.series_ref, "an exemplar"))
-            batch.exemplars.append(Exemplar(tuple(zip(labels[::2], labels[1::2])), bits_float(e.value_bits), e.timestamp))
+            pairs = tuple(zip(labels[::2], labels[1::2]))
+            batch.exemplars.append(Exemplar(pairs, bits_float(e.value_bits), e.timestamp))
             batch.exemplar_sizes.append(sum(map(len, labels)) + 20)
         self.batch = batch
 
@@ -371,7 +372,9 @@ class _Decoded:
         if len(deltas) != len(counts):
             raise DecodeError(f"compact: {len(deltas)} sample series refs but {len(counts)} sample counts")
         if 0 in counts or sum(counts) != n or len(xored) != n:
-            raise DecodeError(f"compact: sample counts sum to {sum(counts)}, with {n} timestamps and {len(xored)} values")
+            raise DecodeError(
+                f"compact: sample counts sum to {sum(counts)}, with {n} timestamps and {len(xored)} values"
+            )
         if message.start_timestamps and len(message.start_timestamps) != n:
             raise DecodeError(f"compact: {len(message.start_timestamps)} start timestamps for {n} samples")
         if 0 in deltas[1:]:
