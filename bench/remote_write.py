@@ -279,6 +279,24 @@ def query_value(url: str, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+def stored_samples(url: str, window: str) -> float | None:
+    """Samples of the workload's job the receiver stored within `window`, one metric name at a time:
+    `count_over_time` drops `__name__`, so over every name at once series of different metrics with the
+    same other labels collide and the query fails."""
+    try:
+        query_string = urllib.parse.urlencode({"match[]": "{job=" + json.dumps(JOB) + "}"})
+        names = http_json(f"{url}/api/v1/label/__name__/values?{query_string}")["data"]
+    except (urllib.error.URLError, OSError, KeyError):
+        return None
+    total = 0.0
+    for name in names:
+        value = query_value(url, f'sum(count_over_time({{__name__="{name}",job="{JOB}"}}[{window}]))')
+        if value is None:
+            return None
+        total += value
+    return total
+
+
 def scrape_config(interval: float, generator_port: int, nodes: int) -> dict:
     """One target per node, `/metrics/<node>`, honoring the exposition's job/instance labels; the job name
     differs from the workload's `job` so the scrapers' synthetic series stay apart in queries."""
@@ -487,6 +505,7 @@ def snapshot(running: Running, proxy: str, generator: str | None) -> dict:
     t = time.monotonic()
     out = {
         "t": t,
+        "wall": time.time(),
         "cpu": tree_cpu(running.sender.pid),
         "gateway_cpu": tree_cpu(running.gateway.pid) if running.gateway else None,
         "proxy": http_json(f"{proxy}/_stats"),
@@ -582,7 +601,7 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         final_proxy = http_json(f"{proxy}/_stats")
         lifetime = time.monotonic() - born
         window = f"{int(lifetime + 120)}s"
-        result["stored"] = query_value(receiver_url, f'sum(count_over_time({{job="{JOB}"}}[{window}]))')
+        result["stored"] = stored_samples(receiver_url, window)
         result["stored_one_series"] = query_value(receiver_url,
                                                   f'sum(count_over_time(node_load1{{instance="node-00"}}[{window}]))')
         result["logs"] = {p.name: p.log_tail(2000) for p in
@@ -603,26 +622,43 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
     sender = delta(path_counters(a["proxy"], running.path), path_counters(b["proxy"], running.path))
     forwarded = delta(path_counters(a["proxy"], running.receiver_path), path_counters(b["proxy"], running.receiver_path))
     decoded = sender["undecoded_requests"] == 0 and sender["requests"] > 0
+    forwarded_decoded = forwarded["undecoded_requests"] == 0 and forwarded["requests"] > 0
+    # Samples that arrived in the window (for bytes and samples per request: whole requests).
     if decoded:
-        samples, counted_by = sender["samples"], "proxy (decoded)"
+        arrived, counted_by = sender["samples"], "proxy (decoded rw1)"
     elif a["agent_sent"] is not None and b["agent_sent"] is not None:
-        samples, counted_by = b["agent_sent"] - a["agent_sent"], "agent counter"
+        arrived, counted_by = b["agent_sent"] - a["agent_sent"], "agent counter headwater_remote_write_samples_sent"
     else:
-        samples, counted_by = forwarded["samples"], "gateway forwarded (decoded)"
+        arrived, counted_by = forwarded["samples"], "gateway's forwarded rw1 (decoded)"
+    # The sample rate: samples whose timestamps fall in the window (whole seconds), counted after the drain,
+    # so that where a batch boundary fell does not move it; arrivals where the proxy could not decode.
+    by_second = final_proxy["senders"].get(running.path if decoded else running.receiver_path, {}).get(
+        "samples_by_second") if (decoded or forwarded_decoded) else None
+    first, last = math.ceil(a["wall"]), math.floor(b["wall"])
+    if by_second and last > first:
+        in_window = sum(n for second, n in by_second.items() if first <= int(second) < last)
+        sample_rate, rate_by = in_window / (last - first), "sample timestamps in the window"
+    else:
+        sample_rate, rate_by = arrived / seconds, "arrivals in the window"
     cpu = b["cpu"] - a["cpu"]
     gateway_cpu = (b["gateway_cpu"] - a["gateway_cpu"]) if running.gateway else None
     idle = result["idle"]
-    per = (lambda x: x / samples * 1e6) if samples else (lambda _x: float("nan"))
+
+    def per(cpu_seconds: float) -> float:
+        """CPU seconds per million samples: CPU rate over the window / sample rate."""
+        return cpu_seconds / seconds / sample_rate * 1e6 if sample_rate else float("nan")
+
     row = {
         "seconds": seconds,
-        "samples": samples,
+        "samples": arrived,
         "samples_counted_by": counted_by,
-        "samples_per_s": samples / seconds,
+        "sample_rate_by": rate_by,
+        "samples_per_s": sample_rate,
         "generated_per_s": (generated(b["generator"], spec.kind) - generated(a["generator"], spec.kind)) / seconds,
         "requests": sender["requests"],
-        "samples_per_request": samples / sender["requests"] if sender["requests"] else float("nan"),
-        "wire_bytes_per_sample": sender["wire_bytes"] / samples if samples else float("nan"),
-        "uncompressed_bytes_per_sample": sender["uncompressed_bytes"] / samples if samples else float("nan"),
+        "samples_per_request": arrived / sender["requests"] if sender["requests"] else float("nan"),
+        "wire_bytes_per_sample": sender["wire_bytes"] / arrived if arrived else float("nan"),
+        "uncompressed_bytes_per_sample": sender["uncompressed_bytes"] / arrived if arrived else float("nan"),
         "cpu_seconds": cpu,
         "cpu_share": cpu / seconds,
         "cpu_s_per_million": per(cpu),
@@ -654,7 +690,7 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
     allowed = max(0.01 * made, series * (flush / args.interval + 2) if spec.kind != "headwater" else 0.0)
     stored = result.get("stored")
     one = result.get("stored_one_series")
-    one_expected = (final_gen["ticks"] if spec.kind == "headwater"
+    one_expected = (final_gen["otlp_samples_accepted"] // series if spec.kind == "headwater"
                     else final_gen["scrapes_by_path"].get("/metrics/node-00", 0))
     lost = made == 0 or workload < made - allowed
     stored_ok = stored is not None and workload > 0 and stored >= 0.99 * workload

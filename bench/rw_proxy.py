@@ -15,7 +15,9 @@ length comes from its preamble, zstd bodies are decompressed). Remote write 1.0 
 0.1.0) are decoded with `exporters.remote_write.rw1.decode`, and VictoriaMetrics' zstd bodies (an rw1 body
 inside) the same way after zstd, to count samples, series entries, histograms, exemplars, staleness markers
 and the scrapers' own synthetic series (`up`, `scrape_*`), split into those the receiver accepted (2xx) and
-not. Other formats (rw2, Headwater's compact) are counted in bytes only: `undecoded_requests` says how many.
+not, and decoded samples per second of their timestamps (`samples_by_second`, Unix seconds): a benchmark
+window can then count the samples produced in it, whenever the sender's batching happened to ship them.
+Other formats (rw2, Headwater's compact) are counted in bytes only: `undecoded_requests` says how many.
 
 Routes come from `--route name=url` or at run time from `PUT /_routes/<name>` (body: the base URL), so one
 proxy serves a whole benchmark. `GET /_stats` answers every counter as JSON. It prints `{"port": N}` on
@@ -61,6 +63,7 @@ def new_counters() -> dict:
         "samples": 0, "samples_accepted": 0, "series_entries": 0, "histograms": 0, "exemplars": 0,
         "stale_samples": 0, "stale_samples_accepted": 0, "synthetic_samples": 0, "synthetic_samples_accepted": 0,
         "max_samples_per_request": 0, "first_request_at": None, "last_request_at": None, "last_error": "",
+        "samples_by_second": {},
     }
 
 
@@ -79,8 +82,9 @@ def body_format(headers: Mapping[str, str]) -> str:
     return "other"
 
 
-def count_write_request(request: WriteRequest) -> dict[str, int]:
-    """Samples, series entries, histograms, exemplars, staleness markers and synthetic samples in a body."""
+def count_write_request(request: WriteRequest, by_second: dict[int, int]) -> dict[str, int]:
+    """Samples, series entries, histograms, exemplars, staleness markers and synthetic samples in a body;
+    adds every sample to `by_second` under the second of its timestamp."""
     samples = histograms = exemplars = stale = synthetic = 0
     for ts in request.timeseries:
         n = len(ts.samples)
@@ -91,6 +95,8 @@ def count_write_request(request: WriteRequest) -> dict[str, int]:
             value = sample.value
             if math.isnan(value) and _pack_double(value) == STALE_NAN:
                 stale += 1
+            second = sample.timestamp // 1000
+            by_second[second] = by_second.get(second, 0) + 1
         if n:
             for label in ts.labels:
                 if label.name == "__name__":
@@ -199,7 +205,7 @@ class Proxy:
         if decoded is None:
             c["undecoded_requests"] += 1
             return
-        counts = count_write_request(decoded)
+        counts = count_write_request(decoded, c["samples_by_second"])
         for key, value in counts.items():
             c[key] += value
         c["max_samples_per_request"] = max(c["max_samples_per_request"], counts["samples"])
