@@ -1,6 +1,10 @@
 """Samples translated per second on one core, beside parsing the same OTLP metrics requests alone.
 
     taskset -c 0 python bench/translate_bench.py [--duration 3] [--repeats 3] [--requests 20]
+    taskset -c 0 python bench/translate_bench.py --workload node [--nodes 10] [--requests 10]
+
+`--workload app` (the default) is an instrumented HTTP service; `--workload node` is node-exporter-shaped
+(see `make_node_requests`): ~510 gauge and counter series per node, one point per series per request.
 
 The requests are what the OpenTelemetry Python SDK exports for an instrumented HTTP service (deterministic
 seed), collected every "interval" after more recordings, so values change between requests as they would:
@@ -15,6 +19,15 @@ seed), collected every "interval" after more recordings, so values change betwee
 | summary `rpc.latency` (hand-built: the Python SDK has none) | 10 | 3 quantiles |
 
 on a resource with service.name/namespace/instance.id and six other attributes (one `target_info`).
+
+The node workload: `--nodes` resources (one per host) per request, each with ~510 series of node
+exporter's usual metrics (`node_cpu_seconds_total{cpu,mode}`, `node_filesystem_avail_bytes{device,fstype,
+mountpoint}`, `node_network_receive_bytes_total{device}`, `node_disk_*{device}`, `node_memory_*`, ...) as the
+Collector's Prometheus receiver hands them over: counters as cumulative monotonic sums with a start time,
+gauges without, every point with its metric's labels plus four target labels (5-7 attributes), values
+moving every request. Stages: parse; parse + translate with a warm `SeriesCache` (when `translate` takes
+one; without it, what `translate` did before); parse + translate + rw1 encode and compress. Reported as us
+per sample (node samples are float samples: one per point).
 
 Each stage runs back to back over the same serialized requests for `--duration` seconds, `--repeats`
 times (median reported):
@@ -39,6 +52,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import google.protobuf
 from google.protobuf.internal import api_implementation
@@ -58,8 +72,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from exporters.remote_write import rw1  # noqa: E402
-from exporters.remote_write.translate import translate  # noqa: E402
+from exporters.remote_write import rw1
+from exporters.remote_write.translate import translate
+
+try:
+    from exporters.remote_write.series_cache import SeriesCache
+except ImportError:  # a tree from before the cache: the bench measures it as it was
+    SeriesCache = None  # type: ignore[assignment,misc]
 
 BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 ROUTES = [f"/api/v1/resource{i}/{{id}}" for i in range(20)]
@@ -190,6 +209,161 @@ def _encode(native: bool) -> Callable[[ExportMetricsServiceRequest], int]:
     return work
 
 
+# -- the node-exporter workload ---------------------------------------------------------------------------
+
+_CPUS = [str(i) for i in range(8)]
+_CPU_MODES = ["idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user"]
+_MOUNTS = [
+    ("/dev/nvme0n1p1", "ext4", "/"),
+    ("/dev/nvme0n1p2", "ext4", "/var"),
+    ("/dev/nvme1n1", "xfs", "/data"),
+    ("tmpfs", "tmpfs", "/run"),
+    ("tmpfs", "tmpfs", "/dev/shm"),
+    ("tmpfs", "tmpfs", "/run/lock"),
+    ("/dev/nvme0n1p15", "vfat", "/boot/efi"),
+    ("overlay", "overlay", "/var/lib/containerd"),
+]
+_NET_DEVICES = ["eth0", "eth1", "lo", "docker0", "cni0", "flannel.1"]
+_DISKS = ["nvme0n1", "nvme1n1", "dm-0", "dm-1", "sda", "sdb"]
+_INTERRUPTS = ["LOC", "RES", "CAL", "TLB", "NMI", "PMI", "IWI", "MCP", "ERR", "SPU", "THR", "DFR", "MCE", "HYP", "PIN"]
+
+
+def _node_series() -> list[tuple[str, bool, list[dict[str, str]]]]:
+    """(metric name, is a counter, the label sets of its series) of one node, ~510 series."""
+    series: list[tuple[str, bool, list[dict[str, str]]]] = [
+        ("node_cpu_seconds_total", True, [{"cpu": c, "mode": m} for c in _CPUS for m in _CPU_MODES]),
+        ("node_cpu_guest_seconds_total", True, [{"cpu": c, "mode": m} for c in _CPUS for m in ("nice", "user")]),
+    ]
+    mounts = [{"device": d, "fstype": f, "mountpoint": m} for d, f, m in _MOUNTS]
+    for name in ("avail_bytes", "free_bytes", "size_bytes", "files", "files_free", "readonly", "device_error"):
+        series.append((f"node_filesystem_{name}", False, mounts))
+    devices = [{"device": d} for d in _NET_DEVICES]
+    for direction in ("receive", "transmit"):
+        for what in ("bytes", "packets", "errs", "drop"):
+            series.append((f"node_network_{direction}_{what}_total", True, devices))
+    for name in ("up", "mtu_bytes", "speed_bytes"):
+        series.append((f"node_network_{name}", False, devices))
+    disks = [{"device": d} for d in _DISKS]
+    for name in ("reads_completed", "writes_completed", "read_bytes", "written_bytes", "io_time_seconds"):
+        series.append((f"node_disk_{name}_total", True, disks))
+    for name in ("read_time_seconds", "write_time_seconds"):
+        series.append((f"node_disk_{name}_total", True, disks))
+    series.append(("node_disk_io_now", False, disks))
+    for i in range(40):
+        series.append((f"node_memory_field{i:02d}_bytes", False, [{}]))
+    for i in range(40):
+        series.append((f"node_vmstat_field{i:02d}", True, [{}]))
+    cpus = [{"cpu": c} for c in _CPUS]
+    for name in ("processed", "dropped", "times_squeezed"):
+        series.append((f"node_softnet_{name}_total", True, cpus))
+    series.append(
+        ("node_interrupts_total", True, [{"cpu": c, "type": t, "devices": ""} for c in _CPUS for t in _INTERRUPTS])
+    )
+    for name in ("running_seconds", "waiting_seconds", "timeslices"):
+        series.append((f"node_schedstat_{name}_total", True, cpus))
+    for name in ("load1", "load5", "load15", "boot_time_seconds", "time_seconds", "procs_running", "procs_blocked"):
+        series.append((f"node_{name}", False, [{}]))
+    for name in ("context_switches_total", "forks_total", "intr_total", "entropy_available_bits", "nf_conntrack"):
+        series.append((f"node_{name}", not name.endswith("bits") and name != "nf_conntrack", [{}]))
+    return series
+
+
+def make_node_requests(count: int, nodes: int, seed: int = 11) -> list[bytes]:
+    """`count` requests, each carrying one scrape of `nodes` node exporters, 15 s apart."""
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+    rng = random.Random(seed)
+    shape = _node_series()
+    start = 1_764_000_000_000_000_000
+    totals: dict[tuple[int, str, int], float] = {}
+    bodies = []
+    for r in range(count):
+        now = start + (r + 1) * 15_000_000_000
+        request = ExportMetricsServiceRequest()
+        for node in range(nodes):
+            host = f"node-{node:03d}.eu-west-1.internal"
+            resource_metrics = request.resource_metrics.add()
+            for key, value in (
+                ("service.name", "node-exporter"),
+                ("service.instance.id", f"{host}:9100"),
+                ("server.address", host),
+                ("server.port", "9100"),
+                ("url.scheme", "http"),
+            ):
+                resource_metrics.resource.attributes.add(key=key, value=AnyValue(string_value=value))
+            scope = resource_metrics.scope_metrics.add()
+            scope.scope.name = "otelcol/prometheusreceiver"
+            scope.scope.version = "0.115.0"
+            target = {"cluster": "prod-eu", "region": "eu-west-1", "zone": f"eu-west-1{'abc'[node % 3]}"}
+            target["env"] = "production"
+            for name, counter, label_sets in shape:
+                metric = scope.metrics.add(name=name)
+                if counter:
+                    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+                    metric.sum.is_monotonic = True
+                    points = metric.sum.data_points
+                else:
+                    points = metric.gauge.data_points
+                for i, labels in enumerate(label_sets):
+                    point = points.add(time_unix_nano=now)
+                    if counter:
+                        point.start_time_unix_nano = start
+                        total = totals.get((node, name, i), 0.0) + rng.randint(0, 5000) / 8
+                        totals[(node, name, i)] = total
+                        point.as_double = total
+                    else:
+                        point.as_double = rng.random() * 1e9
+                    for key, value in (*labels.items(), *target.items()):
+                        point.attributes.add(key=key, value=AnyValue(string_value=value))
+        bodies.append(request.SerializeToString())
+    return bodies
+
+
+def _translator(cache: object | None) -> Callable[[ExportMetricsServiceRequest], Any]:
+    if cache is None:
+        return translate
+    return lambda request: translate(request, cache=cache)
+
+
+def measure_node(duration: float, repeats: int, count: int, nodes: int) -> dict:
+    bodies = make_node_requests(count, nodes)
+    parsed = [ExportMetricsServiceRequest.FromString(body) for body in bodies]
+    points = statistics.mean(_points(r) for r in parsed)
+    cache = SeriesCache() if SeriesCache is not None else None
+    translator = _translator(cache)
+    batches = [translator(r) for r in parsed]  # warms the cache
+    samples = statistics.mean(b.samples for b in batches)
+
+    def encode(request: ExportMetricsServiceRequest) -> int:
+        batch = translator(request)
+        rw1.encode(batch.labels, batch.values, batch.timestamps)
+        return len(batch)
+
+    stages: dict[str, Callable[[ExportMetricsServiceRequest], object]] = {
+        "parse": lambda r: 0,
+        "parse+translate": translator,
+        "parse+translate+rw1 encode": encode,
+    }
+    _run(bodies, min(duration, 0.5), encode)
+    results = {}
+    for name, work in stages.items():
+        rounds = [_run(bodies, duration, work) for _ in range(repeats)]
+        per_s = statistics.median(rounds)
+        results[name] = {"requests_per_s": per_s, "us_per_request": 1e6 / per_s, "us_per_sample": 1e6 / per_s / samples}
+    return {
+        "stages": results,
+        "request": {
+            "bytes": statistics.mean(len(b) for b in bodies),
+            "data_points": points,
+            "samples": samples,
+            "nodes": nodes,
+            "dropped": sum((b.dropped for b in batches), start=type(batches[0].dropped)()),
+            "cache": {"bytes": cache.nbytes, "entries": len(cache)} if cache is not None else None,
+        },
+        "environment": _environment(),
+    }
+
+
 def measure(duration: float, repeats: int, count: int) -> dict:
     bodies = make_requests(count)
     parsed = [ExportMetricsServiceRequest.FromString(body) for body in bodies]
@@ -231,13 +405,18 @@ def measure(duration: float, repeats: int, count: int) -> dict:
             "exemplars": statistics.mean(len(b.exemplars) for b in classic),
             "dropped": sum((b.dropped for b in classic), start=type(classic[0].dropped)()),
         },
-        "environment": {
-            "python": sys.version.split()[0],
-            "protobuf": google.protobuf.__version__,
-            "protobuf_implementation": api_implementation.Type(),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "gc_enabled": gc.isenabled(),
-        },
+        "environment": _environment(),
+    }
+
+
+def _environment() -> dict:
+    return {
+        "python": sys.version.split()[0],
+        "protobuf": google.protobuf.__version__,
+        "protobuf_implementation": api_implementation.Type(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gc_enabled": gc.isenabled(),
+        "series_cache": SeriesCache is not None,
     }
 
 
@@ -247,7 +426,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20, help="distinct requests cycled through")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--workload", choices=("app", "node"), default="app")
+    parser.add_argument("--nodes", type=int, default=10, help="node workload: hosts (resources) per request")
     args = parser.parse_args(argv)
+    if args.workload == "node":
+        result = measure_node(args.duration, args.repeats, args.requests, args.nodes)
+        if args.json:
+            print(json.dumps(result, default=dict))
+            return 0
+        request = result["request"]
+        print(
+            f"request: {request['bytes']:,.0f} B, {request['nodes']} nodes, {request['data_points']:,.0f} data points"
+            f" -> {request['samples']:,.0f} samples; dropped {dict(request['dropped']) or 'none'}; "
+            f"cache {request['cache']}"
+        )
+        print(f"{'stage':28} {'us/request':>11} {'us/sample':>10}")
+        for name, row in result["stages"].items():
+            print(f"{name:28} {row['us_per_request']:>11,.0f} {row['us_per_sample']:>10.3f}")
+        env = result["environment"]
+        print(
+            f"python {env['python']}, protobuf {env['protobuf']} ({env['protobuf_implementation']}), "
+            f"cpus {env['cpu_affinity']}, series cache {env['series_cache']}"
+        )
+        return 0
     result = measure(args.duration, args.repeats, args.requests)
     if args.json:
         print(json.dumps(result, default=dict))

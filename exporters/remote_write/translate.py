@@ -219,18 +219,20 @@ class _Context:
     """One metric of one scope, translated one way: the `Labeler` its series are built with, and the number
     its series are keyed under."""
 
-    __slots__ = ("cid", "labeler", "nbytes")
+    __slots__ = ("cid", "labeler", "name", "nbytes")
 
-    def __init__(self, cid: int, labeler: Labeler) -> None:
+    def __init__(self, cid: int, name: str, labeler: Labeler | None) -> None:
         self.cid = cid
-        self.labeler = labeler
-        self.nbytes = (
-            getsizeof(self)
-            + getsizeof(labeler)
-            + getsizeof(labeler.values)
-            + sum(getsizeof(value) for value in labeler.values)
-            + labels_bytes(labeler.bare)
-        )
+        self.name = name  # "" when the metric's name is invalid (then there is no labeler)
+        self.labeler: Labeler = labeler  # type: ignore[assignment]
+        self.nbytes = getsizeof(self) + getsizeof(name)
+        if labeler is not None:
+            self.nbytes += (
+                getsizeof(labeler)
+                + getsizeof(labeler.values)
+                + sum(getsizeof(value) for value in labeler.values)
+                + labels_bytes(labeler.bare)
+            )
 
 
 class _Series:
@@ -383,39 +385,30 @@ class _Translation:
             return  # a metric without data carries no points to lose
         body = getattr(metric, data)
         points = body.data_points
-        if not points:
+        count = len(points)
+        if not count:
             return
-        if data == "gauge":
-            kind = MetricKind.GAUGE
-        elif data == "sum":
-            if not self.cumulative(body, len(points)):
+        monotonic = False
+        if data == "sum":
+            if not self.cumulative(body, count):
                 return
-            kind = MetricKind.MONOTONIC_SUM if body.is_monotonic else MetricKind.NON_MONOTONIC_SUM
-        elif data in ("histogram", "exponential_histogram"):
-            if not self.cumulative(body, len(points)):
+            monotonic = body.is_monotonic
+        elif data == "histogram" or data == "exponential_histogram":
+            if not self.cumulative(body, count):
                 return
-            kind = MetricKind.HISTOGRAM
-        else:
-            kind = MetricKind.SUMMARY
-        raw_name, unit = metric.name, metric.unit
-        name = metric_name(raw_name, unit, kind)
-        if not name:
-            self.batch.dropped["invalid_metric_name"] += len(points)
-            return
         native = data == "exponential_histogram" and self.native
-        key = ("metric", scope.sid, raw_name, unit, kind, data, native)
-        context = self.cache.get(key)
+        # A metric's key starts with its scope's number (resources' and scopes' with a word; series' keys are
+        # pairs), so the kinds of keys in the cache never meet.
+        key = (scope.sid, metric.name, metric.unit, data, monotonic, native)
+        context = self.cache.young.get(key)
         if context is None:
-            if data in ("histogram", "exponential_histogram") and not native:
-                labeler = Labeler(name + "_bucket", scope.labels, (LE,), self.limits)
-            elif data == "summary":
-                labeler = Labeler(name, scope.labels, (_QUANTILE,), self.limits)
-            else:
-                labeler = Labeler(name, scope.labels, (), self.limits)
-            context = _Context(self.cache.context_id(), labeler)
-            self.cache.put(key, context, context.nbytes)
+            context = self.metric_context(key, scope)
+        name = context.name
+        if not name:
+            self.batch.dropped["invalid_metric_name"] += count
+            return
         if data == "gauge" or data == "sum":
-            self.numbers(body, points, name, context, exemplars=kind is MetricKind.MONOTONIC_SUM)
+            self.numbers(body, points, name, context, exemplars=monotonic)
         elif data == "histogram":
             self.histograms(points, name, context)
         elif native:
@@ -424,6 +417,34 @@ class _Translation:
             self.exponential_as_classic(points, name, context)
         else:
             self.summaries(points, name, context)
+
+    def metric_context(self, key: tuple[int, str, str, str, bool, bool], scope: _Scope) -> _Context:
+        """The cached context of a metric (`key` from `metric`): its Prometheus name and `Labeler`."""
+        context = self.cache.get(key)
+        if context is not None:
+            return context
+        _, raw_name, unit, data, monotonic, native = key
+        if data == "gauge":
+            kind = MetricKind.GAUGE
+        elif data == "sum":
+            kind = MetricKind.MONOTONIC_SUM if monotonic else MetricKind.NON_MONOTONIC_SUM
+        elif data == "summary":
+            kind = MetricKind.SUMMARY
+        else:
+            kind = MetricKind.HISTOGRAM
+        name = metric_name(raw_name, unit, kind)
+        labeler = None
+        if not name:
+            pass
+        elif data in ("histogram", "exponential_histogram") and not native:
+            labeler = Labeler(name + "_bucket", scope.labels, (LE,), self.limits)
+        elif data == "summary":
+            labeler = Labeler(name, scope.labels, (_QUANTILE,), self.limits)
+        else:
+            labeler = Labeler(name, scope.labels, (), self.limits)
+        context = _Context(self.cache.context_id(), name, labeler)
+        self.cache.put(key, context, context.nbytes)
+        return context
 
     def cumulative(self, body: object, count: int) -> bool:
         temporality = body.aggregation_temporality  # type: ignore[attr-defined]
@@ -473,7 +494,9 @@ class _Translation:
         cache = self.cache
         dropped = batch.dropped
         data = body.SerializeToString()  # type: ignore[attr-defined]
-        tracked = self.family(name)
+        tracked = self.families.get(name)
+        if tracked is None:
+            tracked = self.families[name] = _Family()
         below = tracked.seen is None and len(tracked.recorded) + len(points) <= self.limits.max_series_per_metric
         admit = None if below else self.admission(name, len(points))
         labels_out, values_out, times_out, sizes_out = batch.labels, batch.values, batch.timestamps, batch.sizes
@@ -489,6 +512,9 @@ class _Translation:
             length = data[pos + 1]
             if length < 0x80:
                 start = pos + 2
+            elif data[pos + 2] < 0x80:  # points of 128 bytes to 16 KB
+                length = (length & 0x7F) | (data[pos + 2] << 7)
+                start = pos + 3
             else:
                 length, start = varint_at(data, pos + 1)
             end = pos = start + length
