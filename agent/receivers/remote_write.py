@@ -13,7 +13,8 @@ admission control refuses. The compact session state moves on only once the batc
 request can be resent as it is.
 
 Handshakes: `GET /api/v1/write?get_headwater_compact_version=1` and `?get_vm_proto_version=1` answer `1`,
-which is how a sender on `protocol: auto` learns it may send compact or vm.
+which is how a sender on `protocol: auto` learns it may send compact or vm; so does a POST with either query
+(vmagent 1.89 to 1.115 asks with a POST and an empty body), which writes nothing.
 """
 
 from __future__ import annotations
@@ -105,13 +106,20 @@ class RemoteWriteReceiver:
             return
         await asyncio.wait_for(runner.cleanup(), timeout=max(timeout, 0.1))
 
-    async def _handshake(self, request: web.Request) -> web.Response:
+    @staticmethod
+    def _is_handshake(request: web.Request) -> bool:
         query = request.query
-        if query.get("get_headwater_compact_version") == "1" or query.get("get_vm_proto_version") == "1":
+        return query.get("get_headwater_compact_version") == "1" or query.get("get_vm_proto_version") == "1"
+
+    async def _handshake(self, request: web.Request) -> web.Response:
+        if self._is_handshake(request):
             return web.Response(status=200, text="1")
         return web.Response(status=405, text="POST remote-write requests here", headers={"Allow": "POST"})
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self._is_handshake(request):
+            # vmagent 1.89-1.115 asks with a POST and an empty body; VictoriaMetrics answers whatever the method.
+            return web.Response(status=200, text="1")
         try:
             return await self._write(request)
         except _Refusal as refusal:
