@@ -217,7 +217,8 @@ class Proxy:
 
 async def serve(args: argparse.Namespace) -> None:
     routes = dict(route.split("=", 1) for route in args.route)
-    runner = web.AppRunner(Proxy(routes).app(), access_log=None)
+    # auto_decompress=False: bodies are forwarded (and counted) as sent, never decompressed by aiohttp.
+    runner = web.AppRunner(Proxy(routes).app(), access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port)
     await site.start()
