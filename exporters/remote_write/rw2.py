@@ -25,9 +25,13 @@ that "known to be of unknown type" survives a round trip through our own decoder
 Why the float path is written by hand: building one generated message per sample costs several
 microseconds in Python, and a request is almost all float samples. `Rw2Encoder.serialize` writes the
 protobuf bytes directly, byte for byte what `build_request(batch).SerializeToString()` gives (the tests
-hold it to that). Label refs cannot be cached across requests (each request numbers its symbols anew), but
-a series' flattened label strings can, per encoder instance and bounded in bytes, which leaves one dict
-lookup per string. Histograms go through the generated messages; they are few.
+hold it to that). A series' refs are not the same from one request to the next (each numbers its symbols
+anew), but the whole label side of a request is, when it has the same series in the same order as an
+earlier one, as a node's requests do interval after interval: the encoder keeps, per instance and bounded
+in bytes, each series' flattened label strings and, per request layout, the symbol table and every
+TimeSeries' labels_refs field, so that such a request costs a few bytes per sample. Nothing of it is
+per-connection state in the protocol's sense (`reset` has nothing to do): every request is self-contained.
+Histograms go through the generated messages; they are few.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, count, repeat
 from operator import itemgetter
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -109,32 +114,76 @@ def _flat(series: Labels) -> tuple[str, ...]:
     return tuple(s for pair in series for s in pair)
 
 
+def _empty_refs(refs: Mapping[str, bytes]) -> tuple[bytes, ...]:
+    return ()
+
+
+_Entry = tuple[tuple[str, ...], Callable[[Mapping[str, bytes]], tuple[bytes, ...]], str]
+"""What the encoder keeps per series: its label strings flattened, a getter of their refs from a request's
+table (an `itemgetter`: one C call per series), and its `__name__`."""
+
+
+class _Layout(NamedTuple):
+    """The label side of a request, which depends only on which series it has and in what order: the symbol
+    table of their label strings and each TimeSeries' labels_refs field, ready to write. Requests with the
+    same series in the same order (a node sending the same series every interval) reuse it whole."""
+
+    entries: list[_Entry]  # held so that the `id`s in the key stay theirs while the layout is cached
+    refs: dict[str, bytes]
+    symbols: bytes
+    float_labels: list[bytes]
+    histogram_labels: list[bytes]
+
+
+def _layout(float_entries: list[_Entry], histogram_entries: list[_Entry]) -> _Layout:
+    """Symbols numbered "" first, then every label string in the order the TimeSeries are written (the spec
+    leaves the order to the sender; this one numbers the many label strings in a few C-level passes, and
+    `build_request` follows it too), refs kept varint-encoded, ready to be joined."""
+    entries = float_entries + histogram_entries
+    ordered = dict.fromkeys(chain(("",), chain.from_iterable([entry[0] for entry in entries])))
+    encoded = chain(_REFS, map(_varint, count(len(_REFS)))) if len(ordered) > len(_REFS) else _REFS
+    refs = dict(zip(ordered, encoded, strict=False))
+    fields = []
+    for entry in entries:
+        label_refs = b"".join(entry[1](refs))
+        fields.append(_head(_LABELS_HEADS, b"\x0a", len(label_refs)) + label_refs)
+    split = len(float_entries)
+    return _Layout(entries, refs, _serialized_symbols(ordered), fields[:split], fields[split:])
+
+
+def _layout_size(layout: _Layout) -> int:
+    """Roughly what a layout holds in memory: its bytes, plus dict and list slots and object headers."""
+    fields = sum(map(len, layout.float_labels)) + sum(map(len, layout.histogram_labels))
+    return len(layout.symbols) + 120 * len(layout.refs) + fields + 60 * len(layout.entries)
+
+
+def _serialized_symbols(strings: Iterable[str]) -> bytes:
+    parts = []
+    for string in strings:
+        data = string.encode()
+        parts.append(_head(_SYMBOL_HEADS, b"\x22", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
 class _Symbols:
-    """One request's symbol table, numbered in this order: "" first, then every label string of the
-    TimeSeries in the order they are written, then exemplar labels, help texts and units as they come. The
-    spec leaves the order to the sender; this one numbers the many label strings in one C-level pass, and
-    `build_request` follows it too. Refs are kept varint-encoded, ready to be joined."""
+    """One request's symbol table: its layout's label strings, then exemplar labels, help texts and units as
+    they come (numbered on from there)."""
 
-    __slots__ = ("refs",)
+    __slots__ = ("extra", "layout")
 
-    def __init__(self, label_strings: Iterable[str]) -> None:
-        ordered = dict.fromkeys(chain(("",), label_strings))
-        encoded = chain(_REFS, map(_varint, count(len(_REFS)))) if len(ordered) > len(_REFS) else _REFS
-        self.refs: dict[str, bytes] = dict(zip(ordered, encoded, strict=False))
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.extra: dict[str, bytes] = {}
 
     def ref(self, string: str) -> bytes:
-        ref = self.refs.get(string)
+        ref = self.layout.refs.get(string) or self.extra.get(string)
         if ref is None:
-            ref = self.refs[string] = _varint(len(self.refs))
+            ref = self.extra[string] = _varint(len(self.layout.refs) + len(self.extra))
         return ref
 
     def serialized(self) -> bytes:
-        parts = []
-        for string in self.refs:
-            data = string.encode()
-            parts.append(_head(_SYMBOL_HEADS, b"\x22", len(data)))
-            parts.append(data)
-        return b"".join(parts)
+        return self.layout.symbols + _serialized_symbols(self.extra) if self.extra else self.layout.symbols
 
 
 class _SymbolRefs(dict[str, int]):
@@ -259,15 +308,6 @@ def _sample_entries(stamp: int, start: int) -> tuple[bytes, bytes, bytes]:
     return b"\x12" + bytes((9 + len(after),)) + b"\x09", after, b"\x12" + bytes((len(after),)) + after
 
 
-def _empty_refs(refs: Mapping[str, bytes]) -> tuple[bytes, ...]:
-    return ()
-
-
-_Entry = tuple[tuple[str, ...], Callable[[Mapping[str, bytes]], tuple[bytes, ...]], str]
-"""What the encoder keeps per series: its label strings flattened, a getter of their refs from a request's
-table (an `itemgetter`: one C call per series), and its `__name__`."""
-
-
 class Rw2Encoder:
     """Remote write 2.0 for one connection. It keeps nothing the receiver must share (rw2 is stateless), only a
     cache of what each series' labels flatten to, bounded by `cache_bytes` (checked before each request, so
@@ -278,7 +318,8 @@ class Rw2Encoder:
     def __init__(self, cache_bytes: int = SERIES_CACHE_BYTES) -> None:
         self.cache_bytes = cache_bytes
         self._series: dict[Labels, _Entry] = {}
-        self._series_bytes = 0
+        self._layouts: dict[tuple[tuple[int, ...], tuple[int, ...]], _Layout] = {}
+        self._series_bytes = 0  # what both hold, roughly
 
     def reset(self) -> None:
         """Nothing to forget: every request carries its own symbol table."""
@@ -324,10 +365,12 @@ class Rw2Encoder:
     def _serialize(self, batch: SampleBatch) -> tuple[bytes, int]:
         if self._series_bytes > self.cache_bytes:
             self._series.clear()  # cheaper than LRU bookkeeping per hit; the next requests refill it
+            self._layouts.clear()
             self._series_bytes = 0
         labels, values, timestamps, starts = batch.labels, batch.values, batch.timestamps, batch.start_timestamps
         entries = self._entries(labels)
-        distinct = len(set(map(id, entries))) == len(entries)  # the usual case: one sample per series
+        ids = tuple(map(id, entries))
+        distinct = len(set(ids)) == len(ids)  # the usual case: one sample per series
         groups: dict[int, tuple[Labels, _Entry, list[int]]] = {}
         if not distinct:
             for index, (series, entry) in enumerate(zip(labels, entries, strict=True)):
@@ -336,11 +379,16 @@ class Rw2Encoder:
                     groups[id(entry)] = (series, entry, [index])
                 else:
                     group[2].append(index)
+            ids = tuple(groups)
         histogram_series = _group(batch.histogram_labels)
         histogram_entries = self._entries(list(histogram_series))
-        float_entries = entries if distinct else [group[1] for group in groups.values()]
-        symbols = _Symbols(chain.from_iterable([entry[0] for entry in chain(float_entries, histogram_entries)]))
-        refs = symbols.refs
+        key = (ids, tuple(map(id, histogram_entries)))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = _layout(entries if distinct else [group[1] for group in groups.values()], histogram_entries)
+            self._layouts[key] = layout
+            self._series_bytes += _layout_size(layout)
+        symbols = _Symbols(layout)
         sym = symbols.ref
         exemplars_by_series = _group(batch.exemplar_labels) if batch.exemplars else {}
         metadata = batch.metadata
@@ -382,10 +430,9 @@ class Rw2Encoder:
         stamps: dict[object, tuple[bytes, bytes, bytes]] = {}  # a request's samples share few timestamps
         with_extras = bool(exemplars_by_series or metadata)
         if distinct:
-            for series, entry, number, stamp, start in zip(
-                labels, entries, values, timestamps, starts or repeat(0, len(values)), strict=True
+            for series, entry, labels_field, number, stamp, start in zip(
+                labels, entries, layout.float_labels, values, timestamps, starts or repeat(0, len(values)), strict=True
             ):
-                label_refs = b"".join(entry[1](refs))
                 key = (stamp, start) if start else stamp
                 pieces = stamps.get(key)
                 if pieces is None:
@@ -394,17 +441,13 @@ class Rw2Encoder:
                 sample = pieces[0] + value + pieces[1] if value != _POSITIVE_ZERO else pieces[2]
                 if with_extras:
                     sample += extras(series, entry[2])
-                size = len(label_refs)
-                labels_head = _LABELS_HEADS[size] if size < _HEAD_COUNT else b"\x0a" + _varint(size)
-                size += len(labels_head) + len(sample)
+                size = len(labels_field) + len(sample)
                 append(_TIMESERIES_HEADS[size] if size < _HEAD_COUNT else b"\x2a" + _varint(size))
-                append(labels_head)
-                append(label_refs)
+                append(labels_field)
                 append(sample)
         else:
-            for series, entry, members in groups.values():
-                label_refs = b"".join(entry[1](refs))
-                parts = [_head(_LABELS_HEADS, b"\x0a", len(label_refs)), label_refs]
+            for (series, entry, members), labels_field in zip(groups.values(), layout.float_labels, strict=True):
+                parts = [labels_field]
                 for i in _by_time(members, timestamps):
                     stamp, start = timestamps[i], starts[i] if starts else 0
                     key = (stamp, start) if start else stamp
@@ -417,10 +460,11 @@ class Rw2Encoder:
                 body = b"".join(parts)
                 append(_head(_TIMESERIES_HEADS, b"\x2a", len(body)))
                 append(body)
-        for (series, members), entry in zip(histogram_series.items(), histogram_entries, strict=True):
-            label_refs = b"".join(entry[1](refs))
+        for (series, members), entry, labels_field in zip(
+            histogram_series.items(), histogram_entries, layout.histogram_labels, strict=True
+        ):
             gauge = _is_gauge_histogram(metadata, entry[2])
-            parts = [_head(_LABELS_HEADS, b"\x0a", len(label_refs)), label_refs]
+            parts = [labels_field]
             for h in sorted((batch.histograms[i] for i in members), key=_timestamp):
                 data = _histogram_message(h, gauge).SerializeToString()
                 parts.append(b"\x1a" + _varint(len(data)) + data)
