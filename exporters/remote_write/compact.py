@@ -168,8 +168,8 @@ def xor_bytes(a: bytes, b: bytes) -> bytes:
 class _Session:
     """One epoch's acknowledged state on the sending side."""
 
-    __slots__ = ("by_id", "bytes", "held", "last_bits", "last_start", "last_ts", "metadata", "previous_labels",
-                 "previous_refs", "sequence", "series", "started", "symbols")
+    __slots__ = ("by_id", "bytes", "held", "last_bits", "last_start", "last_ts", "metadata", "previous_grouping",
+                 "previous_labels", "previous_refs", "sequence", "series", "started", "symbols")
 
     def __init__(self, started: float) -> None:
         self.symbols: dict[str, int] = {"": 0}
@@ -187,26 +187,12 @@ class _Session:
         self.held: dict[int, Labels] = {}
         self.previous_labels: list[Labels] = []  # the last committed request's, and their refs
         self.previous_refs: list[int] = []
+        self.previous_grouping: _Grouping | None = None
         self.metadata: tuple[dict[str, Metadata], bytes] = ({}, b"")  # the last committed request's, encoded
 
     def refs_of(self, labels: Sequence[Labels]) -> list[int | None]:
         """Each label set's acknowledged series ref, None for a series this session does not have yet."""
-        previous = self.previous_labels
-        if len(labels) == len(previous):
-            # Batches repeat the previous one's series in the same order: an identity comparison per sample
-            # (~10 ns) instead of a lookup, and lookups only where it differs.
-            if labels == previous:  # a list compares its items by identity first
-                return list(self.previous_refs)
-            same = list(map(operator.is_, labels, previous))
-            refs: list[int | None] = list(compress(self.previous_refs, same))
-            if len(refs) * 2 > len(labels):
-                refs = [ref if hit else None for hit, ref in zip(same, self.previous_refs)]
-                for position in compress(range(len(labels)), map(operator.not_, same)):
-                    refs[position] = self.by_id.get(id(labels[position]))
-            else:
-                refs = list(map(self.by_id.get, map(id, labels)))
-        else:
-            refs = list(map(self.by_id.get, map(id, labels)))
+        refs: list[int | None] = list(map(self.by_id.get, map(id, labels)))
         if None not in refs:
             return refs
         if len(self.by_id) > 2 * len(self.series) + 1024:  # label tuples that are not reused: stop holding them
@@ -373,6 +359,7 @@ class CompactEncoder:
             samples.commit(session)
             session.previous_labels = batch.labels[:]
             session.previous_refs = samples.sample_refs
+            session.previous_grouping = samples.grouping
             if metadata:
                 session.metadata = (dict(batch.metadata), metadata)
             session.bytes += request.bytes
@@ -391,9 +378,11 @@ class CompactEncoder:
 class _Samples:
     """A batch's float samples as the request's columns, and what they leave as each series' last state.
 
-    Grouping by series is cheapest for the shapes batches have: one sample per series in ref order (each
-    scrape lists its series the same way), or several such scrapes one after another (a transpose, done with
-    one strided slice assignment per scrape). Anything else goes through one sort.
+    Series are defined in sorted label order, so a request's columns run metric by metric (same metric of
+    every host side by side, which zstd compresses ~10 % better than host by host), while batches arrive
+    host by host: grouping needs a permutation. Batches repeat the previous one's series in the same order,
+    so the last acknowledged request's grouping is reused after a check that it still puts each series'
+    samples in time order; otherwise one sort of small ints (series ref, arrival) finds it again.
     """
 
     def __init__(self, batch: SampleBatch, request: _Request) -> None:
@@ -402,67 +391,46 @@ class _Samples:
         if not (len(labels) == len(stamps) == n) or (batch.start_timestamps and len(batch.start_timestamps) != n):
             raise ValueError("a batch's sample columns have different lengths")
         session = request.session
-        refs = session.refs_of(labels)
-        if None in refs:
-            refs = [ref if ref is not None else request.series_ref(series) for ref, series in zip(refs, labels)]
-        self.sample_refs: list[int] = refs  # type: ignore[assignment]  # every None replaced
-        starts = batch.start_timestamps if batch.start_timestamps and any(batch.start_timestamps) else None
         self.session = session
         self.refs: list[int] = []
         self.counts: list[int] = []
         self.stamps: list[int] = []
         self.bits = array("Q")
         self.starts: list[int] | None = None
+        self.sample_refs: list[int] = []
+        self.grouping: _Grouping | None = None
         if not n:
             return
         if min(stamps) < -MAX_TIMESTAMP or max(stamps) > MAX_TIMESTAMP:
             raise ValueError(f"a timestamp is beyond +/- {MAX_TIMESTAMP} ms")
+        starts = batch.start_timestamps if batch.start_timestamps and any(batch.start_timestamps) else None
         if starts is not None and (min(starts) < -MAX_TIMESTAMP or max(starts) > MAX_TIMESTAMP):
             raise ValueError(f"a start timestamp is beyond +/- {MAX_TIMESTAMP} ms")
-        period = refs.index(refs[0], 1) if refs.count(refs[0]) > 1 else n
-        scrapes = n // period
-        if period == n and all(map(operator.lt, refs, refs[1:])):
-            # One sample per series, series in the order they were first sent.
-            self.refs, self.counts = refs, [1] * n
-            self.stamps, values_in_order, starts_in_order = list(stamps), values, starts
-        elif (
-            period * scrapes == n
-            and all(map(operator.lt, refs, refs[1:period]))
-            and refs == refs[:period] * scrapes
-            and all(
-                all(map(operator.le, stamps[k - period : k], stamps[k : k + period])) for k in range(period, n, period)
-            )
-        ):
-            # Consecutive scrapes of the same series: sample k of series j is element j + k * period.
-            self.refs, self.counts = refs[:period], [scrapes] * period
-            self.stamps, values_in_order = _transpose(stamps, period, scrapes), _transpose(values, period, scrapes)
-            starts_in_order = _transpose(starts, period, scrapes) if starts is not None else None
+        grouping = None
+        if labels == session.previous_labels:  # a list compares its items by identity first: ~10 ns each
+            refs = list(session.previous_refs)
+            grouping = session.previous_grouping
         else:
-            self._sort(refs, stamps)
-            values_in_order = list(map(values.__getitem__, self.order))
-            starts_in_order = list(map(starts.__getitem__, self.order)) if starts is not None else None
-        self.bits.frombytes(array("d", values_in_order).tobytes())
-        self.starts = list(starts_in_order) if starts_in_order is not None else None
-
-    def _sort(self, refs: list[int], stamps: Sequence[int]) -> None:
-        """Group by series keeping arrival order (one sort of small ints); if arrival order is not time order
-        within a series, sort by (series, time) instead, stably."""
-        n = len(refs)
-        keys = list(map(operator.add, map(operator.mul, refs, repeat(n)), range(n)))
-        keys.sort()
-        order = list(map(operator.mod, keys, repeat(n)))
-        sorted_refs = list(map(operator.floordiv, keys, repeat(n)))
-        sorted_stamps = list(map(stamps.__getitem__, order))
-        same = list(map(operator.eq, sorted_refs[1:], sorted_refs))
-        if any(map(operator.and_, same, map(operator.lt, sorted_stamps[1:], sorted_stamps))):
-            ordered = sorted(zip(refs, stamps, range(n)))
-            sorted_refs, sorted_stamps, order = map(list, zip(*ordered))
-            same = list(map(operator.eq, sorted_refs[1:], sorted_refs))
-        firsts = [0, *compress(range(1, n), map(operator.not_, same))]
-        self.order = order
-        self.stamps = sorted_stamps
-        self.refs = list(map(sorted_refs.__getitem__, firsts))
-        self.counts = list(map(operator.sub, firsts[1:] + [n], firsts))
+            found = session.refs_of(labels)
+            if None in found:
+                for series in sorted(dict.fromkeys(compress(labels, map(operator.is_, found, repeat(None))))):
+                    request.series_ref(series)
+                found = [ref if ref is not None else request.series[series] for ref, series in zip(found, labels)]
+            refs = found  # type: ignore[assignment]  # every None replaced
+        self.sample_refs = refs
+        if grouping is not None:
+            grouped_stamps = grouping.apply(stamps)
+            if grouping.same is not None and any(
+                map(operator.and_, grouping.same, map(operator.lt, grouped_stamps[1:], grouped_stamps))
+            ):
+                grouping = None
+        if grouping is None:
+            grouping = _Grouping.of(refs, stamps)
+            grouped_stamps = grouping.apply(stamps)
+        self.grouping = grouping
+        self.refs, self.counts, self.stamps = grouping.refs, grouping.counts, grouped_stamps
+        self.bits.frombytes(array("d", grouping.apply(values)).tobytes())
+        self.starts = grouping.apply(starts) if starts is not None else None
 
     def _bases(self, state: Sequence[int]) -> list[int]:
         known = len(state)
@@ -516,12 +484,38 @@ class _Samples:
                     state[ref] = last
 
 
-def _transpose(column: Sequence[Any], period: int, scrapes: int) -> list[Any]:
-    """Scrape-major to series-major: element j + k * period goes to j * scrapes + k."""
-    out: list[Any] = [None] * (period * scrapes)
-    for k in range(scrapes):
-        out[k::scrapes] = column[k * period : (k + 1) * period]
-    return out
+class _Grouping:
+    """How a batch's samples become columns grouped per series: the permutation (None: as they are), each
+    group's series ref and sample count, and for each adjacent pair whether it is in the same series."""
+
+    __slots__ = ("counts", "order", "refs", "same")
+
+    def __init__(self, order: list[int] | None, refs: list[int], counts: list[int], same: list[bool] | None):
+        self.order, self.refs, self.counts, self.same = order, refs, counts, same
+
+    def apply(self, column: Sequence[Any]) -> list[Any]:
+        return list(column) if self.order is None else list(map(column.__getitem__, self.order))
+
+    @classmethod
+    def of(cls, refs: list[int], stamps: Sequence[int]) -> _Grouping:
+        """Group by series keeping arrival order (one sort of small ints); if arrival order is not time order
+        within a series, sort by (series, time) instead, stably."""
+        n = len(refs)
+        if all(map(operator.lt, refs, refs[1:])):
+            return cls(None, refs, [1] * n, None)
+        keys = list(map(operator.add, map(operator.mul, refs, repeat(n)), range(n)))
+        keys.sort()
+        order = list(map(operator.mod, keys, repeat(n)))
+        grouped = list(map(operator.floordiv, keys, repeat(n)))
+        grouped_stamps = list(map(stamps.__getitem__, order))
+        same = list(map(operator.eq, grouped[1:], grouped))
+        if any(map(operator.and_, same, map(operator.lt, grouped_stamps[1:], grouped_stamps))):
+            ordered = sorted(zip(refs, stamps, range(n)))
+            grouped, _, order = map(list, zip(*ordered))
+            same = list(map(operator.eq, grouped[1:], grouped))
+        firsts = [0, *compress(range(1, n), map(operator.not_, same))]
+        counts = list(map(operator.sub, firsts[1:] + [n], firsts))
+        return cls(order, list(map(grouped.__getitem__, firsts)), counts, same)
 
 
 def _metadata(request: _Request, metadata: dict[str, Metadata]) -> bytes:
