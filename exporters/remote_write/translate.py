@@ -603,9 +603,10 @@ class _Translation:
             intern((*name_head, (NAME_LABEL, name + "_count"), *name_tail)),
             intern((*name_head, (NAME_LABEL, name + "_sum"), *name_tail)),
         )
-        added = sum(labels_bytes(labels) + INTERNED_BYTES for labels in derived[1]) + 2 * (
-            labels_bytes(derived[2]) + INTERNED_BYTES
-        )
+        # Derived tuples share their pairs with the base labels and the lru-cached tables: each holds only
+        # its own tuple (the `_count` and `_sum` ones also a new name pair and string).
+        added = sum(getsizeof(labels) for labels in derived[1]) + (len(derived[1]) + 2) * INTERNED_BYTES
+        added += 2 * (getsizeof(derived[2]) + getsizeof(derived[2][at_name]) + getsizeof(name) + 8)
         if self.cache.charge(added):
             series.derived = derived
             series.nbytes += added
