@@ -54,6 +54,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 JOB = "node-exporter"
+MAX_PUSHES_IN_FLIGHT = 4
+"""Past this many unanswered pushes a tick's push is skipped (counted in `otlp_skipped`), not queued."""
 COMMON = (("cluster", "bench-eu-1"), ("env", "production"), ("region", "eu-west"))
 ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
 
@@ -441,7 +443,7 @@ class Server:
         self.stats: dict[str, object] = {
             "nodes": len(workload.node_names), "series": workload.total_series,
             "series_per_node": workload.series_per_node, "interval": interval,
-            "ticks": 0, "ticks_late": 0, "otlp_requests": 0, "otlp_errors": 0, "otlp_samples_accepted": 0,
+            "ticks": 0, "ticks_late": 0, "otlp_requests": 0, "otlp_skipped": 0, "otlp_errors": 0, "otlp_samples_accepted": 0,
             "otlp_last_error": "", "scrapes": 0, "scrape_samples": 0, "scrapes_by_path": {},
         }
 
@@ -483,13 +485,21 @@ class Server:
         comes late is counted, never made up, as a node-exporter would simply be scraped less often."""
         loop = asyncio.get_running_loop()
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) if self.otlp_url else None
+        inflight: set[asyncio.Task] = set()
         try:
             next_at = loop.time()
             while True:
                 self.workload.tick(time.time())
                 self.stats["ticks"] += 1
                 if self.pushing and session is not None:
-                    await self.push(session)
+                    # The push runs beside the schedule, as an SDK's periodic exporter does: a slow answer
+                    # from the agent must not delay the next tick (that would lower the load it is given).
+                    if len(inflight) < MAX_PUSHES_IN_FLIGHT:
+                        task = asyncio.create_task(self.push(session, self.workload.otlp_body()))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    else:
+                        self.stats["otlp_skipped"] += 1
                 next_at += self.interval
                 delay = next_at - loop.time()
                 if delay < 0:
@@ -498,11 +508,13 @@ class Server:
                     delay = 0
                 await asyncio.sleep(delay)
         finally:
+            for task in list(inflight):
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
             if session is not None:
                 await session.close()
 
-    async def push(self, session: aiohttp.ClientSession) -> None:
-        body = self.workload.otlp_body()
+    async def push(self, session: aiohttp.ClientSession, body: bytes) -> None:
         self.stats["otlp_requests"] += 1
         try:
             async with session.post(self.otlp_url, data=body,

@@ -667,6 +667,8 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
         "synthetic_samples": sender["synthetic_samples"],
         "stale_samples": sender["stale_samples"],
         "window_errors": sender["errors"] + (forwarded["errors"] if running.gateway else 0),
+        "generator_late_ticks": b["generator"]["ticks_late"] - a["generator"]["ticks_late"],
+        "generator_skipped_pushes": b["generator"].get("otlp_skipped", 0) - a["generator"].get("otlp_skipped", 0),
         "proxy_window": sender,
         "forwarded_window": forwarded if running.gateway else None,
     }
@@ -791,6 +793,11 @@ def notes(runs: list[dict], rows: list[dict]) -> str:
         if r.get("stale_samples"):
             extra.append(f"{r['stale_samples']:,.0f} staleness markers")
         extra.append(f"samples counted by {r['samples_counted_by']}")
+        late = [(m["generator_late_ticks"], m["generator_skipped_pushes"]) for m in runs
+                if m.get("sender") == r["sender"] and m.get("flush") == r["flush"] and "checks" in m]
+        if any(t or k for t, k in late):
+            extra.append(f"the generator ran late {sum(t for t, _ in late)} tick(s) and skipped "
+                         f"{sum(k for _, k in late)} push(es) in the window (its core was busy)")
         if r.get("via_gateway"):
             extra.append(f"gateway forwards rw1 at {fmt(r.get('forwarded_wire_bytes_per_sample'), '.2f')} B/sample")
         out.append(f"  {r['sender']} @{r['flush']:g}s: " + "; ".join(extra))
