@@ -133,6 +133,9 @@ def recurring_batches(draw: Any) -> list[SampleBatch]:
     """Batches over a small pool of series, so that later batches find earlier ones' definitions and values;
     now and then one with histograms, exemplars and metadata."""
     pool = draw(st.lists(label_sets(), min_size=1, max_size=5, unique=True))
+    names = sorted({dict(labels)["__name__"] for labels in pool})
+    metadata_choices = [{}, {name: Metadata("counter", "Counts.") for name in names},
+                        {name: Metadata("gauge", "Levels.", "By") for name in names[:1]}]
     out = []
     for _ in range(draw(st.integers(1, 6))):
         if draw(st.integers(0, 4)) == 0:
@@ -144,7 +147,8 @@ def recurring_batches(draw: Any) -> list[SampleBatch]:
                 rows.append((labels, draw(floats), stamp))
         rows = draw(st.permutations(rows))
         starts = draw(st.sampled_from([None, 0, 5000]))
-        out.append(batch_of(rows, start_timestamps=[starts] * len(rows) if starts is not None else []))
+        out.append(batch_of(rows, start_timestamps=[starts] * len(rows) if starts is not None else [],
+                            metadata=dict(draw(st.sampled_from(metadata_choices)))))
     return out
 
 
@@ -219,6 +223,30 @@ def test_metadata_strings_travel_once_per_session() -> None:
     assert b"Requests served" not in raw(encoded)
     decoded, _ = receiver.decode(raw(encoded), encoded.headers)
     assert decoded.metadata == metadata
+
+
+def test_metadata_the_same_as_last_time_is_a_flag_and_decodes_to_what_was_sent() -> None:
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    metadata = {"requests_total": Metadata("counter", "Requests served.", "")}
+    deliver(encoder, receiver, batch_of([(A, 1.0, 1000)], metadata=dict(metadata)))
+    encoded = encoder.encode(batch_of([(A, 2.0, 2000)], metadata=dict(metadata)))
+    message = Request.FromString(raw(encoded))
+    assert message.metadata_unchanged and not message.metadata
+    decoded, _ = receiver.decode(raw(encoded), encoded.headers)
+    assert decoded.metadata == metadata
+    assert deliver(encoder, receiver, batch_of([(A, 3.0, 3000)])).metadata == {}
+
+
+def test_a_resend_after_a_lost_answer_gets_the_metadata_from_before_the_lost_request() -> None:
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    old = {"requests_total": Metadata("counter", "Old help.", "")}
+    new = {"requests_total": Metadata("counter", "New help.", "")}
+    deliver(encoder, receiver, batch_of([(A, 1.0, 1000)], metadata=dict(old)))
+    lost = encoder.encode(batch_of([(A, 2.0, 2000)], metadata=dict(new)))
+    receiver.decode(raw(lost), lost.headers)[1]()  # committed by the receiver; the answer is lost
+    resend = encoder.encode(batch_of([(A, 2.0, 2000)], metadata=dict(old)))
+    decoded, _ = receiver.decode(raw(resend), resend.headers)
+    assert decoded.metadata == old
 
 
 def test_values_unchanged_across_requests_cost_almost_nothing_after_zstd() -> None:
@@ -471,6 +499,7 @@ MALFORMED = {
     "start timestamps for only some samples": Request(**ONE_SERIES, sample_series_ref_deltas=[0], sample_counts=[2],
                                                       timestamps=[5, 1], values=[0, 0], start_timestamps=[1]),
     "a histogram of an undefined series": Request(histograms=[HistogramSample(series_ref=3, count_int=1)]),
+    "metadata as before in a session without any": Request(metadata_unchanged=True),
 }
 
 

@@ -188,7 +188,7 @@ class _Session:
         self.previous_labels: list[Labels] = []  # the last committed request's, and their refs
         self.previous_refs: list[int] = []
         self.previous_grouping: _Grouping | None = None
-        self.metadata: tuple[dict[str, Metadata], bytes] = ({}, b"")  # the last committed request's, encoded
+        self.metadata: dict[str, Metadata] = {}  # of the last committed request that had any
 
     def refs_of(self, labels: Sequence[Labels]) -> list[int | None]:
         """Each label set's acknowledged series ref, None for a series this session does not have yet."""
@@ -324,7 +324,10 @@ class CompactEncoder:
             _exemplar_message(request.series_ref(labels), e)
             for labels, e in zip(batch.exemplar_labels, batch.exemplars)
         ]
-        metadata = _metadata(request, batch.metadata)
+        unchanged = bool(batch.metadata) and batch.metadata == session.metadata
+        metadata = b"" if unchanged else _metadata(request, batch.metadata)
+        if unchanged:
+            message.metadata_unchanged = True
         if request.symbols:
             message.symbols.extend(request.symbols)
         if request.label_counts:
@@ -361,7 +364,7 @@ class CompactEncoder:
             session.previous_refs = samples.sample_refs
             session.previous_grouping = samples.grouping
             if metadata:
-                session.metadata = (dict(batch.metadata), metadata)
+                session.metadata = dict(batch.metadata)
             session.bytes += request.bytes
             session.sequence += 1
 
@@ -519,13 +522,9 @@ class _Grouping:
 
 
 def _metadata(request: _Request, metadata: dict[str, Metadata]) -> bytes:
-    """The request's metadata entries, encoded: the same as the last acknowledged request's most of the time,
-    so those bytes are reused rather than rebuilt per family."""
+    """The request's metadata entries, encoded (appended to the body like the values column)."""
     if not metadata:
         return b""
-    previous, encoded = request.session.metadata
-    if metadata == previous:
-        return encoded
     entries = [
         MetricMetadata(
             name_ref=request.symbol(name),

@@ -66,14 +66,16 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class _Undo:
-    __slots__ = ("bytes", "old", "sequence", "series", "symbols")
+    __slots__ = ("bytes", "metadata", "old", "sequence", "series", "symbols")
 
-    def __init__(self, sequence: int, symbols: int, series: int, old: dict[int, tuple[int, int, int]], size: int):
+    def __init__(self, sequence: int, symbols: int, series: int, old: dict[int, tuple[int, int, int]], size: int,
+                 metadata: dict[str, Metadata]):
         self.sequence = sequence
         self.symbols = symbols
         self.series = series
         self.old = old
         self.bytes = size
+        self.metadata = metadata
 
 
 class _Session:
@@ -85,6 +87,7 @@ class _Session:
         "last_bits",
         "last_start",
         "last_ts",
+        "metadata",
         "sequence",
         "series",
         "sizes",
@@ -106,6 +109,7 @@ class _Session:
         self.bytes = 0
         self.used = now
         self.undo: _Undo | None = None
+        self.metadata: dict[str, Metadata] = {}  # of the last committed request that had any
         self.version = 0  # bumped by every commit, so a stale commit can tell
 
 
@@ -116,14 +120,17 @@ class _Base:
         self.session = session
         self.overrides: dict[int, tuple[int, int, int]] = {}
         self.before_last = before_last
+        self.metadata: dict[str, Metadata] = {}
         if session is None:
             self.symbols, self.series = 1, 0
         elif before_last:
             assert session.undo is not None
             self.symbols, self.series = session.undo.symbols, session.undo.series
             self.overrides = session.undo.old
+            self.metadata = session.undo.metadata
         else:
             self.symbols, self.series = len(session.symbols), len(session.series)
+            self.metadata = session.metadata
 
     def last(self, refs: list[int], which: int) -> list[int]:
         """Each series' acknowledged last timestamp (0), value bits (1) or start (2); 0 for a series new here."""
@@ -235,6 +242,7 @@ class CompactSessions:
             session.last_ts[ref], session.last_bits[ref], session.last_start[ref] = stamp, bits, start
         self.bytes_used += undo.bytes - session.bytes
         session.bytes = undo.bytes
+        session.metadata = undo.metadata
         session.sequence = undo.sequence - 1
         session.undo = None
 
@@ -246,7 +254,9 @@ class CompactSessions:
             ref: (session.last_ts[ref], session.last_bits[ref], session.last_start[ref]) for ref in touched
         }
         size_before = session.bytes - (UNDO_ENTRY_BYTES * len(session.undo.old) if session.undo else 0)
-        session.undo = _Undo(sequence, len(session.symbols), known, old, size_before)
+        session.undo = _Undo(sequence, len(session.symbols), known, old, size_before, session.metadata)
+        if decoded.carries_metadata:
+            session.metadata = dict(decoded.batch.metadata)
         session.symbols += decoded.new_symbols
         session.series += decoded.new_series
         session.sizes += decoded.new_sizes
@@ -318,6 +328,11 @@ class _Decoded:
         self.series = series
         batch = SampleBatch()
         self._samples(message, base, batch, sizes)
+        self.carries_metadata = bool(message.metadata)
+        if message.metadata_unchanged:
+            if message.metadata or not base.metadata:
+                raise DecodeError("compact: metadata_unchanged with metadata entries, or in a session without any")
+            batch.metadata = dict(base.metadata)
         for item in message.metadata:
             if item.name_ref >= len(symbols) or item.help_ref >= len(symbols) or item.unit_ref >= len(symbols):
                 raise DecodeError("compact: metadata refers to a symbol the session does not have")

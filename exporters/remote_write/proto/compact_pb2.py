@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17headwater/compact.proto\x12\x14headwater.compact.v1\"\xf5\x02\n\x07Request\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x1b\n\x13series_label_counts\x18\x02 \x03(\r\x12\x19\n\x11series_label_refs\x18\x03 \x03(\r\x12 \n\x18sample_series_ref_deltas\x18\x04 \x03(\x04\x12\x15\n\rsample_counts\x18\x05 \x03(\r\x12\x12\n\ntimestamps\x18\x06 \x03(\x12\x12\x0e\n\x06values\x18\x07 \x03(\x06\x12\x18\n\x10start_timestamps\x18\x08 \x03(\x12\x12\x36\n\x08metadata\x18\t \x03(\x0b\x32$.headwater.compact.v1.MetricMetadata\x12\x39\n\nhistograms\x18\n \x03(\x0b\x32%.headwater.compact.v1.HistogramSample\x12\x37\n\texemplars\x18\x0b \x03(\x0b\x32$.headwater.compact.v1.ExemplarSample\"v\n\x0eMetricMetadata\x12\x10\n\x08name_ref\x18\x01 \x01(\r\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .headwater.compact.v1.MetricType\x12\x10\n\x08help_ref\x18\x03 \x01(\r\x12\x10\n\x08unit_ref\x18\x04 \x01(\r\"\x8c\x03\n\x0fHistogramSample\x12\x12\n\nseries_ref\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x12\x12\x13\n\tcount_int\x18\x03 \x01(\x04H\x00\x12\x1a\n\x10\x63ount_float_bits\x18\x04 \x01(\x06H\x00\x12\x10\n\x08sum_bits\x18\x05 \x01(\x06\x12\x0e\n\x06schema\x18\x06 \x01(\x11\x12\x1b\n\x13zero_threshold_bits\x18\x07 \x01(\x06\x12\x12\n\nzero_count\x18\x08 \x01(\x04\x12\x1d\n\x15negative_span_offsets\x18\t \x03(\x11\x12\x1d\n\x15negative_span_lengths\x18\n \x03(\r\x12\x17\n\x0fnegative_deltas\x18\x0b \x03(\x12\x12\x1d\n\x15positive_span_offsets\x18\x0c \x03(\x11\x12\x1d\n\x15positive_span_lengths\x18\r \x03(\r\x12\x17\n\x0fpositive_deltas\x18\x0e \x03(\x12\x12\x17\n\x0fstart_timestamp\x18\x0f \x01(\x12\x42\x07\n\x05\x63ount\"[\n\x0e\x45xemplarSample\x12\x12\n\nseries_ref\x18\x01 \x01(\x04\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x12\n\nvalue_bits\x18\x03 \x01(\x06\x12\x11\n\ttimestamp\x18\x04 \x01(\x12*\xdd\x01\n\nMetricType\x12\x1b\n\x17METRIC_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13METRIC_TYPE_COUNTER\x10\x01\x12\x15\n\x11METRIC_TYPE_GAUGE\x10\x02\x12\x19\n\x15METRIC_TYPE_HISTOGRAM\x10\x03\x12\x1e\n\x1aMETRIC_TYPE_GAUGEHISTOGRAM\x10\x04\x12\x17\n\x13METRIC_TYPE_SUMMARY\x10\x05\x12\x14\n\x10METRIC_TYPE_INFO\x10\x06\x12\x18\n\x14METRIC_TYPE_STATESET\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17headwater/compact.proto\x12\x14headwater.compact.v1\"\x91\x03\n\x07Request\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x1b\n\x13series_label_counts\x18\x02 \x03(\r\x12\x19\n\x11series_label_refs\x18\x03 \x03(\r\x12 \n\x18sample_series_ref_deltas\x18\x04 \x03(\x04\x12\x15\n\rsample_counts\x18\x05 \x03(\r\x12\x12\n\ntimestamps\x18\x06 \x03(\x12\x12\x0e\n\x06values\x18\x07 \x03(\x06\x12\x18\n\x10start_timestamps\x18\x08 \x03(\x12\x12\x36\n\x08metadata\x18\t \x03(\x0b\x32$.headwater.compact.v1.MetricMetadata\x12\x1a\n\x12metadata_unchanged\x18\x0c \x01(\x08\x12\x39\n\nhistograms\x18\n \x03(\x0b\x32%.headwater.compact.v1.HistogramSample\x12\x37\n\texemplars\x18\x0b \x03(\x0b\x32$.headwater.compact.v1.ExemplarSample\"v\n\x0eMetricMetadata\x12\x10\n\x08name_ref\x18\x01 \x01(\r\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .headwater.compact.v1.MetricType\x12\x10\n\x08help_ref\x18\x03 \x01(\r\x12\x10\n\x08unit_ref\x18\x04 \x01(\r\"\x8c\x03\n\x0fHistogramSample\x12\x12\n\nseries_ref\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x12\x12\x13\n\tcount_int\x18\x03 \x01(\x04H\x00\x12\x1a\n\x10\x63ount_float_bits\x18\x04 \x01(\x06H\x00\x12\x10\n\x08sum_bits\x18\x05 \x01(\x06\x12\x0e\n\x06schema\x18\x06 \x01(\x11\x12\x1b\n\x13zero_threshold_bits\x18\x07 \x01(\x06\x12\x12\n\nzero_count\x18\x08 \x01(\x04\x12\x1d\n\x15negative_span_offsets\x18\t \x03(\x11\x12\x1d\n\x15negative_span_lengths\x18\n \x03(\r\x12\x17\n\x0fnegative_deltas\x18\x0b \x03(\x12\x12\x1d\n\x15positive_span_offsets\x18\x0c \x03(\x11\x12\x1d\n\x15positive_span_lengths\x18\r \x03(\r\x12\x17\n\x0fpositive_deltas\x18\x0e \x03(\x12\x12\x17\n\x0fstart_timestamp\x18\x0f \x01(\x12\x42\x07\n\x05\x63ount\"[\n\x0e\x45xemplarSample\x12\x12\n\nseries_ref\x18\x01 \x01(\x04\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x12\n\nvalue_bits\x18\x03 \x01(\x06\x12\x11\n\ttimestamp\x18\x04 \x01(\x12*\xdd\x01\n\nMetricType\x12\x1b\n\x17METRIC_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13METRIC_TYPE_COUNTER\x10\x01\x12\x15\n\x11METRIC_TYPE_GAUGE\x10\x02\x12\x19\n\x15METRIC_TYPE_HISTOGRAM\x10\x03\x12\x1e\n\x1aMETRIC_TYPE_GAUGEHISTOGRAM\x10\x04\x12\x17\n\x13METRIC_TYPE_SUMMARY\x10\x05\x12\x14\n\x10METRIC_TYPE_INFO\x10\x06\x12\x18\n\x14METRIC_TYPE_STATESET\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headwater.compact_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRICTYPE']._serialized_start=1038
-  _globals['_METRICTYPE']._serialized_end=1259
+  _globals['_METRICTYPE']._serialized_start=1066
+  _globals['_METRICTYPE']._serialized_end=1287
   _globals['_REQUEST']._serialized_start=50
-  _globals['_REQUEST']._serialized_end=423
-  _globals['_METRICMETADATA']._serialized_start=425
-  _globals['_METRICMETADATA']._serialized_end=543
-  _globals['_HISTOGRAMSAMPLE']._serialized_start=546
-  _globals['_HISTOGRAMSAMPLE']._serialized_end=942
-  _globals['_EXEMPLARSAMPLE']._serialized_start=944
-  _globals['_EXEMPLARSAMPLE']._serialized_end=1035
+  _globals['_REQUEST']._serialized_end=451
+  _globals['_METRICMETADATA']._serialized_start=453
+  _globals['_METRICMETADATA']._serialized_end=571
+  _globals['_HISTOGRAMSAMPLE']._serialized_start=574
+  _globals['_HISTOGRAMSAMPLE']._serialized_end=970
+  _globals['_EXEMPLARSAMPLE']._serialized_start=972
+  _globals['_EXEMPLARSAMPLE']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ METRIC_TYPE_INFO: MetricType
 METRIC_TYPE_STATESET: MetricType
 
 class Request(_message.Message):
-    __slots__ = ("symbols", "series_label_counts", "series_label_refs", "sample_series_ref_deltas", "sample_counts", "timestamps", "values", "start_timestamps", "metadata", "histograms", "exemplars")
+    __slots__ = ("symbols", "series_label_counts", "series_label_refs", "sample_series_ref_deltas", "sample_counts", "timestamps", "values", "start_timestamps", "metadata", "metadata_unchanged", "histograms", "exemplars")
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     SERIES_LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
     SERIES_LABEL_REFS_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Request(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     START_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
     EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
     symbols: _containers.RepeatedScalarFieldContainer[str]
@@ -48,9 +49,10 @@ class Request(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[int]
     start_timestamps: _containers.RepeatedScalarFieldContainer[int]
     metadata: _containers.RepeatedCompositeFieldContainer[MetricMetadata]
+    metadata_unchanged: bool
     histograms: _containers.RepeatedCompositeFieldContainer[HistogramSample]
     exemplars: _containers.RepeatedCompositeFieldContainer[ExemplarSample]
-    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., series_label_counts: _Optional[_Iterable[int]] = ..., series_label_refs: _Optional[_Iterable[int]] = ..., sample_series_ref_deltas: _Optional[_Iterable[int]] = ..., sample_counts: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[int]] = ..., start_timestamps: _Optional[_Iterable[int]] = ..., metadata: _Optional[_Iterable[_Union[MetricMetadata, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[HistogramSample, _Mapping]]] = ..., exemplars: _Optional[_Iterable[_Union[ExemplarSample, _Mapping]]] = ...) -> None: ...
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., series_label_counts: _Optional[_Iterable[int]] = ..., series_label_refs: _Optional[_Iterable[int]] = ..., sample_series_ref_deltas: _Optional[_Iterable[int]] = ..., sample_counts: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[int]] = ..., start_timestamps: _Optional[_Iterable[int]] = ..., metadata: _Optional[_Iterable[_Union[MetricMetadata, _Mapping]]] = ..., metadata_unchanged: _Optional[bool] = ..., histograms: _Optional[_Iterable[_Union[HistogramSample, _Mapping]]] = ..., exemplars: _Optional[_Iterable[_Union[ExemplarSample, _Mapping]]] = ...) -> None: ...
 
 class MetricMetadata(_message.Message):
     __slots__ = ("name_ref", "type", "help_ref", "unit_ref")
