@@ -13,13 +13,16 @@ every encode (a resend of the same batch or another batch) reuses the same seque
 base, so whatever the receiver did with a lost request, the next one decodes (the receiver keeps one step of
 undo for the resend of its last committed request: compact_session.py). A receiver that lost its side
 answers 409 `compact session lost...`; the connection calls `reset()` and resends: a new epoch, empty state.
+A session also starts over by itself when older than `max_session_age` or when its dictionary estimate
+passes `max_dictionary_bytes`, so neither side's state grows without bound.
 
 Speed: a node sends ~5,000 series a second and the goal is >= 1M samples/s encoded and compressed on one
-core, so nothing here touches a sample in a Python-level loop. Columns are reordered with one sort of
-tuples, turned into bits with `array`, XOR'd as two big integers, shifted within series with slice
-assignments, and written by protobuf's C extension (`extend` of packed repeated fields); the value column's
-fixed64 words are appended to the body as raw bytes. Only new series and the rare histograms and exemplars
-take per-item paths.
+core, so nothing here touches a sample in a Python-level loop. Series refs come from the previous request
+(an identity comparison of the label lists) or a lookup by the label tuple's id; columns are regrouped with
+a cached permutation, turned into bits with `array`, XOR'd as two big integers, shifted within series with
+slice assignments, and written by protobuf's C extension (`extend` of packed repeated fields); the value
+column's fixed64 words and the metadata entries are appended to the body as raw bytes. Only new series and
+the rare histograms and exemplars take per-item paths.
 """
 
 from __future__ import annotations
