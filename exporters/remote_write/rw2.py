@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain, count, repeat
+from itertools import chain, count, pairwise, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -495,29 +495,28 @@ class Rw2Decoder:
             raise DecodeError(f"rw2: not an io.prometheus.write.v2.Request ({exc})") from exc
         symbols = list(request.symbols)
         batch = SampleBatch()
+        add_labels, add_value, add_stamp = batch.labels.append, batch.values.append, batch.timestamps.append
         starts: list[int] = []
-        any_start = False
+        add_start = starts.append
         seen: dict[tuple[int, ...], Labels] = {}  # label refs already checked, and what they mean
         for index, ts in enumerate(request.timeseries):
             refs = tuple(ts.labels_refs)
             series = seen.get(refs)
             if series is None:
-                series = seen[refs] = _series_labels(refs, symbols, f"timeseries[{index}]")
-            if ts.samples and ts.histograms:
-                raise DecodeError(
-                    f"rw2: timeseries[{index}] ({_describe(series)}) has both samples and histograms;"
-                    " the spec requires a separate TimeSeries for each"
-                )
-            for s in ts.samples:
-                batch.labels.append(series)
-                batch.values.append(s.value)
-                batch.timestamps.append(s.timestamp)
-                batch.sizes.append(0)
-                start = s.start_timestamp
-                starts.append(start)
-                if start:
-                    any_start = True
-            for h in ts.histograms:
+                series = seen[refs] = _series_labels(refs, symbols, index)
+            samples, histograms = ts.samples, ts.histograms
+            if samples:
+                if histograms:
+                    raise DecodeError(
+                        f"rw2: timeseries[{index}] ({_describe(series)}) has both samples and histograms;"
+                        " the spec requires a separate TimeSeries for each"
+                    )
+                for s in samples:
+                    add_labels(series)
+                    add_value(s.value)
+                    add_stamp(s.timestamp)
+                    add_start(s.start_timestamp)
+            for h in histograms:
                 converted = _native_histogram(h)
                 if isinstance(converted, str):
                     batch.dropped[converted] += 1
@@ -537,7 +536,8 @@ class Rw2Decoder:
                 help_text = _symbol(symbols, m.help_ref, where, "help_ref")
                 unit = _symbol(symbols, m.unit_ref, where, "unit_ref")
                 batch.metadata[dict(series)[NAME_LABEL]] = SeriesMetadata(kind, help_text, unit)
-        if any_start:
+        batch.sizes = [0] * len(batch.values)
+        if any(starts):
             batch.start_timestamps = starts
         return batch
 
@@ -548,27 +548,40 @@ def _symbol(symbols: list[str], ref: int, where: str, what: str) -> str:
     return symbols[ref]
 
 
-def _pairs(refs: tuple[int, ...], symbols: list[str], where: str) -> Labels:
+def _strings(refs: tuple[int, ...], symbols: list[str], where: str) -> list[str]:
     if len(refs) % 2:
         raise DecodeError(f"rw2: {where}: labels_refs has odd length {len(refs)}; it holds (name, value) pairs")
-    if refs and max(refs) >= len(symbols):
-        raise DecodeError(f"rw2: {where}: symbol ref {max(refs)} is out of range ({len(symbols)} symbols)")
-    return tuple((symbols[refs[i]], symbols[refs[i + 1]]) for i in range(0, len(refs), 2))
+    try:
+        return [symbols[ref] for ref in refs]
+    except IndexError:
+        raise DecodeError(
+            f"rw2: {where}: symbol ref {max(refs)} is out of range ({len(symbols)} symbols)"
+        ) from None
 
 
-def _series_labels(refs: tuple[int, ...], symbols: list[str], where: str) -> Labels:
+def _pairs(refs: tuple[int, ...], symbols: list[str], where: str) -> Labels:
+    strings = _strings(refs, symbols, where)
+    return tuple(zip(strings[0::2], strings[1::2], strict=True))
+
+
+def _series_labels(refs: tuple[int, ...], symbols: list[str], index: int) -> Labels:
     """A TimeSeries' labels, checked as the spec requires of a series: names non-empty, sorted, distinct,
-    `__name__` among them."""
-    series = _pairs(refs, symbols, where)
-    previous = None
-    for name, _ in series:
-        if not name:
-            raise DecodeError(f"rw2: {where}: empty label name in {_describe(series)}")
-        if previous is not None and name <= previous:
-            problem = "duplicated" if name == previous else "not sorted by name"
-            raise DecodeError(f"rw2: {where}: labels {problem} ({previous!r} then {name!r}) in {_describe(series)}")
-        previous = name
-    if not any(name == NAME_LABEL for name, _ in series):
+    `__name__` among them. The checks are whole-list operations; the loop that names the problem runs only
+    once there is one."""
+    where = f"timeseries[{index}]"
+    strings = _strings(refs, symbols, where)
+    names = strings[0::2]
+    series = tuple(zip(names, strings[1::2], strict=True))
+    if "" in names:
+        raise DecodeError(f"rw2: {where}: empty label name in {_describe(series)}")
+    if names != sorted(set(names)):
+        for previous, name in pairwise(names):
+            if name <= previous:
+                problem = "duplicated" if name == previous else "not sorted by name"
+                raise DecodeError(
+                    f"rw2: {where}: labels {problem} ({previous!r} then {name!r}) in {_describe(series)}"
+                )
+    if NAME_LABEL not in names:
         raise DecodeError(f"rw2: {where}: no {NAME_LABEL} label in {_describe(series)}")
     return series
 
