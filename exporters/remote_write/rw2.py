@@ -75,7 +75,8 @@ HISTOGRAMS_WRITTEN = "X-Prometheus-Remote-Write-Histograms-Written"
 EXEMPLARS_WRITTEN = "X-Prometheus-Remote-Write-Exemplars-Written"
 
 SERIES_CACHE_BYTES = 16 << 20
-"""Default bound on each encoder's cache of flattened label sets (string bytes plus ~`_ENTRY_OVERHEAD` each)."""
+"""Default bound on each encoder's caches: flattened label sets (string bytes plus ~`_ENTRY_OVERHEAD` each)
+and request layouts (see `_layout_size`)."""
 _ENTRY_OVERHEAD = 200
 
 _TYPE_ENUM = {name: index for index, name in enumerate(METRIC_TYPES)}
@@ -309,9 +310,10 @@ def _sample_entries(stamp: int, start: int) -> tuple[bytes, bytes, bytes]:
 
 
 class Rw2Encoder:
-    """Remote write 2.0 for one connection. It keeps nothing the receiver must share (rw2 is stateless), only a
-    cache of what each series' labels flatten to, bounded by `cache_bytes` (checked before each request, so
-    one request's new series may take it past the bound until the next) and emptied whole when full."""
+    """Remote write 2.0 for one connection. It keeps nothing the receiver must share (rw2 is stateless), only
+    caches of what each series' labels flatten to and of request layouts, together bounded by `cache_bytes`
+    (checked before each request, so one request may take them past the bound until the next) and emptied
+    whole when full."""
 
     protocol = "rw2"
 
