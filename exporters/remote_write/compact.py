@@ -438,8 +438,10 @@ class _Samples:
         self.bits.frombytes(array("d", grouping.apply(values)).tobytes())
         self.starts = grouping.apply(starts) if starts is not None else None
 
-    def _bases(self, state: Sequence[int]) -> list[int]:
+    def _bases(self, state: list[int]) -> Sequence[int]:
         known = len(state)
+        if self.grouping is not None and self.grouping.dense and len(self.refs) == known:
+            return state  # every series of the session, in ref order
         if self.refs[-1] >= known:  # new series start from 0
             return [state[ref] if ref < known else 0 for ref in self.refs]
         return list(map(state.__getitem__, self.refs))
@@ -448,8 +450,9 @@ class _Samples:
         """Fill the message's sample columns; returns the values column's bytes, appended to the body raw."""
         if not self.refs:
             return b""
-        counts, session, refs = self.counts, self.session, self.refs
-        message.sample_series_ref_deltas.extend([refs[0], *map(operator.sub, refs[1:], refs)])
+        counts, session = self.counts, self.session
+        assert self.grouping is not None
+        message.sample_series_ref_deltas.extend(self.grouping.ref_deltas)
         message.sample_counts.extend(counts)
         stamps = self.stamps
         deltas = list(map(operator.sub, stamps, shifted(stamps, counts, self._bases(session.last_ts))))
@@ -494,10 +497,13 @@ class _Grouping:
     """How a batch's samples become columns grouped per series: the permutation (None: as they are), each
     group's series ref and sample count, and for each adjacent pair whether it is in the same series."""
 
-    __slots__ = ("counts", "order", "refs", "same")
+    __slots__ = ("counts", "dense", "order", "ref_deltas", "refs", "same")
 
     def __init__(self, order: list[int] | None, refs: list[int], counts: list[int], same: list[bool] | None):
-        self.order, self.refs, self.counts, self.same = order, refs, counts, same
+        self.order, self.refs, self.counts = order, refs, counts
+        self.same = same if same is not None and any(same) else None  # None: one sample per series
+        self.ref_deltas = [refs[0], *map(operator.sub, refs[1:], refs)]
+        self.dense = refs[-1] == len(refs) - 1  # refs increase, so they are 0, 1, 2 ...
 
     def apply(self, column: Sequence[Any]) -> list[Any]:
         return list(column) if self.order is None else list(map(column.__getitem__, self.order))
