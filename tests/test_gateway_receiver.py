@@ -357,8 +357,6 @@ def test_a_valid_snappy_body_that_is_not_a_write_request_is_refused_with_400_say
     run(go())
 
 
-@pytest.mark.xfail(strict=True, reason="encoding.decompress reads only the first zstd frame (stream_reader's "
-                   "read_across_frames defaults to False): the rest of the body is dropped without a word")
 def test_a_zstd_body_of_two_frames_is_decoded_whole_or_refused() -> None:
     # RFC 8878 allows a zstd stream of several frames, and a streaming sender writes one; VictoriaMetrics
     # decodes them all. Keeping the first and answering 204 would lose the rest silently.

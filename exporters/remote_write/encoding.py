@@ -101,7 +101,8 @@ def decompress(codec: str, body: bytes, max_size: int) -> bytes:
             raise DecodeError(f"snappy: corrupt input ({exc})") from exc
     if codec == "zstd":
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(body)
+            # Every frame: a sender may write several, and stopping after the first would lose the rest silently.
+            reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True)
             out = reader.read(max_size + 1)
         except zstandard.ZstdError as exc:
             raise DecodeError(f"zstd: corrupt input ({exc})") from exc

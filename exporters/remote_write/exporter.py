@@ -37,6 +37,7 @@ from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.encoding import PROTOCOLS
 from exporters.remote_write.formats import new_encoder, protocols_for
 from exporters.remote_write.series import SampleBatch
+from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
@@ -119,6 +120,7 @@ class RemoteWriteExporter:
         self._limits = limits
         self._promote = tuple(promote)
         self._delta = delta_to_cumulative
+        self._series = SeriesCache()  # this endpoint's series identities, kept across requests
         self.name = name
         self._url = url
         self._retry = retry
@@ -212,7 +214,8 @@ class RemoteWriteExporter:
             # On disk before these samples can leave and before the client is acknowledged (see cumulative.py).
             await self._delta.commit()
         batch = translate(
-            request, native_histograms=self._native_histograms, limits=self._limits, promote=self._promote
+            request, native_histograms=self._native_histograms, limits=self._limits, promote=self._promote,
+            cache=self._series,
         )
         batch.dropped.update(skipped)
         for reason, count in batch.dropped.items():

@@ -407,6 +407,7 @@ class _Translation:
         if not name:
             self.batch.dropped["invalid_metric_name"] += count
             return
+        self.describe(name, data, monotonic, native, metric)
         if data == "gauge" or data == "sum":
             self.numbers(body, points, name, context, exemplars=monotonic)
         elif data == "histogram":
@@ -417,6 +418,25 @@ class _Translation:
             self.exponential_as_classic(points, name, context)
         else:
             self.summaries(points, name, context)
+
+    def describe(self, name: str, data: str, monotonic: bool, native: bool, metric: Metric) -> None:
+        """Metadata for every series name the metric produces (formats that carry it send it per series)."""
+        if data == "sum":
+            kind = "counter" if monotonic else "gauge"
+        elif data == "gauge":
+            kind = "gauge"
+        elif data == "summary":
+            kind = "summary"
+        else:
+            kind = "histogram"
+        entry = Metadata(kind, metric.description, metric.unit)
+        metadata = self.batch.metadata
+        metadata[name] = entry
+        if data == "summary" or (data != "gauge" and data != "sum" and not native):
+            metadata[name + "_sum"] = entry
+            metadata[name + "_count"] = entry
+            if data != "summary":
+                metadata[name + "_bucket"] = entry
 
     def metric_context(self, key: tuple[int, str, str, str, bool, bool], scope: _Scope) -> _Context:
         """The cached context of a metric (`key` from `metric`): its Prometheus name and `Labeler`."""
