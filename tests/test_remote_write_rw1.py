@@ -163,12 +163,18 @@ def test_the_direct_serializer_writes_exactly_what_protobuf_writes(values: list[
         assert rw1.serialize(labels, values, timestamps, **extra) == expected  # labels now from the cache
 
 
-def test_the_label_cache_is_bounded_in_bytes_and_empties_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rw1, "LABEL_CACHE_BYTES", 1000)
-    monkeypatch.setattr(rw1, "_label_cache", {})
-    monkeypatch.setattr(rw1, "_label_cache_bytes", 0)
+def test_the_label_cache_is_bounded_in_bytes_and_empties_when_full() -> None:
+    cache = rw1.LabelCache(max_bytes=2000)
     many = [(("__name__", f"m{i}"),) for i in range(50)]
-    body = rw1.serialize(many, [1.0] * 50, [1] * 50)
+    body = rw1.serialize(many, [1.0] * 50, [1] * 50, cache=cache)
     assert body == rw1.build_write_request(many, [1.0] * 50, [1] * 50).SerializeToString()
-    assert rw1._label_cache_bytes <= 1000
-    assert 0 < len(rw1._label_cache) < 50
+    assert cache.nbytes <= 2000
+    assert 0 < len(cache.entries) < 50
+
+
+def test_a_cache_passed_in_is_reused_across_calls_and_changes_no_byte() -> None:
+    cache = rw1.LabelCache()
+    series = [(("__name__", "up"), ("job", "a"))]
+    first = rw1.serialize(series, [1.0], [5], cache=cache)
+    assert rw1.serialize(series, [1.0], [5], cache=cache) == first == rw1.serialize(series, [1.0], [5])
+    assert list(cache.entries) == series

@@ -10,13 +10,14 @@ not exist yet); exemplars of a series with nothing else in the request get a Tim
 `serialize` writes the protobuf wire format directly, byte for byte what `build_write_request(...)
 .SerializeToString()` gives (the tests hold it to that), because building one message object per label
 costs ~10 us per series in Python and the body of a series is the same every time it is sent: its encoded
-labels are cached (`LABEL_CACHE_BYTES`, cleared whole when full), so a sample costs a dictionary lookup and
+labels are cached per encoder (`LabelCache`, bounded in bytes, cleared whole when full), so a sample costs a dictionary lookup and
 a few bytes. Histograms and exemplars, far fewer, go through the generated messages.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 
 import cramjam
@@ -120,12 +121,53 @@ def build_write_request(
 
 
 LABEL_CACHE_BYTES = 16 << 20
-"""Bound on the encoded label sets kept between requests (bytes of encoding plus ~200 per entry of keys).
-Encoders in several threads share it: each dict operation is atomic under the GIL, and a race can at worst
-miscount an entry until the next clear."""
-_ENTRY_OVERHEAD = 200
-_label_cache: dict[Labels, bytes] = {}
-_label_cache_bytes = 0
+"""Default bound on one `LabelCache`: bytes of encodings plus what their keys and the dict hold."""
+_ENTRY_OVERHEAD = 104  # a dict slot and the bytes object's header
+
+
+class LabelCache:
+    """Encoded label sets kept between requests by one encoder (one endpoint connection), bounded in bytes.
+
+    The key is the series' label tuple; its memory is charged too (the tuple, its pairs and their strings),
+    since this cache may be what keeps a series alive after translation forgot it. Cleared whole when full:
+    cheaper than LRU bookkeeping per hit, and the next requests refill it. Not shared between threads.
+    """
+
+    __slots__ = ("entries", "nbytes", "max_bytes")
+
+    def __init__(self, max_bytes: int = LABEL_CACHE_BYTES) -> None:
+        self.entries: dict[Labels, bytes] = {}
+        self.nbytes = 0
+        self.max_bytes = max_bytes
+
+    def encoded(self, series: Labels) -> bytes:
+        """TimeSeries field 1 (labels) for a label set, from the cache when it was sent before."""
+        encoded = self.entries.get(series)
+        if encoded is not None:
+            return encoded
+        parts = []
+        for name, value in series:
+            name_bytes, value_bytes = name.encode(), value.encode()
+            label = (_field(b"\x0a", name_bytes) if name_bytes else b"") + (
+                _field(b"\x12", value_bytes) if value_bytes else b""
+            )
+            parts.append(_field(b"\x0a", label))
+        encoded = b"".join(parts)
+        cost = len(encoded) + _ENTRY_OVERHEAD + _key_size(series)
+        if self.nbytes + cost > self.max_bytes:
+            self.entries.clear()
+            self.nbytes = 0
+        self.entries[series] = encoded
+        self.nbytes += cost
+        return encoded
+
+
+def _key_size(series: Labels) -> int:
+    return sys.getsizeof(series) + sum(
+        sys.getsizeof(pair) + sys.getsizeof(name) + sys.getsizeof(value) for pair in series for name, value in (pair,)
+    )
+
+
 _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 _pack_double = struct.Struct("<d").pack
 _POSITIVE_ZERO = bytes(8)
@@ -160,28 +202,6 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
-def _encoded_labels(series: Labels) -> bytes:
-    """TimeSeries field 1 (labels) for a label set, from the cache when it was sent before."""
-    global _label_cache_bytes
-    encoded = _label_cache.get(series)
-    if encoded is not None:
-        return encoded
-    parts = []
-    for name, value in series:
-        name_bytes, value_bytes = name.encode(), value.encode()
-        label = (_field(b"\x0a", name_bytes) if name_bytes else b"") + (
-            _field(b"\x12", value_bytes) if value_bytes else b""
-        )
-        parts.append(_field(b"\x0a", label))
-    encoded = b"".join(parts)
-    if _label_cache_bytes + len(encoded) + _ENTRY_OVERHEAD > LABEL_CACHE_BYTES:
-        _label_cache.clear()  # cheaper than LRU bookkeeping per hit; the next requests refill it
-        _label_cache_bytes = 0
-    _label_cache[series] = encoded
-    _label_cache_bytes += len(encoded) + _ENTRY_OVERHEAD
-    return encoded
-
-
 def _exemplar_bytes(exemplars: Sequence[Exemplar], members: list[int]) -> bytes:
     return b"".join(_field(b"\x1a", m.SerializeToString()) for m in _exemplar_messages(exemplars, members))
 
@@ -195,14 +215,21 @@ def serialize(
     histograms: Sequence[NativeHistogram] = (),
     exemplar_labels: Sequence[Labels] = (),
     exemplars: Sequence[Exemplar] = (),
+    cache: LabelCache | None = None,
 ) -> bytes:
-    """`build_write_request(...).SerializeToString()`, without building the float samples' messages."""
+    """`build_write_request(...).SerializeToString()`, without building the float samples' messages.
+
+    `cache`: the caller's encoded label sets, kept across calls (one per connection); without one, a
+    private cache lives for this call only."""
+    if cache is None:
+        cache = LabelCache()
+    _encoded_labels = cache.encoded
     out: list[bytes] = []
     exemplars_by_series = _group(exemplar_labels) if exemplars else {}
     stamps: dict[int, tuple[bytes, bytes, bytes]] = {}  # a request's samples share few timestamps
     if len(dict.fromkeys(labels)) == len(labels):  # the usual case: one sample per series
         # Pieces are appended and joined once: concatenating them would copy each series' labels repeatedly.
-        cached = _label_cache.get
+        cached = cache.entries.get
         append = out.append
         for series, value, stamp in zip(labels, values, timestamps):
             encoded = cached(series)

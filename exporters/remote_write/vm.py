@@ -85,7 +85,7 @@ def supports_vm(status: int, body: bytes) -> bool:
     return version in _INT64 and version >= 1
 
 
-def _encode(batch: SampleBatch) -> bytes:
+def _encode(batch: SampleBatch, cache: rw1.LabelCache) -> bytes:
     return rw1.serialize(
         batch.labels,
         batch.values,
@@ -94,19 +94,22 @@ def _encode(batch: SampleBatch) -> bytes:
         histograms=batch.histograms,
         exemplar_labels=batch.exemplar_labels,
         exemplars=batch.exemplars,
+        cache=cache,
     )
 
 
 class VmEncoder:
-    """The `vm` format for one connection. Stateless: the body is rw1's, only the codec differs."""
+    """The `vm` format for one connection: the body is rw1's, only the codec differs. Its only state is the
+    cache of encoded label sets, which changes no byte on the wire."""
 
     protocol = "vm"
 
     def __init__(self, level: int = 3) -> None:
         self.level = level
+        self._labels = rw1.LabelCache()
 
     def encode(self, batch: SampleBatch) -> Encoded:
-        body = encoding.compress("zstd", _encode(batch), self.level)
+        body = encoding.compress("zstd", _encode(batch, self._labels), self.level)
         return Encoded(
             body,
             HEADERS,
@@ -120,16 +123,18 @@ class VmEncoder:
 
 
 class Rw1Encoder:
-    """Remote write 1.0 for one connection: the format every Prometheus-compatible store takes. Stateless."""
+    """Remote write 1.0 for one connection: the format every Prometheus-compatible store takes. Its only
+    state is the cache of encoded label sets, which changes no byte on the wire."""
 
     protocol = "rw1"
 
     def __init__(self) -> None:
+        self._labels = rw1.LabelCache()
         # rw1.HEADERS is a plain dict owned by rw1.py; a read-only view keeps a caller from changing it for all.
         self._headers: Mapping[str, str] = MappingProxyType(rw1.HEADERS)
 
     def encode(self, batch: SampleBatch) -> Encoded:
-        body = encoding.compress("snappy", _encode(batch))
+        body = encoding.compress("snappy", _encode(batch, self._labels))
         return Encoded(
             body,
             self._headers,
