@@ -183,7 +183,7 @@ class RemoteWriteReceiver:
         except SessionLost as exc:
             raise _Refusal(409, str(exc)) from None
         except DecodeError as exc:
-            raise _Refusal(400, f"compact: {exc}") from None
+            raise _Refusal(400, str(exc)) from None
 
     async def _accept(self, batch: SampleBatch) -> None:
         """Hand the batch to the pipeline; admission already holds its bytes."""
