@@ -1,5 +1,5 @@
 # The two commands: `make run` (the agent on its default config) and `make test` (the whole suite, with the
-# real peers it needs: the OpenTelemetry SDKs, Node packages and Prometheus from Debian's package).
+# real peers it needs: the OpenTelemetry SDKs, Node packages, Prometheus and VictoriaMetrics from Debian's packages).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
