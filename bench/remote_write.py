@@ -59,7 +59,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ingest import free_ports  # bench/ is this script's first import path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -93,20 +93,6 @@ DEFAULT_GATEWAY_RECEIVER = '{"remote_write": {"endpoint": "127.0.0.1:{port}"}}'
 
 
 # -- processes --------------------------------------------------------------------------------------------
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 a moment ago (held open together, so distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 class Pinning:
     """`taskset -c N` prefixes: senders on the first core, everything else on the second, so the sender's
@@ -196,7 +182,7 @@ def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
-            pass
+            pass  # not listening yet: poll again until the deadline
         if time.monotonic() > deadline:
             raise RuntimeError(f"{proc.name} not ready at {url} within {timeout}s:\n{proc.log_tail()}")
         time.sleep(0.1)

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import cramjam
 import pytest
-from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 
 from agent.admission import Admission
@@ -361,16 +360,12 @@ def test_a_zstd_body_of_two_frames_is_decoded_whole_or_refused() -> None:
     # RFC 8878 allows a zstd stream of several frames, and a streaming sender writes one; VictoriaMetrics
     # decodes them all. Keeping the first and answering 204 would lose the rest silently.
     raw = cramjam.snappy.decompress_raw(Rw1Encoder().encode(scrape(1, (UP, LOAD, LATENCY))).body).read()
-    cut = len(raw) // 3
-    while True:  # split between two TimeSeries entries, so the first frame alone is a valid WriteRequest
-        try:
-            first = WriteRequest.FromString(raw[:cut])
-            if len(first.timeseries) in (1, 2) and WriteRequest.FromString(raw[cut:]).timeseries:
-                break
-        except DecodeError:
-            pass  # cut inside an entry: try the next byte
-        cut += 1
-    body = compress("zstd", raw[:cut]) + compress("zstd", raw[cut:])
+    series = WriteRequest.FromString(raw).timeseries
+    # Repeated fields concatenate: the first TimeSeries alone, then the rest, are a valid body each and together.
+    head = WriteRequest(timeseries=series[:1]).SerializeToString()
+    tail = WriteRequest(timeseries=series[1:]).SerializeToString()
+    assert head + tail == raw
+    body = compress("zstd", head) + compress("zstd", tail)
 
     async def go() -> None:
         async with gateway() as gw:

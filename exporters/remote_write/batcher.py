@@ -1,5 +1,5 @@
-"""The first link of the remote-write chain (DESIGN.md, "Sending"): translated samples gathered over one
-flush interval and cut into requests.
+"""The batcher link of the remote-write chain (docs/architecture.md, "the sending chain"): translated samples
+gathered over one flush interval and cut into requests.
 
 Why a flush is held whole and then cut, rather than cut whenever a request is full: a series' samples from
 one flush belong in one request. Every format writes a series' labels (or its dictionary reference) once
@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from exporters.remote_write.series import Labels, SampleBatch
+from exporters.remote_write.series import SampleBatch, group_by_series
 
 
 class Batcher:
@@ -115,13 +115,7 @@ class Batcher:
         return self._split(pending)
 
     def _split(self, pending: SampleBatch) -> list[tuple[SampleBatch, int]]:
-        groups: dict[Labels, list[int]] = {}
-        for index, labels in enumerate(pending.labels):
-            members = groups.get(labels)
-            if members is None:
-                groups[labels] = [index]
-            else:
-                members.append(index)
+        groups = group_by_series(pending.labels)
         sizes = pending.sizes
         requests: list[tuple[SampleBatch, int]] = []
         current: list[int] = []

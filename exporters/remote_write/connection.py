@@ -1,5 +1,5 @@
-"""The per-endpoint link of the sending chain (DESIGN.md, "Sending", link 4): which wire format this
-endpoint speaks, the encoder that holds this endpoint's state (the compact dictionary), and what each answer
+"""The per-endpoint link of the sending chain (docs/architecture.md, "the sending chain", link 4): which wire
+format this endpoint speaks, the encoder that holds this endpoint's state (the compact dictionary), and what each answer
 means for the batch in hand.
 
 Negotiation (`protocol: auto`) tries the best format first and falls back, resending the same batch in the

@@ -1,11 +1,11 @@
 """The seam between the sending chain and the wire formats: one `Encoder` per format, one `Decoder` per
 format on the receiving side (the gateway), and the compression codecs they share.
 
-An encoder instance belongs to one endpoint connection (DESIGN.md, "Sending", link 4) and may keep state
-between requests there (the compact format's dictionary); none keeps module-global state. `encode` is pure
-CPU work on a batch nobody mutates any more, so the connection runs it in a thread. What it returns is
-everything the request needs: body, headers, and what to do once the receiver counted it (`commit`), so
-that state moves forward only on a write the receiver acknowledged.
+An encoder instance belongs to one endpoint connection (docs/architecture.md, "the sending chain", link 4)
+and may keep state between requests there (the compact format's dictionary); none keeps module-global
+state. `encode` is pure CPU work on a batch nobody mutates any more, so the connection runs it in a thread.
+What it returns is everything the request needs: body, headers, and what to do once the receiver counted
+it (`commit`), so that state moves forward only on a write the receiver acknowledged.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The remote-write exporter: OTLP metrics (or a gateway's decoded batches) in, remote-write requests out.
 
-The chain, in order (DESIGN.md, "Sending"): `consume_metrics` translates a request (`translate`) ->
+The chain, in order (docs/architecture.md, "the sending chain"): `consume_metrics` translates a request (`translate`) ->
 the batcher holds one flush and cuts it into requests with each series whole (`batcher`) -> requests wait in
 a FIFO queue -> one sender task delivers each through `send_with_retry` -> the connection encodes it in the
 negotiated format (in a thread), posts it and says what the answer means (`connection`) -> the transport
@@ -129,7 +129,6 @@ class RemoteWriteExporter:
         self._flush_interval = flush_interval
         self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers))
         self._protocols = protocols
-        self._protocol_in_use: str | None = None
         self._connection = Connection(
             name,
             url,
@@ -139,7 +138,6 @@ class RemoteWriteExporter:
             handshakes={"compact": COMPACT_HANDSHAKE, "vm": VM_HANDSHAKE},
             reprobe_interval=reprobe_interval,
             clock=clock,
-            on_protocol=self._protocol_changed,
             on_attempt=self._count_attempt,
         )
 
@@ -326,11 +324,8 @@ class RemoteWriteExporter:
     def _count_attempt(self, protocol: str, status: str) -> None:
         self._requests.add(1, {**self._attributes, "status": status, "protocol": protocol})
 
-    def _protocol_changed(self, protocol: str | None) -> None:
-        self._protocol_in_use = protocol
-
     def _observe_protocol(self, _options: object) -> list[metrics.Observation]:
-        current = self._protocol_in_use
+        current = self._connection.protocol
         return [
             metrics.Observation(1 if p == current else 0, {**self._attributes, "protocol": p})
             for p in self._protocols

@@ -10,8 +10,8 @@ not exist yet); exemplars of a series with nothing else in the request get a Tim
 `serialize` writes the protobuf wire format directly, byte for byte what `build_write_request(...)
 .SerializeToString()` gives (the tests hold it to that), because building one message object per label
 costs ~10 us per series in Python and the body of a series is the same every time it is sent: its encoded
-labels are cached per encoder (`LabelCache`, bounded in bytes, cleared whole when full), so a sample costs a dictionary lookup and
-a few bytes. Histograms and exemplars, far fewer, go through the generated messages.
+labels are cached per encoder (`LabelCache`, bounded in bytes, cleared whole when full), so a sample costs
+a dictionary lookup and a few bytes. Histograms and exemplars, far fewer, go through the generated messages.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from exporters.remote_write.proto.remote_write_v1_pb2 import (
     WriteRequest,
 )
 from exporters.remote_write.proto.remote_write_v1_pb2 import Exemplar as ExemplarMessage
-from exporters.remote_write.series import Exemplar, Labels, NativeHistogram
+from exporters.remote_write.series import Exemplar, Labels, NativeHistogram, group_by_series
 
 # The headers the spec requires on every request. They are reserved: configured headers may not replace
 # them (the exporter refuses such a configuration).
@@ -40,17 +40,6 @@ HEADERS: dict[str, str] = {
     "Content-Type": "application/x-protobuf",
     "X-Prometheus-Remote-Write-Version": "0.1.0",
 }
-
-
-def _group(labels: Sequence[Labels]) -> dict[Labels, list[int]]:
-    by_series: dict[Labels, list[int]] = {}
-    for index, series in enumerate(labels):
-        members = by_series.get(series)
-        if members is None:
-            by_series[series] = [index]
-        else:
-            members.append(index)
-    return by_series
 
 
 def _label_messages(series: Labels) -> list[Label]:
@@ -93,8 +82,8 @@ def build_write_request(
 ) -> WriteRequest:
     """A WriteRequest with one TimeSeries per distinct label set; every label set must already be sorted."""
     timeseries = []
-    exemplars_by_series = _group(exemplar_labels) if exemplars else {}
-    for series, members in _group(labels).items():
+    exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
+    for series, members in group_by_series(labels).items():
         if len(members) > 1:
             members.sort(key=timestamps.__getitem__)  # stable: equal timestamps keep arrival order
         message = TimeSeries(
@@ -105,7 +94,7 @@ def build_write_request(
         if attached:
             message.exemplars.extend(_exemplar_messages(exemplars, attached))
         timeseries.append(message)
-    for series, members in _group(histogram_labels).items():
+    for series, members in group_by_series(histogram_labels).items():
         ordered = sorted((histograms[i] for i in members), key=lambda h: h.timestamp)
         timeseries.append(
             TimeSeries(labels=_label_messages(series), histograms=[_histogram_message(h) for h in ordered])
@@ -225,7 +214,7 @@ def serialize(
         cache = LabelCache()
     _encoded_labels = cache.encoded
     out: list[bytes] = []
-    exemplars_by_series = _group(exemplar_labels) if exemplars else {}
+    exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
     stamps: dict[int, tuple[bytes, bytes, bytes]] = {}  # a request's samples share few timestamps
     if len(dict.fromkeys(labels)) == len(labels):  # the usual case: one sample per series
         # Pieces are appended and joined once: concatenating them would copy each series' labels repeatedly.
@@ -249,7 +238,7 @@ def serialize(
             append(encoded)
             append(sample)
     else:
-        for series, members in _group(labels).items():
+        for series, members in group_by_series(labels).items():
             if len(members) > 1:
                 members.sort(key=timestamps.__getitem__)
             parts = [_encoded_labels(series)]
@@ -264,7 +253,7 @@ def serialize(
             if attached:
                 parts.append(_exemplar_bytes(exemplars, attached))
             out.append(_field(b"\x0a", b"".join(parts)))
-    for series, members in _group(histogram_labels).items():
+    for series, members in group_by_series(histogram_labels).items():
         ordered = sorted((histograms[i] for i in members), key=lambda h: h.timestamp)
         encoded = _encoded_labels(series)
         out.append(

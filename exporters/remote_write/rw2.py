@@ -60,6 +60,7 @@ from exporters.remote_write.series import (
     Labels,
     NativeHistogram,
     SampleBatch,
+    group_by_series,
 )
 from exporters.remote_write.series import Metadata as SeriesMetadata
 
@@ -201,17 +202,6 @@ class _SymbolRefs(dict[str, int]):
         return [self[s] for s in _flat(labels)]
 
 
-def _group(labels: Sequence[Labels]) -> dict[Labels, list[int]]:
-    by_series: dict[Labels, list[int]] = {}
-    for index, series in enumerate(labels):
-        members = by_series.get(series)
-        if members is None:
-            by_series[series] = [index]
-        else:
-            members.append(index)
-    return by_series
-
-
 def _metric_name(series: Labels) -> str:
     for name, value in series:
         if name == NAME_LABEL:
@@ -259,10 +249,10 @@ def _exemplar_order(exemplars: Sequence[Exemplar], members: list[int]) -> list[E
 def build_request(batch: SampleBatch) -> Request:
     """The generated-message form of what `Rw2Encoder.serialize` writes by hand: the reference the tests hold
     the fast path to, with the layout the module docstring describes."""
-    float_series = _group(batch.labels)
-    histogram_series = _group(batch.histogram_labels)
+    float_series = group_by_series(batch.labels)
+    histogram_series = group_by_series(batch.histogram_labels)
     symbols = _SymbolRefs(s for series in chain(float_series, histogram_series) for s in _flat(series))
-    exemplars_by_series = _group(batch.exemplar_labels) if batch.exemplars else {}
+    exemplars_by_series = group_by_series(batch.exemplar_labels) if batch.exemplars else {}
     starts = batch.start_timestamps
     timeseries: list[TimeSeries] = []
 
@@ -382,7 +372,7 @@ class Rw2Encoder:
                 else:
                     group[2].append(index)
             ids = tuple(groups)
-        histogram_series = _group(batch.histogram_labels)
+        histogram_series = group_by_series(batch.histogram_labels)
         histogram_entries = self._entries(list(histogram_series))
         key = (ids, tuple(map(id, histogram_entries)))
         layout = self._layouts.get(key)
@@ -392,7 +382,7 @@ class Rw2Encoder:
             self._series_bytes += _layout_size(layout)
         symbols = _Symbols(layout)
         sym = symbols.ref
-        exemplars_by_series = _group(batch.exemplar_labels) if batch.exemplars else {}
+        exemplars_by_series = group_by_series(batch.exemplar_labels) if batch.exemplars else {}
         metadata = batch.metadata
         meta_bytes: dict[str, bytes] = {}
         written = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -106,3 +107,16 @@ class SampleBatch:
     def samples(self) -> int:
         """Float samples plus native histograms: what a receiver counts as samples written."""
         return len(self.values) + len(self.histograms)
+
+
+def group_by_series(labels: Sequence[Labels]) -> dict[Labels, list[int]]:
+    """Indexes of each series' entries, series in first-appearance order: how every encoder and the batcher
+    put one series' samples together."""
+    by_series: dict[Labels, list[int]] = {}
+    for index, series in enumerate(labels):
+        members = by_series.get(series)
+        if members is None:
+            by_series[series] = [index]
+        else:
+            members.append(index)
+    return by_series

@@ -453,15 +453,14 @@ class _Translation:
         else:
             kind = MetricKind.HISTOGRAM
         name = metric_name(raw_name, unit, kind)
-        labeler = None
-        if not name:
-            pass
-        elif data in ("histogram", "exponential_histogram") and not native:
-            labeler = Labeler(name + "_bucket", scope.labels, (LE,), self.limits)
-        elif data == "summary":
-            labeler = Labeler(name, scope.labels, (_QUANTILE,), self.limits)
-        else:
-            labeler = Labeler(name, scope.labels, (), self.limits)
+        labeler = None  # an invalid name: the metric's points are dropped, no labels are ever built
+        if name:
+            if data in ("histogram", "exponential_histogram") and not native:
+                labeler = Labeler(name + "_bucket", scope.labels, (LE,), self.limits)
+            elif data == "summary":
+                labeler = Labeler(name, scope.labels, (_QUANTILE,), self.limits)
+            else:
+                labeler = Labeler(name, scope.labels, (), self.limits)
         context = _Context(self.cache.context_id(), name, labeler)
         self.cache.put(key, context, context.nbytes)
         return context

@@ -1,4 +1,5 @@
-"""The last link of the sending chain (DESIGN.md, "Sending", link 5): one HTTP exchange, nothing else.
+"""The last link of the sending chain (docs/architecture.md, "the sending chain", link 5): one HTTP exchange,
+nothing else.
 
 A transport knows nothing of formats, retries or batches: `send(request) -> response` and `close()`. The
 connection above it decides what a response means. Tests put a fake transport here (a plain async function
