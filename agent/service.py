@@ -19,7 +19,7 @@ from typing import Any
 from agent.admission import Admission
 from agent.config import Config
 from agent.logs import kv
-from agent.pipeline import FanOut
+from agent.pipeline import FanOut, MetricsFanOut
 from agent.sampling import SampledTraces, new_sampler, settings_from_config
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
@@ -96,7 +96,7 @@ class Agent:
             # The sampler's buffer is bounded by sampling.max_memory and sheds on its own; only its pending
             # output counts as in flight.
             self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes)
-        self.metrics = (FanOut("metrics", [(n, self.exporters[n].consume_metrics) for n in p.metrics.exporters])
+        self.metrics = (MetricsFanOut([(n, self.exporters[n]) for n in p.metrics.exporters])
                         if p.metrics else None)
         self.span_metrics: SpanMetrics | None = None
         if self.traces is not None and self.metrics is not None and p.metrics.span_metrics:
@@ -110,11 +110,12 @@ class Agent:
         self.receivers: list[Any] = []
         if otlp.http.enabled:
             self.http = OtlpHttpReceiver(otlp.http.endpoint, otlp.http.max_body_size, self.admission,
-                                         consume_traces, consume_metrics, drain_timeout=config.shutdown_timeout / 2)
+                                         consume_traces, consume_metrics, drain_timeout=config.shutdown_timeout / 2,
+                                         metrics_wire=self.metrics)
             self.receivers.append(self.http)
         if otlp.grpc.enabled:
             self.grpc = OtlpGrpcReceiver(otlp.grpc.endpoint, otlp.grpc.max_message_size, self.admission,
-                                         consume_traces, consume_metrics)
+                                         consume_traces, consume_metrics, metrics_wire=self.metrics)
             self.receivers.append(self.grpc)
         gateway = config.receivers.remote_write
         if gateway is not None and gateway.enabled and p.metrics:

@@ -555,9 +555,9 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         profile_proc = None
         if args.profile and spec.kind == "headwater":
             py_spy = ensure_py_spy()
-            profile_path = args.output / f"remote-write-{path}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.svg"
+            profile_path = args.output / f"remote-write-{path}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
             args.output.mkdir(parents=True, exist_ok=True)
-            profile_proc, _ = start("py-spy", [*pinning.other(), py_spy, "record", "-o", str(profile_path), "--pid",
+            profile_proc, _ = start("py-spy", [*pinning.other(), py_spy, "record", "--format", "raw", "-o", str(profile_path), "--pid",
                                                str(running.sender.pid), "--duration", str(max(1, int(args.duration)))],
                                     workdir)
             result["profile"] = str(profile_path)

@@ -18,6 +18,7 @@ from opentelemetry import metrics
 from agent.admission import Admission, Refused
 from agent.logs import kv
 from agent.receivers import rpc_status
+from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 
 log = logging.getLogger("headwater.receivers.otlp_grpc")
@@ -33,7 +34,11 @@ class OtlpGrpcReceiver:
         admission: Admission,
         consume_traces: Consume | None,
         consume_metrics: Consume | None,
+        metrics_wire: WireMetrics | None = None,
     ) -> None:
+        """`metrics_wire`: the metrics pipeline, to offer metrics requests as bytes first (see
+        `Signal.deliver`); `consume_metrics` is then unused."""
+        self._metrics_wire = metrics_wire
         self._endpoint = endpoint
         self._max_message = max_message_size
         self._admission = admission
@@ -79,6 +84,7 @@ class OtlpGrpcReceiver:
 
     def _method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         consume = self._consumers[signal.name]
+        wire = self._metrics_wire if signal is METRICS else None
         attrs = {"signal": signal.name, "transport": "grpc"}
 
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -92,7 +98,7 @@ class OtlpGrpcReceiver:
                 raise AssertionError("unreachable: abort raises")
             with lease:
                 try:
-                    accepted, rejected = await signal.deliver(data, False, consume)
+                    accepted, rejected = await signal.deliver(data, False, consume, wire)
                 except Malformed as exc:
                     self._refused.add(1, {**attrs, "status": "INVALID_ARGUMENT"})
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

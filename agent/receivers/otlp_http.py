@@ -22,6 +22,7 @@ from agent.admission import Admission, Refused
 from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
+from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 from exporters.otlp_json import encode_json
 
@@ -50,7 +51,11 @@ class OtlpHttpReceiver:
         consume_traces: Consume | None,
         consume_metrics: Consume | None,
         drain_timeout: float = 5.0,
+        metrics_wire: WireMetrics | None = None,
     ) -> None:
+        """`metrics_wire`: the metrics pipeline, to offer protobuf metrics requests as bytes first (see
+        `Signal.deliver`); `consume_metrics` is then unused."""
+        self._metrics_wire = metrics_wire
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._max_body = max_body_size
@@ -136,7 +141,8 @@ class OtlpHttpReceiver:
             lease.resize(len(body) + len(data))
             attrs = {"signal": signal.name, "transport": "http"}
             try:
-                accepted, rejected = await signal.deliver(data, content_type == JSON, consume)
+                accepted, rejected = await signal.deliver(data, content_type == JSON, consume,
+                                                          self._metrics_wire if signal is METRICS else None)
             except Malformed as exc:
                 raise _Refusal(400, rpc_status.INVALID_ARGUMENT, str(exc)) from None
             if rejected.count:

@@ -222,6 +222,12 @@ class DeltaToCumulative:
         stream.write(point)
         return None
 
+    def expire(self) -> None:
+        """Forget streams unseen for `max_staleness`, as `apply` does first: for a request that skips `apply`
+        because it holds no delta metric (one translated from its wire shape)."""
+        with self._lock:
+            self._expire(self._clock())
+
     def _expire(self, now: float) -> None:
         limit = now - self._max_staleness
         streams = self._streams

@@ -38,7 +38,7 @@ from exporters.remote_write.encoding import PROTOCOLS
 from exporters.remote_write.formats import new_encoder, protocols_for
 from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.series_cache import SeriesCache
-from exporters.remote_write.translate import Limits, translate
+from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
 from exporters.retry import RetryPolicy, send_with_retry
@@ -202,20 +202,47 @@ class RemoteWriteExporter:
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"remote_write[{self.name}].flusher")
         self._sender = asyncio.create_task(self._send_loop(), name=f"remote_write[{self.name}].sender")
 
-    async def consume_metrics(self, request: ExportMetricsServiceRequest) -> None:
-        """Translate `request` and queue its samples; returns without waiting for delivery."""
+    async def consume_metrics(self, request: ExportMetricsServiceRequest, wire: bytes | None = None) -> None:
+        """Translate `request` and queue its samples; returns without waiting for delivery.
+
+        `wire`: the bytes `request` was parsed from, when they hold exactly what it holds (nothing was taken
+        out); the series cache then learns its shape for `match_wire`."""
         if self._shut_down:
             raise RuntimeError(f"remote write exporter {self.name!r} is shut down")
         skipped: dict[str, int] = {}
         if self._delta is not None:
-            request, skipped = self._delta.apply(request)
+            converted, skipped = self._delta.apply(request)
+            if converted is not request:
+                wire = None  # its delta points were rewritten: the bytes no longer say what is sent
+            request = converted
             # On disk before these samples can leave and before the client is acknowledged (see cumulative.py).
             await self._delta.commit()
         batch = translate(
             request, native_histograms=self._native_histograms, limits=self._limits, promote=self._promote,
-            cache=self._series,
+            cache=self._series, wire=wire,
         )
         batch.dropped.update(skipped)
+        self._take(batch)
+
+    def match_wire(self, wire: bytes) -> tuple[SampleBatch, int] | None:
+        """The translation of the ExportMetricsServiceRequest in `wire` and its data points, when a request of
+        the same shape was learnt (see `shapes`); None otherwise. Queues nothing: `consume_translated` does."""
+        if self._shut_down:
+            return None
+        return translate_wire(wire, native_histograms=self._native_histograms, limits=self._limits,
+                              promote=self._promote, cache=self._series)
+
+    async def consume_translated(self, batch: SampleBatch) -> None:
+        """Queue what `match_wire` returned. A shaped request holds no delta metric (its shape would differ),
+        so delta-to-cumulative only forgets idle streams, as it does for every request."""
+        if self._shut_down:
+            raise RuntimeError(f"remote write exporter {self.name!r} is shut down")
+        if self._delta is not None:
+            self._delta.expire()
+            await self._delta.commit()
+        self._take(batch)
+
+    def _take(self, batch: SampleBatch) -> None:
         for reason, count in batch.dropped.items():
             self._dropped.add(count, {**self._attributes, "reason": reason})
             # Warn once per reason: an app exporting delta sums every 10 s would otherwise flood the log.

@@ -130,6 +130,7 @@ from exporters.remote_write.series import (
     SampleBatch as SampleBatch,
 )
 from exporters.remote_write.series_cache import INTERNED_BYTES, SeriesCache, labels_bytes
+from exporters.remote_write.shapes import Learnt, Shape
 from exporters.remote_write.wire import attributes_key, number_fields, skip_field, varint_at
 
 MIN_SCHEMA, MAX_SCHEMA = -4, 8
@@ -153,6 +154,7 @@ def translate(
     limits: Limits | None = None,
     promote: tuple[str, ...] = (),
     cache: SeriesCache | None = None,
+    wire: bytes | None = None,
 ) -> SampleBatch:
     """Translate every data point of `request` (read only, never modified).
 
@@ -162,10 +164,50 @@ def translate(
     `cache`: the series built by earlier calls (one per exporter, kept across calls); without one, a private
     cache lives for this call only. The result is the same either way; with a warm cache it costs a lookup
     per data point and its label tuples are the cache's interned ones (`cache.series_id(labels)`).
+    `wire`: the bytes `request` was parsed from, when they hold exactly what `request` holds; the cache then
+    learns the request's shape (see `shapes`), so that `translate_wire` can translate the next request of
+    that shape without parsing it.
     """
     if cache is None:
         cache = SeriesCache()
-    return _Translation(native_histograms, limits or DEFAULT_LIMITS, tuple(promote), cache).run(request)
+    translation = _Translation(native_histograms, limits or DEFAULT_LIMITS, tuple(promote), cache)
+    if wire is None:
+        return translation.run(request)
+    key = translation.shape_key(len(wire))
+    slot = cache.get(key)
+    if slot is not None and not slot.due():
+        return translation.run(request)
+    translation.learnt = Learnt()
+    batch = translation.run(request)
+    shape = Shape(backoff=slot.successor_backoff() if slot is not None else 1)
+    shape.learn(wire, batch, translation.learnt)
+    cache.put(key, shape, shape.nbytes)
+    return batch
+
+
+def translate_wire(
+    wire: bytes,
+    *,
+    native_histograms: bool = False,
+    limits: Limits | None = None,
+    promote: tuple[str, ...] = (),
+    cache: SeriesCache,
+) -> tuple[SampleBatch, int] | None:
+    """(what `translate` makes of the ExportMetricsServiceRequest in `wire`, its number of data points) when
+    `cache` learnt a request of the same shape with the same options; None otherwise (parse `wire` and call
+    `translate(request, wire=wire, ...)`, which learns it). `wire` must be a request the receiver would accept
+    whole: a shape is only learnt from such requests, and only a request equal to one outside its times and
+    values matches it."""
+    key = ("shape", native_histograms, limits or DEFAULT_LIMITS, frozenset(promote), len(wire))
+    slot = cache.get(key)
+    if slot is None:
+        return None
+    batch = slot.apply(wire)
+    if batch is None:
+        slot.misses += 1
+        return None
+    slot.hits += 1
+    return batch, slot.points
 
 
 class _Family:
@@ -276,6 +318,11 @@ class _Translation:
         self.batch = SampleBatch()
         self.families: dict[str, _Family] = {}
         self.targets: dict[Labels, int] = {}  # target_info label set -> newest timestamp
+        self.learnt: Learnt | None = None  # what the request's shape needs recorded, when it is being learnt
+
+    def shape_key(self, length: int) -> tuple:
+        """The cache key of the shape slot for requests of `length` bytes translated with these options."""
+        return ("shape", self.native, self.limits, self.promote, length)
 
     def run(self, request: ExportMetricsServiceRequest) -> SampleBatch:
         batch = self.batch
@@ -287,6 +334,8 @@ class _Translation:
                 for metric in scope_metrics.metrics:
                     self.metric(metric, scope)
             target = resource.target
+            if self.learnt is not None:
+                self.learnt.resources.append((target, samples_before, len(batch.timestamps)))
             if target is not None:
                 newest = max(batch.timestamps[samples_before:], default=0)
                 newest = max(newest, max((h.timestamp for h in batch.histograms[histograms_before:]), default=0))
@@ -388,9 +437,14 @@ class _Translation:
         count = len(points)
         if not count:
             return
+        learnt = self.learnt
+        if learnt is not None and data != "gauge" and data != "sum":
+            learnt.shapeable = False
         monotonic = False
         if data == "sum":
             if not self.cumulative(body, count):
+                if learnt is not None:
+                    learnt.outcomes += [-1] * count
                 return
             monotonic = body.is_monotonic
         elif data == "histogram" or data == "exponential_histogram":
@@ -406,6 +460,8 @@ class _Translation:
         name = context.name
         if not name:
             self.batch.dropped["invalid_metric_name"] += count
+            if learnt is not None:
+                learnt.outcomes += [-1] * count
             return
         self.describe(name, data, monotonic, native, metric)
         if data == "gauge" or data == "sum":
@@ -522,6 +578,7 @@ class _Translation:
         before = len(labels_out)
         young_get = cache.young.get
         cid = context.cid
+        learnt = self.learnt
         index = -1
         pos, end_of_data = 0, len(data)
         while pos < end_of_data:
@@ -553,6 +610,8 @@ class _Translation:
                 time, value, at, with_exemplars = number_fields(data, start, end)
                 if not time:
                     dropped["missing_timestamp"] += 1
+                    if learnt is not None:
+                        learnt.outcomes.append(-1)
                     continue
             key = (cid, data[at:end])
             series = young_get(key)
@@ -562,7 +621,13 @@ class _Translation:
             labels, size, stale, reason, _ = series
             if reason is not None or (admit is not None and not admit(labels)):
                 dropped[reason or "too_many_series"] += 1
+                if learnt is not None:
+                    learnt.outcomes.append(-1)
                 continue
+            if learnt is not None:
+                learnt.outcomes.append(len(labels_out))
+                if stale:
+                    learnt.stale_rows.append(len(labels_out))
             labels_out.append(labels)
             times_out.append(time // 1_000_000)
             sizes_out.append(size)
