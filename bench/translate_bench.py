@@ -26,7 +26,9 @@ mountpoint}`, `node_network_receive_bytes_total{device}`, `node_disk_*{device}`,
 Collector's Prometheus receiver hands them over: counters as cumulative monotonic sums with a start time,
 gauges without, every point with its metric's labels plus four target labels (5-7 attributes), values
 moving every request. Stages: parse; parse + translate with a warm `SeriesCache` (when `translate` takes
-one; without it, what `translate` did before); parse + translate + rw1 encode and compress. Reported as us
+one; without it, what `translate` did before); translate from the wire bytes once the requests' shapes
+are learnt (`translate_wire`, no parse: see exporters/remote_write/shapes.py); parse + translate + rw1 encode
+and compress. Reported as us
 per sample (node samples are float samples: one per point).
 
 Each stage runs back to back over the same serialized requests for `--duration` seconds, `--repeats`
@@ -79,6 +81,10 @@ try:
     from exporters.remote_write.series_cache import SeriesCache
 except ImportError:  # a tree from before the cache: the bench measures it as it was
     SeriesCache = None  # type: ignore[assignment,misc]
+try:
+    from exporters.remote_write.translate import translate_wire
+except ImportError:  # a tree from before shapes
+    translate_wire = None  # type: ignore[assignment]
 
 BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 ROUTES = [f"/api/v1/resource{i}/{{id}}" for i in range(20)]
@@ -188,6 +194,18 @@ def _run(bodies: list[bytes], duration: float, work: Callable[[ExportMetricsServ
     while time.perf_counter() < deadline:
         for body in bodies:
             work(parse(body))
+            done += 1
+    return done / (time.perf_counter() - started)
+
+
+def _run_bytes(bodies: list[bytes], duration: float, work: Callable[[bytes], object]) -> float:
+    """Requests per second for `work` on each body as bytes (no parse)."""
+    done = 0
+    started = time.perf_counter()
+    deadline = started + duration
+    while time.perf_counter() < deadline:
+        for body in bodies:
+            work(body)
             done += 1
     return done / (time.perf_counter() - started)
 
@@ -346,6 +364,16 @@ def measure_node(duration: float, repeats: int, count: int, nodes: int) -> dict:
     }
     _run(bodies, min(duration, 0.5), encode)
     results = {}
+    if translate_wire is not None:
+        for request, body in zip(parsed, bodies):  # learn the requests' shapes
+            translate(request, cache=cache, wire=body)
+        replayed = [translate_wire(body, cache=cache) for body in bodies]
+        if all(found is not None for found in replayed):
+            rounds = [_run_bytes(bodies, duration, lambda body: translate_wire(body, cache=cache))
+                      for _ in range(repeats)]
+            per_s = statistics.median(rounds)
+            results["translate from wire (learnt shape)"] = {
+                "requests_per_s": per_s, "us_per_request": 1e6 / per_s, "us_per_sample": 1e6 / per_s / samples}
     for name, work in stages.items():
         rounds = [_run(bodies, duration, work) for _ in range(repeats)]
         per_s = statistics.median(rounds)
