@@ -43,9 +43,10 @@ x 1e6; "per extra 1M" first subtracts the idle CPU rate over the window, as MEAS
 Output: a table on stdout and everything (settings, environment, every run's raw counters, the table) as JSON
 in bench/results/remote-write-<time>.json. Exit status 2 when a sender lost samples (the proxy saw far fewer
 than the generator produced) or the receiver stored fewer than the proxy saw accepted; 0 otherwise.
-`--profile` records the Headwater sender with py-spy during the window (installed into the running
-interpreter's environment with pip if missing) and prints where the flame graph went; CPU figures of a
-profiled run are not results.
+`--profile` records the Headwater sender (and its gateway) with py-spy during the window (installed into
+the running interpreter's environment with pip if missing) as collapsed stacks, and prints where they went
+(`python bench/profile_summary.py FILE` shows the hot functions); CPU figures of a profiled run are not
+results.
 """
 
 from __future__ import annotations
@@ -552,20 +553,25 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         result["series"] = announced["series"]
         time.sleep(args.warmup)
 
-        profile_proc = None
+        profiles: list[tuple[str, Proc]] = []
         if args.profile and spec.kind == "headwater":
             py_spy = ensure_py_spy()
-            profile_path = args.output / f"remote-write-{path}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
+            stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
             args.output.mkdir(parents=True, exist_ok=True)
-            profile_proc, _ = start("py-spy", [*pinning.other(), py_spy, "record", "--format", "raw", "-o", str(profile_path), "--pid",
-                                               str(running.sender.pid), "--duration", str(max(1, int(args.duration)))],
-                                    workdir)
-            result["profile"] = str(profile_path)
+            targets = [("", running.sender)] + ([("-gateway", running.gateway)] if running.gateway else [])
+            for suffix, target in targets:
+                profile_path = args.output / f"remote-write-{path}{suffix}-{stamp}.txt"
+                proc, _ = start("py-spy" + suffix, [*pinning.other(), py_spy, "record", "--format", "raw",
+                                                    "--rate", str(args.profile_rate), "-o", str(profile_path),
+                                                    "--pid", str(target.pid),
+                                                    "--duration", str(max(1, int(args.duration)))], workdir)
+                profiles.append((str(profile_path), proc))
+            result["profile"] = " ".join(p for p, _ in profiles)
 
         a = snapshot(running, proxy, generator)
         time.sleep(args.duration)
         b = snapshot(running, proxy, generator)
-        if profile_proc is not None:
+        for _, profile_proc in profiles:
             try:
                 profile_proc.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -850,7 +856,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="send `auto` to a Headwater gateway (it negotiates compact) instead of straight to "
                              "Prometheus 2.42 (it must fall back to rw1)")
     parser.add_argument("--log-level", default="warning", help="the Headwater agents' log level")
-    parser.add_argument("--profile", action="store_true", help="record Headwater senders with py-spy in the window")
+    parser.add_argument("--profile", action="store_true",
+                        help="record Headwater senders (and gateways) with py-spy in the window, as collapsed stacks "
+                             "(read them with bench/profile_summary.py)")
+    parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, data)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="directory for the JSON result")
