@@ -1,14 +1,20 @@
-"""Encoding plus compression on one core: samples/s from the columns the batcher holds to the bytes on the
-wire, for every wire format, on the node-exporter-shaped workload of `bench/remote_write.py`.
+"""Batching, encoding and compression on one core: the CPU a sample costs from translated columns to the bytes
+on the wire, for every wire format, on the node-exporter-shaped workload of `bench/remote_write.py`.
 
     taskset -c 0 python bench/encode_bench.py [--nodes 10] [--per-request 1,5] [--duration 3] [--repeats 5]
 
-The batches are translated once up front (translation is not measured here: `bench/translate_bench.py`
-does that) from the workload's OTLP requests, `--per-request` ticks per request (1 = one sample per series
-per request, as a 1 s flush at a 1 s interval; 5 = a 5 s flush). Each format's encoder is one connection's:
-its state (the compact dictionary, caches) persists across requests, and every request is committed as if
-the receiver acknowledged it, so the steady state is what is measured. Reported: median samples/s over
-`--repeats` runs of `--duration` seconds of CPU time, and body bytes per sample in the steady state.
+The ticks are translated once up front (translation is not measured here: `bench/translate_bench.py`
+does that) from the workload's OTLP requests, `--per-request` ticks per flush (1 = one sample per series
+per request, as a 1 s flush at a 1 s interval; 5 = a 5 s flush). Two stages are measured apart:
+
+- batcher: `Batcher.add` of a flush's ticks plus `Batcher.cut` into requests, at the exporter's defaults
+  (`--max-samples` 10,000, `--max-bytes` 4 MiB), in microseconds per sample;
+- encoders: each format's encoder on the requests that cut produced. Each encoder is one connection's: its
+  state (the compact dictionary, caches) persists across requests, and every request is committed as if the
+  receiver acknowledged it, so the steady state is what is measured.
+
+Reported: medians over `--repeats` runs of `--duration` seconds of CPU time (samples/s and microseconds per
+sample), and body bytes per sample in the steady state.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_workload import Workload
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 from exporters.remote_write.batcher import Batcher
 from exporters.remote_write.formats import new_encoder
@@ -33,19 +41,46 @@ from exporters.remote_write.translate import translate
 FORMATS = ("compact", "rw2", "vm", "rw1")
 
 
-def batches(nodes: int, per_request: int, count: int) -> list[SampleBatch]:
+def flushes(nodes: int, per_request: int, count: int) -> list[list[SampleBatch]]:
+    """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher."""
     workload = Workload(nodes, seed=1)
     cache = SeriesCache()
     now = time.time() - 3600
     out = []
-    for request in range(count):
-        batcher = Batcher(10**9, 1 << 40, 5.0)
+    for flush in range(count):
+        ticks = []
         for tick in range(per_request):
-            workload.tick(now + (request * per_request + tick) + 0.003 * (tick % 3))
+            workload.tick(now + (flush * per_request + tick) + 0.003 * (tick % 3))
             otlp = ExportMetricsServiceRequest.FromString(workload.otlp_body())
-            batcher.add(translate(otlp, cache=cache))
-        out.extend(batch for batch, _ in batcher.cut())
+            ticks.append(translate(otlp, cache=cache))
+        out.append(ticks)
     return out
+
+
+def cut(ticks: list[SampleBatch], max_samples: int, max_bytes: int) -> list[SampleBatch]:
+    batcher = Batcher(max_samples, max_bytes, 5.0)
+    requests = []
+    for tick in ticks:
+        requests.extend(batch for batch, _ in batcher.add(tick))
+    requests.extend(batch for batch, _ in batcher.cut())
+    return requests
+
+
+def measure_batcher(flushes: list[list[SampleBatch]], max_samples: int, max_bytes: int, duration: float) -> float:
+    """Microseconds of CPU per sample for `Batcher.add` of every tick of a flush plus its `cut`."""
+    samples = 0
+    started = time.process_time()
+    while True:
+        for ticks in flushes:
+            batcher = Batcher(max_samples, max_bytes, 5.0)
+            for tick in ticks:
+                batcher.add(tick)
+                samples += tick.samples
+            batcher.cut()
+        elapsed = time.process_time() - started
+        if elapsed >= duration:
+            break
+    return elapsed / samples * 1e6
 
 
 def measure(protocol: str, requests: list[SampleBatch], duration: float) -> tuple[float, float]:
@@ -74,20 +109,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--per-request", default="1,5", help="samples per series per request, comma-separated")
-    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--flushes", type=int, default=12)
+    parser.add_argument("--max-samples", type=int, default=10_000, help="the batcher's limit (exporter default)")
+    parser.add_argument("--max-bytes", type=int, default=4 << 20, help="the batcher's limit (exporter default)")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--formats", default=",".join(FORMATS))
     args = parser.parse_args(argv)
-    print(f"{'format':<10}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}{'body B/sample':>15}")
+    print(
+        f"{'stage':<10}{'ticks/flush':>12}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}"
+        f"{'us/sample':>10}{'body B/sample':>15}"
+    )
     for per_request in (int(p) for p in args.per_request.split(",")):
-        requests = batches(args.nodes, per_request, args.requests)
+        ticks = flushes(args.nodes, per_request, args.flushes)
+        requests = [batch for flush in ticks for batch in cut(flush, args.max_samples, args.max_bytes)]
         per_batch = statistics.median(b.samples for b in requests)
-        for protocol in args.formats.split(","):
-            runs = [measure(protocol, requests, args.duration) for _ in range(args.repeats)]
-            rates = sorted(rate for rate, _ in runs)
+        stages = ["batcher", *args.formats.split(",")]
+        for stage in stages:
+            if stage == "batcher":
+                costs = [measure_batcher(ticks, args.max_samples, args.max_bytes, args.duration)
+                         for _ in range(args.repeats)]
+                rates = sorted(1e6 / cost for cost in costs)
+                body = ""
+            else:
+                runs = [measure(stage, requests, args.duration) for _ in range(args.repeats)]
+                rates = sorted(rate for rate, _ in runs)
+                body = f"{runs[0][1]:.2f}"
             rng = f"{rates[0]:,.0f}-{rates[-1]:,.0f}"
-            print(f"{protocol:<10}{per_batch:>12,.0f}{statistics.median(rates):>20,.0f}{rng:>24}{runs[0][1]:>15.2f}")
+            median = statistics.median(rates)
+            print(
+                f"{stage:<10}{per_request:>12}{per_batch:>12,.0f}{median:>20,.0f}{rng:>24}{1e6 / median:>10.3f}"
+                f"{body:>15}",
+                flush=True,
+            )
     return 0
 
 
