@@ -7,6 +7,8 @@ bits, so NaN, the staleness-marker NaN, -0.0 and the infinities must come back e
     @given(batches())
     def test_round_trip(batch):
         assert canonical(decode(encode(batch))) == canonical(batch)
+
+`flushes` draws what a batcher is handed over one flush interval: several such batches (ticks) and limits.
 """
 
 from __future__ import annotations
@@ -128,6 +130,47 @@ def batches(
                 draw(st.sampled_from(METRIC_TYPES)), draw(st.text(max_size=20)), draw(st.sampled_from(("", "seconds", "By")))
             )
     return batch
+
+
+def copied(series: Labels) -> Labels:
+    """An equal label set in another tuple object (what a decoder or a rebuilt context produces)."""
+    return tuple(iter(series))  # tuple(series) would hand back the same object
+
+
+@st.composite
+def flushes(draw: Any) -> tuple[list[SampleBatch], int, int]:
+    """Ticks of one flush and the batcher's limits. Half the flushes repeat one series order tick after tick
+    with later timestamps (a node's ticks: the interleaving path); the others break that in one way or
+    another (reordered or missing series, duplicates, equal but distinct label tuples, time going back)."""
+    series = draw(st.lists(label_sets(), min_size=1, max_size=6, unique=True))
+    repeated = draw(st.booleans())
+    with_starts = draw(st.booleans())
+    stamp = draw(st.integers(0, 10**9))
+    ticks = []
+    for _ in range(draw(st.integers(1, 5))):
+        if repeated:
+            order = [copied(s) for s in series] if draw(st.integers(0, 5)) == 0 else list(series)
+            stamp += draw(st.sampled_from((1000, 1000, 1000, 0, 7)))
+            stamps = [stamp] * len(order)
+        else:
+            order = draw(st.lists(st.sampled_from(series), min_size=1, max_size=8))
+            order = [copied(s) if draw(st.integers(0, 4)) == 0 else s for s in order]
+            stamps = [stamp + draw(st.integers(-2000, 3000)) for _ in order]
+        batch = SampleBatch(
+            labels=order,
+            values=[draw(floats) for _ in order],
+            timestamps=stamps,
+            sizes=[draw(st.integers(0, 60)) for _ in order],
+        )
+        if with_starts:
+            batch.start_timestamps = [draw(st.sampled_from((0, 5, 10**9))) for _ in order]
+        ticks.append(batch)
+    if draw(st.integers(0, 3)) == 0:
+        last = ticks[-1]
+        h = NativeHistogram(timestamp=stamp, count=3, sum=1.5, schema=0, zero_threshold=0.0, zero_count=1)
+        last.histogram_labels, last.histograms, last.histogram_sizes = [(("__name__", "h"),)], [h], [50]
+        last.exemplar_labels, last.exemplars, last.exemplar_sizes = [series[0]], [Exemplar((), 1.0, stamp)], [30]
+    return ticks, draw(st.integers(1, 12)), draw(st.one_of(st.integers(1, 600), st.just(1 << 20)))
 
 
 def bits(value: float) -> int:

@@ -13,14 +13,24 @@ bounded however fast samples arrive.
 
 Native histograms and exemplars, far fewer, ride in the last request of a cut, after every float sample (a
 receiver drops an exemplar whose series it has not seen yet).
+
+How a cut groups: when every batch added since the last cut holds the same series in the same order with
+later timestamps (a node's ticks, the common case), grouping is interleaving the ticks, done with list
+slices, and the requests come out `grouped` (`SampleBatch.grouped`) so encoders need not group again; on
+the node workload's 5 s flush that costs ~0.1 us per sample where grouping by hash cost ~1.2. Anything else
+(ticks that differ, a series that alone passes a limit) goes through the general grouping by hash, and a
+flush that fits in one request is then sent as it came.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
+from operator import add, le
 
-from exporters.remote_write.series import SampleBatch, group_by_series
+from exporters.remote_write.series import Labels, SampleBatch, group_by_series
 
 
 class Batcher:
@@ -58,6 +68,8 @@ class Batcher:
         self._pending = SampleBatch()
         self._nbytes = 0
         self._since = 0.0
+        self._ticks: list[int] = []  # float samples of each batch added since the last cut, in order
+        self._unique: list[Labels] = []  # the last series order whose label sets were found distinct
 
     @property
     def nbytes(self) -> int:
@@ -88,6 +100,7 @@ class Batcher:
             if not pending.start_timestamps:
                 pending.start_timestamps.extend([0] * len(pending.values))
             pending.start_timestamps.extend(batch.start_timestamps or [0] * len(batch.values))
+        self._ticks.append(len(batch.values))
         pending.labels += batch.labels
         pending.values += batch.values
         pending.timestamps += batch.timestamps
@@ -106,13 +119,109 @@ class Batcher:
 
     def cut(self) -> list[tuple[SampleBatch, int]]:
         """Everything pending, as requests (batch, estimated bytes), in the order they should be sent."""
-        pending, nbytes = self._pending, self._nbytes
-        self._pending, self._nbytes = SampleBatch(), 0
+        pending, nbytes, ticks = self._pending, self._nbytes, self._ticks
+        self._pending, self._nbytes, self._ticks = SampleBatch(), 0, []
         if not pending:
             return []
-        if len(pending.values) <= self.max_samples - len(pending.histograms) and nbytes <= self.max_bytes:
+        fits = len(pending.values) <= self.max_samples - len(pending.histograms) and nbytes <= self.max_bytes
+        per_tick = self._repeated_series(pending, ticks)
+        if per_tick and len(ticks) == 1 and fits:
+            pending.grouped = True  # one sample per series: grouped as it stands
+            return [(pending, nbytes)]
+        if per_tick:
+            requests = self._cut_repeated(pending, per_tick, len(ticks))
+            if requests is not None:
+                return requests
+        if fits:
             return [(pending, nbytes)]
         return self._split(pending)
+
+    def _repeated_series(self, pending: SampleBatch, ticks: list[int]) -> int:
+        """Series per tick when every batch added since the last cut held the same distinct series in the same
+        order, each later than in the batch before (a node's ticks, as translation emits them); else 0.
+
+        Then grouping is interleaving, done with slices at C speed, where grouping by hash costs ~0.5 us per
+        sample in Python. The label sets are compared with `==`, which is an identity check for the interned
+        tuples translation hands out; they are hashed (to prove them distinct) only when the order differs
+        from the last one proved, about once per series set rather than once per flush."""
+        per_tick = ticks[0] if ticks else 0
+        if not per_tick or ticks.count(per_tick) != len(ticks):
+            return 0
+        labels, stamps = pending.labels, pending.timestamps
+        first = labels[:per_tick]
+        for start in range(per_tick, len(labels), per_tick):
+            end = start + per_tick
+            if labels[start:end] != first or not all(map(le, stamps[start - per_tick:start], stamps[start:end])):
+                return 0
+        if first != self._unique:
+            if len(set(first)) != per_tick:
+                return 0
+            self._unique = first
+        return per_tick
+
+    def _cut_repeated(self, pending: SampleBatch, per_tick: int, count: int) -> list[tuple[SampleBatch, int]] | None:
+        """The requests `_split` would cut from `count` ticks of the same `per_tick` series, each series' samples
+        contiguous and in tick order (`grouped`); None when a series alone passes a limit (`_split` splits it)."""
+        sizes = pending.sizes
+        series_bytes = sizes[:per_tick]
+        for start in range(per_tick, len(sizes), per_tick):
+            series_bytes = list(map(add, series_bytes, sizes[start:start + per_tick]))
+        if count > self.max_samples or max(series_bytes) > self.max_bytes:
+            return None
+        bounds = list(accumulate(series_bytes, initial=0))
+        series_per_request = self.max_samples // count
+        requests: list[tuple[SampleBatch, int]] = []
+        first = 0
+        while first < per_tick:
+            last = min(
+                per_tick,
+                first + series_per_request,
+                bisect_right(bounds, bounds[first] + self.max_bytes, first) - 1,
+            )
+            requests.append((self._interleave(pending, per_tick, count, first, last), bounds[last] - bounds[first]))
+            first = last
+        return self._with_the_rest(requests, pending)
+
+    @staticmethod
+    def _interleave(pending: SampleBatch, per_tick: int, count: int, first: int, last: int) -> SampleBatch:
+        """Series `first` to `last` (exclusive) of every tick, each series' samples side by side in tick order."""
+        batch = SampleBatch(metadata=pending.metadata, grouped=True)
+        # Every sample of a series gets the first tick's label tuple (equal, as `_repeated_series` checked), so
+        # an encoder finds a series' run by identity.
+        series = pending.labels[first:last]
+        columns = [(pending.values, batch.values), (pending.timestamps, batch.timestamps), (pending.sizes, batch.sizes)]
+        if pending.start_timestamps:
+            columns.append((pending.start_timestamps, batch.start_timestamps))
+        if count == 1:
+            batch.labels = series
+            for source, target in columns:
+                target += source[first:last]
+            return batch
+        size = (last - first) * count
+        placeholders = [0] * size  # every slot is overwritten below
+        batch.labels = [()] * size
+        for tick in range(count):
+            batch.labels[tick::count] = series
+        for source, target in columns:
+            target += placeholders
+            for tick in range(count):
+                offset = tick * per_tick
+                target[tick::count] = source[offset + first:offset + last]
+        return batch
+
+    @staticmethod
+    def _with_the_rest(requests: list[tuple[SampleBatch, int]], pending: SampleBatch) -> list[tuple[SampleBatch, int]]:
+        """`requests` with the flush's histograms and exemplars (and all its metadata) in the last one."""
+        last, last_bytes = requests.pop() if requests else (SampleBatch(), 0)
+        last.histogram_labels, last.histograms, last.histogram_sizes = (
+            pending.histogram_labels, pending.histograms, pending.histogram_sizes)
+        last.exemplar_labels, last.exemplars, last.exemplar_sizes = (
+            pending.exemplar_labels, pending.exemplars, pending.exemplar_sizes)
+        last.metadata = pending.metadata
+        last_bytes += sum(pending.histogram_sizes) + sum(pending.exemplar_sizes)
+        if last:
+            requests.append((last, last_bytes))
+        return requests
 
     def _split(self, pending: SampleBatch) -> list[tuple[SampleBatch, int]]:
         groups = group_by_series(pending.labels)
@@ -138,16 +247,9 @@ class Batcher:
                     current, current_bytes = [], 0
                 current.append(index)
                 current_bytes += sizes[index]
-        last, last_bytes = self._take(pending, current, current_bytes) if current else (SampleBatch(), 0)
-        last.histogram_labels, last.histograms, last.histogram_sizes = (
-            pending.histogram_labels, pending.histograms, pending.histogram_sizes)
-        last.exemplar_labels, last.exemplars, last.exemplar_sizes = (
-            pending.exemplar_labels, pending.exemplars, pending.exemplar_sizes)
-        last.metadata = pending.metadata
-        last_bytes += sum(pending.histogram_sizes) + sum(pending.exemplar_sizes)
-        if last:
-            requests.append((last, last_bytes))
-        return requests
+        if current:
+            requests.append(self._take(pending, current, current_bytes))
+        return self._with_the_rest(requests, pending)
 
     @staticmethod
     def _take(pending: SampleBatch, indexes: list[int], nbytes: int) -> tuple[SampleBatch, int]:

@@ -81,6 +81,13 @@ class SampleBatch:
     empty, is parallel to `values`: the start of sample i's cumulative series in ms (0 = unknown), carried by
     formats that have a place for it. `dropped` counts the data points (and `target_info` series) that were
     not translated, by reason.
+
+    `grouped` promises that the float samples are already in the order every encoder would put them in: each
+    series' samples contiguous and in time order (equal timestamps in arrival order), series in the order of
+    their first sample, and all of one series' entries the same label tuple object (so a run is found by
+    identity, without hashing). The batcher sets it when it cuts that way, so that encoders skip grouping
+    again (~0.5 us per sample in Python); whoever reorders or appends to a grouped batch's columns must clear
+    it.
     """
 
     labels: list[Labels] = field(default_factory=list)
@@ -96,6 +103,7 @@ class SampleBatch:
     metadata: dict[str, Metadata] = field(default_factory=dict)
     start_timestamps: list[int] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
+    grouped: bool = False
 
     def __len__(self) -> int:
         return len(self.values)
