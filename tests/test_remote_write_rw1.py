@@ -6,10 +6,16 @@ import struct
 
 import cramjam
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from exporters.remote_write import rw1
+from exporters.remote_write.batcher import Batcher
 from exporters.remote_write.proto.remote_write_v1_pb2 import Histogram
+from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.translate import STALE_NAN, Exemplar, NativeHistogram
+from tests.series_strategies import batches, flushes
+
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 A = (("__name__", "a"), ("job", "j"))
 B = (("__name__", "b"),)
@@ -151,12 +157,12 @@ def test_the_direct_serializer_writes_exactly_what_protobuf_writes(values: list[
     unicode = (("__name__", "ü"), ("k", "v" * 300))
     labels = [A, unicode, A]
     ex = [Exemplar((("trace_id", "ab"),), 1.0, 7), Exemplar((), 2.0, 3), Exemplar((("span_id", "cd"),), 3.0, 1)]
-    kwargs = dict(
-        histogram_labels=[H, H],
-        histograms=[NATIVE._replace(timestamp=900), NATIVE],
-        exemplar_labels=[A, H, B],
-        exemplars=ex,
-    )
+    kwargs = {
+        "histogram_labels": [H, H],
+        "histograms": [NATIVE._replace(timestamp=900), NATIVE],
+        "exemplar_labels": [A, H, B],
+        "exemplars": ex,
+    }
     for extra in ({}, kwargs):
         expected = rw1.build_write_request(labels, values, timestamps, **extra).SerializeToString()
         assert rw1.serialize(labels, values, timestamps, **extra) == expected
@@ -178,3 +184,50 @@ def test_a_cache_passed_in_is_reused_across_calls_and_changes_no_byte() -> None:
     first = rw1.serialize(series, [1.0], [5], cache=cache)
     assert rw1.serialize(series, [1.0], [5], cache=cache) == first == rw1.serialize(series, [1.0], [5])
     assert list(cache.entries) == series
+
+def columns(batch: SampleBatch) -> tuple[list, list, list]:
+    return batch.labels, batch.values, batch.timestamps
+
+
+def extras(batch: SampleBatch) -> dict:
+    return {
+        "histogram_labels": batch.histogram_labels,
+        "histograms": batch.histograms,
+        "exemplar_labels": batch.exemplar_labels,
+        "exemplars": batch.exemplars,
+    }
+
+
+@PROPERTY
+@given(batches(max_samples_per_series=5, metadata=False, start_timestamps=False))
+def test_the_direct_serializer_writes_what_protobuf_writes_for_any_batch(batch: SampleBatch) -> None:
+    expected = rw1.build_write_request(*columns(batch), **extras(batch)).SerializeToString()
+    cache = rw1.LabelCache()
+    assert rw1.serialize(*columns(batch), **extras(batch), cache=cache) == expected
+    assert rw1.serialize(*columns(batch), **extras(batch), cache=cache) == expected  # labels from the cache
+
+
+@PROPERTY
+@given(flushes())
+def test_a_batch_the_batcher_cut_as_grouped_is_written_exactly_as_protobuf_writes_it(flush: tuple) -> None:
+    ticks, max_samples, max_bytes = flush
+    batcher = Batcher(max_samples, max_bytes, 5.0, hold_factor=10**6)
+    cache = rw1.LabelCache()
+    for _ in range(2):  # the second time, labels come from the cache
+        for tick in ticks:
+            batcher.add(tick)
+        for batch, _ in batcher.cut():
+            expected = rw1.build_write_request(*columns(batch), **extras(batch)).SerializeToString()
+            assert rw1.serialize(*columns(batch), **extras(batch), cache=cache, grouped=batch.grouped) == expected
+            assert rw1.serialize(*columns(batch), **extras(batch), grouped=False) == expected
+
+
+def test_a_grouped_batch_keeps_zeros_out_and_every_other_value_bit_for_bit() -> None:
+    a = (("__name__", "a"),)
+    values = [0.0, -0.0, STALE_NAN, float("nan"), float("inf"), float("-inf"), 1.5]
+    stamps = [0, 1, 2, 3, 4, 5, 2**62]  # grouped: in time order
+    expected = rw1.build_write_request([a] * 7, values, stamps).SerializeToString()
+    assert rw1.serialize([a] * 7, values, stamps, grouped=True) == expected
+    no_zero = values[1:]
+    expected = rw1.build_write_request([a] * 6, no_zero, stamps[1:]).SerializeToString()
+    assert rw1.serialize([a] * 6, no_zero, stamps[1:], grouped=True) == expected

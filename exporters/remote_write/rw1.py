@@ -12,13 +12,23 @@ not exist yet); exemplars of a series with nothing else in the request get a Tim
 costs ~10 us per series in Python and the body of a series is the same every time it is sent: its encoded
 labels are cached per encoder (`LabelCache`, bounded in bytes, cleared whole when full), so a sample costs
 a dictionary lookup and a few bytes. Histograms and exemplars, far fewer, go through the generated messages.
+
+At several samples per series (a 5 s flush of a 1 s interval) what is left is per sample, so it is moved to
+per series: a batch the batcher already grouped (`SampleBatch.grouped`) is not grouped again, labels are
+found by the tuple's identity (no hashing of eleven label pairs), and a series' Sample entries are written by
+one `struct` call from a layout cached per timestamp sequence (a request's series share a few). Measured
+with `bench/encode_bench.py` on the node workload: 1.75 -> ~0.46 us per sample at five samples per series,
+1.44 -> ~0.92 at one.
 """
 
 from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import compress as selected
+from itertools import islice, pairwise
+from operator import is_not
 
 import cramjam
 
@@ -31,7 +41,12 @@ from exporters.remote_write.proto.remote_write_v1_pb2 import (
     WriteRequest,
 )
 from exporters.remote_write.proto.remote_write_v1_pb2 import Exemplar as ExemplarMessage
-from exporters.remote_write.series import Exemplar, Labels, NativeHistogram, group_by_series
+from exporters.remote_write.series import (
+    Exemplar,
+    Labels,
+    NativeHistogram,
+    group_by_series,
+)
 
 # The headers the spec requires on every request. They are reserved: configured headers may not replace
 # them (the exporter refuses such a configuration).
@@ -112,6 +127,7 @@ def build_write_request(
 LABEL_CACHE_BYTES = 16 << 20
 """Default bound on one `LabelCache`: bytes of encodings plus what their keys and the dict hold."""
 _ENTRY_OVERHEAD = 104  # a dict slot and the bytes object's header
+_ID_ENTRY = 160  # a dict slot, the int key and the (labels, bytes) pair
 
 
 class LabelCache:
@@ -120,35 +136,53 @@ class LabelCache:
     The key is the series' label tuple; its memory is charged too (the tuple, its pairs and their strings),
     since this cache may be what keeps a series alive after translation forgot it. Cleared whole when full:
     cheaper than LRU bookkeeping per hit, and the next requests refill it. Not shared between threads.
+
+    `by_id` finds the same encodings by the identity of a label tuple seen before, because translation hands
+    out one interned tuple per series: hashing an int instead of a tuple's pairs (~0.3 us for eleven labels)
+    is most of what a cached series costs. Each entry holds its tuple, so the id cannot be reused while the
+    entry lives.
     """
 
-    __slots__ = ("entries", "nbytes", "max_bytes")
+    __slots__ = ("by_id", "entries", "max_bytes", "nbytes")
 
     def __init__(self, max_bytes: int = LABEL_CACHE_BYTES) -> None:
         self.entries: dict[Labels, bytes] = {}
+        self.by_id: dict[int, tuple[Labels, bytes]] = {}
         self.nbytes = 0
         self.max_bytes = max_bytes
 
     def encoded(self, series: Labels) -> bytes:
         """TimeSeries field 1 (labels) for a label set, from the cache when it was sent before."""
+        hit = self.by_id.get(id(series))
+        if hit is not None:
+            return hit[1]
         encoded = self.entries.get(series)
-        if encoded is not None:
-            return encoded
-        parts = []
-        for name, value in series:
-            name_bytes, value_bytes = name.encode(), value.encode()
-            label = (_field(b"\x0a", name_bytes) if name_bytes else b"") + (
-                _field(b"\x12", value_bytes) if value_bytes else b""
-            )
-            parts.append(_field(b"\x0a", label))
-        encoded = b"".join(parts)
-        cost = len(encoded) + _ENTRY_OVERHEAD + _key_size(series)
+        known = encoded is not None
+        if encoded is None:
+            encoded = _encode_labels(series)
+        key_size = _key_size(series)
+        # An equal tuple already known: this one is kept alive beside it, with no new encoding.
+        cost = _ID_ENTRY + (key_size if known else len(encoded) + _ENTRY_OVERHEAD + key_size)
         if self.nbytes + cost > self.max_bytes:
             self.entries.clear()
+            self.by_id.clear()
             self.nbytes = 0
-        self.entries[series] = encoded
+            cost = _ID_ENTRY + len(encoded) + _ENTRY_OVERHEAD + key_size
+        self.entries.setdefault(series, encoded)
+        self.by_id[id(series)] = (series, encoded)
         self.nbytes += cost
         return encoded
+
+
+def _encode_labels(series: Labels) -> bytes:
+    parts = []
+    for name, value in series:
+        name_bytes, value_bytes = name.encode(), value.encode()
+        label = (_field(b"\x0a", name_bytes) if name_bytes else b"") + (
+            _field(b"\x12", value_bytes) if value_bytes else b""
+        )
+        parts.append(_field(b"\x0a", label))
+    return b"".join(parts)
 
 
 def _key_size(series: Labels) -> int:
@@ -187,6 +221,26 @@ def _sample_entries(stamp: int) -> tuple[bytes, bytes, bytes]:
     )
 
 
+_Template = tuple[Callable[..., bytes], list[object]]
+
+
+def _samples_template(stamps: tuple[int, ...]) -> _Template:
+    """For one series' timestamps: a pack that writes all its Sample entries at once from an argument list,
+    and that list with None where the values go (every second item from the second on).
+
+    Between two values lie only constant bytes (one timestamp's varint, then the next entry's tag, length and
+    value tag), so one `struct` call per series replaces a pack and two concatenations per sample. Only for
+    values that are not +0.0: protobuf leaves a +0.0 value out, which changes the entry's layout."""
+    entries = [_sample_entries(stamp) for stamp in stamps]
+    gaps = [after + following for (_, after, _), (following, _, _) in pairwise(entries)]
+    gaps.append(entries[-1][1])
+    layout = struct.Struct("<3s" + "".join(f"d{len(gap)}s" for gap in gaps))
+    arguments: list[object] = [entries[0][0]]
+    for gap in gaps:
+        arguments += (None, gap)
+    return layout.pack, arguments
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
@@ -205,25 +259,34 @@ def serialize(
     exemplar_labels: Sequence[Labels] = (),
     exemplars: Sequence[Exemplar] = (),
     cache: LabelCache | None = None,
+    grouped: bool = False,
 ) -> bytes:
     """`build_write_request(...).SerializeToString()`, without building the float samples' messages.
 
     `cache`: the caller's encoded label sets, kept across calls (one per connection); without one, a
-    private cache lives for this call only."""
+    private cache lives for this call only. `grouped`: the float samples are already in the order this
+    function puts them in, each series a run of one label tuple object (`SampleBatch.grouped`), so the runs
+    are found by identity instead of by hashing every sample's label set again."""
     if cache is None:
         cache = LabelCache()
     _encoded_labels = cache.encoded
     out: list[bytes] = []
     exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
     stamps: dict[int, tuple[bytes, bytes, bytes]] = {}  # a request's samples share few timestamps
-    if len(dict.fromkeys(labels)) == len(labels):  # the usual case: one sample per series
+    starts: list[int] | None = None
+    if grouped:
+        # Where a series' run begins: where the label tuple object changes (the batcher hands each run one).
+        starts = [0, *selected(range(1, len(labels)), map(is_not, labels, islice(labels, 1, None)))]
+        single = len(starts) == len(labels)
+    else:
+        single = len(dict.fromkeys(labels)) == len(labels)
+    by_id = cache.by_id.get
+    append = out.append
+    if single:  # the usual case at one sample per series per request
         # Pieces are appended and joined once: concatenating them would copy each series' labels repeatedly.
-        cached = cache.entries.get
-        append = out.append
         for series, value, stamp in zip(labels, values, timestamps):
-            encoded = cached(series)
-            if encoded is None:
-                encoded = _encoded_labels(series)
+            hit = by_id(id(series))
+            encoded = hit[1] if hit is not None else _encoded_labels(series)
             entries = stamps.get(stamp)
             if entries is None:
                 entries = stamps[stamp] = _sample_entries(stamp)
@@ -238,21 +301,47 @@ def serialize(
             append(encoded)
             append(sample)
     else:
-        for series, members in group_by_series(labels).items():
-            if len(members) > 1:
-                members.sort(key=timestamps.__getitem__)
-            parts = [_encoded_labels(series)]
-            for i in members:
-                value_bytes = _pack_double(values[i])
-                stamp = timestamps[i]
-                entries = stamps.get(stamp)
-                if entries is None:
-                    entries = stamps[stamp] = _sample_entries(stamp)
-                parts.append(entries[0] + value_bytes + entries[1] if value_bytes != _POSITIVE_ZERO else entries[2])
-            attached = exemplars_by_series.pop(series, None)
-            if attached:
-                parts.append(_exemplar_bytes(exemplars, attached))
-            out.append(_field(b"\x0a", b"".join(parts)))
+        if starts is None:
+            order: list[int] = []
+            starts = []
+            for members in group_by_series(labels).values():
+                if len(members) > 1:
+                    members.sort(key=timestamps.__getitem__)  # stable: equal timestamps keep arrival order
+                starts.append(len(order))
+                order += members
+            labels = list(map(labels.__getitem__, order))
+            values = list(map(values.__getitem__, order))
+            timestamps = list(map(timestamps.__getitem__, order))
+        templates: dict[tuple[int, ...], _Template] = {}  # a request's series share few timestamp sequences
+        for start, end in zip(starts, [*starts[1:], len(labels)]):
+            series = labels[start]
+            hit = by_id(id(series))
+            encoded = hit[1] if hit is not None else _encoded_labels(series)
+            series_values = values[start:end]
+            if 0.0 in series_values:  # +0.0 (or -0.0, equal to it) changes an entry's layout: one at a time
+                parts = []
+                for value, stamp in zip(series_values, timestamps[start:end]):
+                    value_bytes = _pack_double(value)
+                    entries = stamps.get(stamp)
+                    if entries is None:
+                        entries = stamps[stamp] = _sample_entries(stamp)
+                    parts.append(entries[0] + value_bytes + entries[1] if value_bytes != _POSITIVE_ZERO else entries[2])
+                sample = b"".join(parts)
+            else:
+                key = tuple(timestamps[start:end])
+                template = templates.get(key)
+                if template is None:
+                    template = templates[key] = _samples_template(key)
+                pack, arguments = template
+                arguments = arguments[:]
+                arguments[1::2] = series_values
+                sample = pack(*arguments)
+            if exemplars_by_series and series in exemplars_by_series:
+                sample += _exemplar_bytes(exemplars, exemplars_by_series.pop(series))
+            size = len(encoded) + len(sample)
+            append(_TIMESERIES_HEADS[size] if size < len(_TIMESERIES_HEADS) else b"\x0a" + _varint(size))
+            append(encoded)
+            append(sample)
     for series, members in group_by_series(histogram_labels).items():
         ordered = sorted((histograms[i] for i in members), key=lambda h: h.timestamp)
         encoded = _encoded_labels(series)

@@ -95,6 +95,7 @@ def _encode(batch: SampleBatch, cache: rw1.LabelCache) -> bytes:
         exemplar_labels=batch.exemplar_labels,
         exemplars=batch.exemplars,
         cache=cache,
+        grouped=batch.grouped,
     )
 
 
