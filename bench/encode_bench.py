@@ -41,8 +41,9 @@ from exporters.remote_write.translate import translate
 FORMATS = ("compact", "rw2", "vm", "rw1")
 
 
-def flushes(nodes: int, per_request: int, count: int) -> list[list[SampleBatch]]:
-    """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher."""
+def flushes(nodes: int, per_request: int, count: int, pieces: int = 1) -> list[list[SampleBatch]]:
+    """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher;
+    `pieces` > 1 hands each tick over in that many batches (a gateway receives one request per node)."""
     workload = Workload(nodes, seed=1)
     cache = SeriesCache()
     now = time.time() - 3600
@@ -52,7 +53,19 @@ def flushes(nodes: int, per_request: int, count: int) -> list[list[SampleBatch]]
         for tick in range(per_request):
             workload.tick(now + (flush * per_request + tick) + 0.003 * (tick % 3))
             otlp = ExportMetricsServiceRequest.FromString(workload.otlp_body())
-            ticks.append(translate(otlp, cache=cache))
+            batch = translate(otlp, cache=cache)
+            step = -(-len(batch.values) // pieces)
+            ticks.extend(
+                SampleBatch(
+                    labels=batch.labels[start:start + step],
+                    values=batch.values[start:start + step],
+                    timestamps=batch.timestamps[start:start + step],
+                    sizes=batch.sizes[start:start + step],
+                    start_timestamps=batch.start_timestamps[start:start + step],
+                    metadata=batch.metadata,
+                )
+                for start in range(0, len(batch.values), step)
+            )
         out.append(ticks)
     return out
 
@@ -116,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument(
+        "--pieces", type=int, default=1,
+        help="batches each tick reaches the batcher in (10: one per node, as a gateway gets them)",
+    )
     args = parser.parse_args(argv)
     print(
         f"{'stage':<10}{'ticks/flush':>12}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}"
         f"{'us/sample':>10}{'body B/sample':>15}"
     )
     for per_request in (int(p) for p in args.per_request.split(",")):
-        ticks = flushes(args.nodes, per_request, args.flushes)
+        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces)
         requests = [batch for flush in ticks for batch in cut(flush, args.max_samples, args.max_bytes)]
         per_batch = statistics.median(b.samples for b in requests)
         stages = ["batcher", *args.formats.split(",")]

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Callable
-from itertools import accumulate
-from operator import add, le
+from collections.abc import Callable, Sequence
+from itertools import accumulate, compress, pairwise
+from operator import add, and_, eq, le, lt, ne
 
-from exporters.remote_write.series import Labels, SampleBatch, group_by_series
+from exporters.remote_write.series import Labels, SampleBatch
 
 
 class Batcher:
@@ -224,44 +224,69 @@ class Batcher:
         return requests
 
     def _split(self, pending: SampleBatch) -> list[tuple[SampleBatch, int]]:
-        groups = group_by_series(pending.labels)
-        sizes = pending.sizes
-        requests: list[tuple[SampleBatch, int]] = []
-        current: list[int] = []
-        current_bytes = 0
-        for members in groups.values():
-            group_bytes = sum(sizes[i] for i in members)
-            too_many = len(current) + len(members) > self.max_samples
-            if current and (too_many or current_bytes + group_bytes > self.max_bytes):
-                requests.append(self._take(pending, current, current_bytes))
-                current, current_bytes = [], 0
-            if len(members) <= self.max_samples and group_bytes <= self.max_bytes:
-                current += members
-                current_bytes += group_bytes
+        """Whole series packed greedily into requests, a series that alone passes a limit split in time order.
+
+        Requests are contiguous ranges of the grouped order, so the columns are permuted once (at C speed)
+        and sliced; only the packing walks series, and only an oversized series walks its samples."""
+        labels, order, firsts = self._grouped(pending)
+        count = len(order)
+        bounds = list(accumulate(map(pending.sizes.__getitem__, order), initial=0))
+        max_samples, max_bytes = self.max_samples, self.max_bytes
+        cuts = [0]  # where each request begins, in grouped order
+        for first, end in zip(firsts, [*firsts[1:], count]):
+            begin = cuts[-1]
+            group_bytes = bounds[end] - bounds[first]
+            if first > begin and (end - begin > max_samples or bounds[end] - bounds[begin] > max_bytes):
+                cuts.append(begin := first)
+            if end - first <= max_samples and group_bytes <= max_bytes:
                 continue
             # One series alone passes a limit: its samples in time order, as many per request as fit.
-            members.sort(key=pending.timestamps.__getitem__)
-            for index in members:
-                if current and (len(current) >= self.max_samples or current_bytes + sizes[index] > self.max_bytes):
-                    requests.append(self._take(pending, current, current_bytes))
-                    current, current_bytes = [], 0
-                current.append(index)
-                current_bytes += sizes[index]
-        if current:
-            requests.append(self._take(pending, current, current_bytes))
+            for index in range(first, end):
+                if index > begin and (index - begin >= max_samples or bounds[index + 1] - bounds[begin] > max_bytes):
+                    cuts.append(begin := index)
+        cuts.append(count)
+        columns = [list(map(column.__getitem__, order)) for column in (pending.values, pending.timestamps, pending.sizes)]
+        starts = list(map(pending.start_timestamps.__getitem__, order)) if pending.start_timestamps else None
+        requests = []
+        for begin, end in pairwise(cuts):
+            batch = SampleBatch(
+                labels=labels[begin:end],
+                values=columns[0][begin:end],
+                timestamps=columns[1][begin:end],
+                sizes=columns[2][begin:end],
+                metadata=pending.metadata,
+                grouped=True,
+            )
+            if starts is not None:
+                batch.start_timestamps = starts[begin:end]
+            requests.append((batch, bounds[end] - bounds[begin]))
         return self._with_the_rest(requests, pending)
 
-    @staticmethod
-    def _take(pending: SampleBatch, indexes: list[int], nbytes: int) -> tuple[SampleBatch, int]:
-        labels, values, timestamps, sizes = pending.labels, pending.values, pending.timestamps, pending.sizes
-        batch = SampleBatch(
-            labels=[labels[i] for i in indexes],
-            values=[values[i] for i in indexes],
-            timestamps=[timestamps[i] for i in indexes],
-            sizes=[sizes[i] for i in indexes],
-            metadata=pending.metadata,
-        )
-        if pending.start_timestamps:
-            starts = pending.start_timestamps
-            batch.start_timestamps = [starts[i] for i in indexes]
-        return batch, nbytes
+    def _grouped(self, pending: SampleBatch) -> tuple[list[Labels], list[int], list[int]]:
+        """(each sample's label set in grouped order, that order as indexes into `pending`, where each series
+        begins in it): series in order of first appearance, each one's samples in time order (equal timestamps
+        in arrival order), each series one tuple object (the first of its equals).
+
+        Done with list operations that run in C: samples are keyed by their tuple's id (an int hash), and
+        only distinct tuples are hashed by value, to find equal ones (not even that when they are the series
+        last proved distinct); then one stable sort of small ints."""
+        labels, stamps = pending.labels, pending.timestamps
+        ids = list(map(id, labels))
+        by_id = dict(zip(ids, labels))  # distinct objects, in order of first appearance
+        distinct = list(by_id.values())
+        if distinct == self._unique:
+            positions: Sequence[int] = range(len(distinct))
+        else:
+            first_equal = dict(zip(reversed(distinct), range(len(distinct) - 1, -1, -1)))
+            positions = list(map(first_equal.__getitem__, distinct))
+            if len(first_equal) == len(distinct):
+                self._unique = distinct
+        keys = list(map(dict(zip(by_id, positions)).__getitem__, ids))
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        grouped_keys = list(map(keys.__getitem__, order))
+        grouped_stamps = list(map(stamps.__getitem__, order))
+        if any(map(and_, map(eq, grouped_keys[1:], grouped_keys), map(lt, grouped_stamps[1:], grouped_stamps))):
+            order.sort(key=lambda index: (keys[index], stamps[index]))  # stable: arrival order among equals
+            grouped_keys = list(map(keys.__getitem__, order))
+        firsts = [0, *compress(range(1, len(order)), map(ne, grouped_keys[1:], grouped_keys))] if order else []
+        return list(map(distinct.__getitem__, grouped_keys)), order, firsts
