@@ -20,6 +20,7 @@ sample), and body bytes per sample in the steady state.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -41,9 +42,11 @@ from exporters.remote_write.translate import translate
 FORMATS = ("compact", "rw2", "vm", "rw1")
 
 
-def flushes(nodes: int, per_request: int, count: int, pieces: int = 1) -> list[list[SampleBatch]]:
+def flushes(nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: bool = False) -> list[list[SampleBatch]]:
     """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher;
-    `pieces` > 1 hands each tick over in that many batches (a gateway receives one request per node)."""
+    `pieces` > 1 hands each tick over in that many batches (a gateway receives one request per node), in an
+    order that changes from tick to tick if `shuffle` (as requests from many nodes race)."""
+    rng = random.Random(7)
     workload = Workload(nodes, seed=1)
     cache = SeriesCache()
     now = time.time() - 3600
@@ -55,7 +58,7 @@ def flushes(nodes: int, per_request: int, count: int, pieces: int = 1) -> list[l
             otlp = ExportMetricsServiceRequest.FromString(workload.otlp_body())
             batch = translate(otlp, cache=cache)
             step = -(-len(batch.values) // pieces)
-            ticks.extend(
+            parts = [
                 SampleBatch(
                     labels=batch.labels[start:start + step],
                     values=batch.values[start:start + step],
@@ -65,7 +68,10 @@ def flushes(nodes: int, per_request: int, count: int, pieces: int = 1) -> list[l
                     metadata=batch.metadata,
                 )
                 for start in range(0, len(batch.values), step)
-            )
+            ]
+            if shuffle:
+                rng.shuffle(parts)
+            ticks += parts
         out.append(ticks)
     return out
 
@@ -133,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         "--pieces", type=int, default=1,
         help="batches each tick reaches the batcher in (10: one per node, as a gateway gets them)",
     )
+    parser.add_argument("--shuffle", action="store_true", help="those batches in a different order every tick")
     args = parser.parse_args(argv)
     print(
         f"{'stage':<10}{'ticks/flush':>12}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}"
         f"{'us/sample':>10}{'body B/sample':>15}"
     )
     for per_request in (int(p) for p in args.per_request.split(",")):
-        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces)
+        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces, args.shuffle)
         requests = [batch for flush in ticks for batch in cut(flush, args.max_samples, args.max_bytes)]
         per_batch = statistics.median(b.samples for b in requests)
         stages = ["batcher", *args.formats.split(",")]

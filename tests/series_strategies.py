@@ -164,7 +164,16 @@ def flushes(draw: Any) -> tuple[list[SampleBatch], int, int]:
         )
         if with_starts:
             batch.start_timestamps = [draw(st.sampled_from((0, 5, 10**9))) for _ in order]
-        ticks.append(batch)
+        cut = draw(st.integers(0, len(order))) if repeated and draw(st.booleans()) else 0
+        if 0 < cut < len(order):  # the tick in two batches, as several requests per tick reach a node
+            rest = SampleBatch(labels=batch.labels[cut:], values=batch.values[cut:],
+                               timestamps=batch.timestamps[cut:], sizes=batch.sizes[cut:],
+                               start_timestamps=batch.start_timestamps[cut:])
+            del batch.labels[cut:], batch.values[cut:], batch.timestamps[cut:], batch.sizes[cut:]
+            del batch.start_timestamps[cut:]
+            ticks += (batch, rest)
+        else:
+            ticks.append(batch)
     if draw(st.integers(0, 3)) == 0:
         last = ticks[-1]
         h = NativeHistogram(timestamp=stamp, count=3, sum=1.5, schema=0, zero_threshold=0.0, zero_count=1)
