@@ -160,7 +160,7 @@ class Batcher:
                 break
         if len(labels) % per_tick:
             return 0
-        first = labels[:per_tick]
+        first = labels if per_tick == len(labels) else labels[:per_tick]  # no copy of a single tick to compare
         for start in range(per_tick, len(labels), per_tick):
             end = start + per_tick
             if labels[start:end] != first or not all(map(le, stamps[start - per_tick:start], stamps[start:end])):
@@ -175,7 +175,7 @@ class Batcher:
             return 0
         if len(set(first)) != per_tick:
             return 0
-        self._unique, self._reused = first, False
+        self._unique, self._reused = list(first), False  # a copy: `labels` leaves with the request
         return per_tick
 
     def _cut_repeated(self, pending: SampleBatch, per_tick: int, count: int) -> list[tuple[SampleBatch, int]] | None:
