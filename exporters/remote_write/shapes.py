@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from itertools import repeat
+from operator import floordiv
 from sys import getsizeof
 
 from exporters.remote_write.series import STALE_NAN, Labels, Metadata, SampleBatch
@@ -212,8 +214,12 @@ class Shape:
         times = moving[0::2]
         if 0 in times:
             return None
-        values = [float(v) for v in moving[1::2]] if self.has_ints else list(moving[1::2])
-        timestamps = [t // 1_000_000 for t in times]
+        values = list(map(float, moving[1::2])) if self.has_ints else list(moving[1::2])
+        first = times[0]
+        if times.count(first) == len(times):  # usual: an SDK stamps one collection with one time
+            timestamps = [first // 1_000_000] * len(times)
+        else:
+            timestamps = list(map(floordiv, times, repeat(1_000_000)))
         keep = self.keep
         if keep is not None:
             values = [values[i] for i in keep]
