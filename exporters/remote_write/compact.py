@@ -31,6 +31,7 @@ import operator
 import secrets
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate, compress, repeat
 from typing import Any
@@ -477,7 +478,8 @@ class _Samples:
         if not self.refs:
             return
         refs = self.refs
-        everything = refs[-1] == len(session.last_ts) - 1 and len(refs) == len(session.last_ts)
+        first, past = refs[0], refs[-1] + 1
+        contiguous = past - first == len(refs)  # refs increase: a run of consecutive series, or all of them
         for state, column in (
             (session.last_ts, self.stamps),
             (session.last_bits, self.bits),
@@ -486,11 +488,10 @@ class _Samples:
             if column is None:
                 continue
             lasts = last_of_each(column, self.counts)
-            if everything:
-                state[:] = lasts  # every series, in ref order
+            if contiguous:
+                state[first:past] = lasts
             else:
-                for ref, last in zip(refs, lasts):
-                    state[ref] = last
+                deque(map(state.__setitem__, refs, lasts), maxlen=0)  # the loop, run in C
 
 
 class _Grouping:
