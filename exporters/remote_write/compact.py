@@ -33,7 +33,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from itertools import accumulate, compress, repeat
+from itertools import accumulate, chain, compress, repeat
 from typing import Any
 
 import zstandard
@@ -136,32 +136,51 @@ def shifted(column: list[int], counts: Sequence[int], bases: Sequence[int]) -> l
     return previous
 
 
+_INVERSE: dict[Callable[[Any, Any], Any], Callable[[Any, Any], Any]] = {
+    operator.add: operator.sub,
+    operator.xor: operator.xor,
+}
+
+
 def running(column: Sequence[int], counts: Sequence[int], bases: Sequence[int], op: Callable[[Any, Any], Any]) -> list:
-    """The inverse of `shifted` + `op`: within each series, fold `op` over the column starting from its base."""
+    """The inverse of `shifted` + `op`: within each series, fold `op` over the column starting from its base.
+
+    Every path runs in C (a gateway decodes every sample through here): uniform counts fold strided columns
+    position by position; otherwise, for `op` add or xor, one fold over the whole column is corrected per
+    series by what the fold had reached before the series started (the series' base `op`-less that), spread
+    to the series' samples with `repeat`. Any other `op` folds series by series."""
     if not column:
         return []
     if is_uniform(counts):
         every = counts[0]
+        if every == 1:
+            return list(map(op, bases, column))
         out: list[int] = [0] * len(column)
         out[::every] = map(op, bases, column[::every])
         for k in range(1, every):
             out[k::every] = map(op, out[k - 1 :: every], column[k::every])
         return out
-    out = []
-    start = 0
-    for count, base in zip(counts, bases):
-        end = start + count
-        folded = list(accumulate(column[start:end], op, initial=base))
-        out += folded[1:]
-        start = end
-    return out
+    inverse = _INVERSE.get(op)
+    if inverse is None:
+        out = []
+        start = 0
+        for count, base in zip(counts, bases):
+            end = start + count
+            folded = list(accumulate(column[start:end], op, initial=base))
+            out += folded[1:]
+            start = end
+        return out
+    folded = list(accumulate(column, op, initial=0))  # folded[i]: the fold of everything before element i
+    offsets = list(map(inverse, bases, map(folded.__getitem__, starts_of(counts))))
+    del folded[0]
+    return list(map(op, folded, chain.from_iterable(map(repeat, offsets, counts))))
 
 
 def last_of_each(column: Sequence[int], counts: Sequence[int]) -> list[int]:
     """Each series' last element: what becomes its acknowledged state."""
     if is_uniform(counts):
         return list(column[counts[0] - 1 :: counts[0]])
-    return [column[end - 1] for end in accumulate(counts)]
+    return list(map(column.__getitem__, map(operator.sub, accumulate(counts), repeat(1))))
 
 
 def xor_bytes(a: bytes, b: bytes) -> bytes:

@@ -1,0 +1,118 @@
+"""The gateway's fast paths for decoding compact requests give what the plain per-series algorithm gives: folds
+over series (uniform counts strided, others one fold corrected per series), value words XOR'd as big integers,
+per-series items spread over samples, state read and written by slices or by ref, and the values column read
+from the body's raw records, packed or not."""
+
+from __future__ import annotations
+
+import operator
+from array import array
+from itertools import accumulate
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporters.remote_write.compact import last_of_each, running
+from exporters.remote_write.compact_session import (
+    _fixed64_words,
+    _last_words,
+    _running_xor,
+    _spread,
+    gather,
+    scatter,
+)
+from exporters.remote_write.proto.compact_pb2 import Request
+
+INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
+WORDS = st.integers(0, (1 << 64) - 1)
+
+
+@st.composite
+def series_columns(draw: st.DrawFn, elements: st.SearchStrategy[int]) -> tuple[list[int], list[int], list[int]]:
+    """(column, counts, bases): counts uniform half of the time."""
+    series = draw(st.integers(1, 8))
+    if draw(st.booleans()):
+        counts = [draw(st.integers(1, 4))] * series
+    else:
+        counts = draw(st.lists(st.integers(1, 4), min_size=series, max_size=series))
+    column = draw(st.lists(elements, min_size=sum(counts), max_size=sum(counts)))
+    bases = draw(st.lists(elements, min_size=series, max_size=series))
+    return column, counts, bases
+
+
+def plain_running(column: list[int], counts: list[int], bases: list[int], op) -> list[int]:  # type: ignore[no-untyped-def]
+    out: list[int] = []
+    start = 0
+    for count, base in zip(counts, bases):
+        out += list(accumulate(column[start : start + count], op, initial=base))[1:]
+        start += count
+    return out
+
+
+@settings(max_examples=300)
+@given(series_columns(INT64), st.sampled_from([operator.add, operator.xor]))
+def test_running_folds_each_series_from_its_base_as_the_plain_loop_does(data, op) -> None:  # type: ignore[no-untyped-def]
+    column, counts, bases = data
+    assert running(column, counts, bases, op) == plain_running(column, counts, bases, op)
+
+
+def test_running_with_an_operation_that_has_no_inverse_folds_series_by_series() -> None:
+    assert running([3, 1, 2], [1, 2], [5, 0], max) == [5, 1, 2]
+
+
+@settings(max_examples=300)
+@given(series_columns(WORDS))
+def test_value_words_xor_within_series_as_the_plain_loop_does(data) -> None:  # type: ignore[no-untyped-def]
+    column, counts, bases = data
+    uniform = counts.count(counts[0]) == len(counts)
+    bits = _running_xor(array("Q", column), counts, array("Q", bases), uniform)
+    assert bits.tolist() == plain_running(column, counts, bases, operator.xor)
+    assert _last_words(bits, counts).tolist() == last_of_each(bits.tolist(), counts)
+
+
+@settings(max_examples=200)
+@given(series_columns(INT64))
+def test_per_series_items_spread_over_their_samples(data) -> None:  # type: ignore[no-untyped-def]
+    _, counts, bases = data
+    uniform = counts.count(counts[0]) == len(counts)
+    assert _spread(list(bases), counts, uniform) == [b for b, c in zip(bases, counts) for _ in range(c)]
+
+
+@settings(max_examples=200)
+@given(st.lists(WORDS, min_size=1, max_size=20), st.data())
+def test_state_is_gathered_and_scattered_by_slices_or_by_ref_alike(state: list[int], data: st.DataObject) -> None:
+    size = len(state)
+    if data.draw(st.booleans()):
+        start = data.draw(st.integers(0, size))
+        refs: range | list[int] = range(start, data.draw(st.integers(start, size)))
+    else:
+        refs = sorted(data.draw(st.sets(st.integers(0, size - 1))))
+    values = data.draw(st.lists(WORDS, min_size=len(refs), max_size=len(refs)))
+    for kind in (list, lambda items: array("Q", items)):
+        column = kind(state)
+        assert list(gather(column, refs)) == [state[ref] for ref in refs]
+        assert type(gather(column, refs)) is type(column)
+        scatter(column, refs, kind(values))
+        expected = list(state)
+        for ref, value in zip(refs, values):
+            expected[ref] = value
+        assert list(column) == expected
+
+
+@settings(max_examples=200)
+@given(st.lists(WORDS, max_size=12), st.integers(0, 3), st.booleans())
+def test_the_values_column_is_read_from_the_body_however_it_was_written(
+    words: list[int], split: int, unpacked: bool
+) -> None:
+    """Packed in one record (as the encoder writes it), split over several, or one record per word, among other
+    fields: the words read from the raw body are those protobuf parses."""
+    head = Request(symbols=["a", "b"], timestamps=[1, -2], sample_counts=[1]).SerializeToString()
+    tail = Request(metadata_unchanged=True, start_timestamps=[7]).SerializeToString()
+    if unpacked:
+        pieces = [b"\x39" + value.to_bytes(8, "little") for value in words]  # field 7, wire type 1
+    else:
+        cut = min(split, len(words))
+        pieces = [Request(values=part).SerializeToString() for part in (words[:cut], words[cut:])]
+    body = head + b"".join(pieces[: len(pieces) // 2]) + tail + b"".join(pieces[len(pieces) // 2 :])
+    message = Request.FromString(body)
+    assert _fixed64_words(body, message).tolist() == list(message.values) == words
