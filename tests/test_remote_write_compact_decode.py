@@ -9,18 +9,24 @@ import operator
 from array import array
 from itertools import accumulate
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters.remote_write.compact import last_of_each, running
 from exporters.remote_write.compact_session import (
+    _columns,
+    _counts,
     _fixed64_words,
     _last_words,
+    _refs,
     _running_xor,
     _spread,
+    _timestamps,
     gather,
     scatter,
 )
+from exporters.remote_write.encoding import DecodeError
 from exporters.remote_write.proto.compact_pb2 import Request
 
 INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
@@ -115,4 +121,50 @@ def test_the_values_column_is_read_from_the_body_however_it_was_written(
         pieces = [Request(values=part).SerializeToString() for part in (words[:cut], words[cut:])]
     body = head + b"".join(pieces[: len(pieces) // 2]) + tail + b"".join(pieces[len(pieces) // 2 :])
     message = Request.FromString(body)
-    assert _fixed64_words(body, message).tolist() == list(message.values) == words
+    columns = _columns(body)
+    assert columns is not None
+    assert _fixed64_words(columns[7], message).tolist() == list(message.values) == words
+
+
+@st.composite
+def sample_columns(draw: st.DrawFn) -> tuple[Request, list[int]]:
+    """A request's sample columns and the series' last timestamps, often in the steady state's shape (uniform
+    counts, consecutive refs, the same delta-of-deltas and last timestamp for every series), often not."""
+    series = draw(st.integers(1, 6))
+    every = draw(st.sampled_from([1, 2, 5, 127, 128]))
+    counts = [every] * series if draw(st.booleans()) else draw(
+        st.lists(st.integers(1, 200), min_size=series, max_size=series))
+    first = draw(st.sampled_from([0, 1, 200, (1 << 64) - 1]))
+    deltas = [first] + ([1] * (series - 1) if draw(st.booleans()) else draw(
+        st.lists(st.integers(1, 3), min_size=series - 1, max_size=series - 1)))
+    stamp = st.sampled_from([0, 1, -1, 1000, 1003, -(1 << 63), (1 << 63) - 1])
+    if draw(st.booleans()) and counts.count(counts[0]) == series:
+        pattern = draw(st.lists(stamp, min_size=counts[0], max_size=counts[0]))
+        timestamps = pattern * series
+        if draw(st.booleans()):
+            timestamps[draw(st.integers(0, len(timestamps) - 1))] = draw(stamp)
+    else:
+        timestamps = draw(st.lists(stamp, min_size=sum(counts), max_size=sum(counts)))
+    last = draw(st.sampled_from([0, 1_700_000_000_000, (1 << 63) - 1]))
+    bases = [last] * series if draw(st.booleans()) else draw(st.lists(stamp, min_size=series, max_size=series))
+    message = Request(sample_series_ref_deltas=deltas, sample_counts=counts, timestamps=timestamps)
+    return message, bases
+
+
+@settings(max_examples=500)
+@given(sample_columns())
+def test_counts_refs_and_timestamps_read_by_pattern_equal_the_parsed_fields_decoded(data) -> None:  # type: ignore[no-untyped-def]
+    message, bases = data
+    raw = _columns(message.SerializeToString())
+    assert raw is not None
+    counts = list(message.sample_counts)
+    assert _counts(message, raw) == counts
+    assert list(_refs(message, raw)) == list(_refs(message, None)) == list(accumulate(message.sample_series_ref_deltas))
+    intervals = plain_running(list(message.timestamps), counts, [0] * len(counts), operator.add)
+    stamps = plain_running(intervals, counts, bases, operator.add)
+    uniform = counts.count(counts[0]) == len(counts)
+    if all(-(1 << 63) <= stamp < (1 << 63) for stamp in stamps):
+        assert _timestamps(message, raw, counts, uniform, bases) == stamps
+    else:
+        with pytest.raises(DecodeError, match="beyond int64"):
+            _timestamps(message, raw, counts, uniform, bases)

@@ -46,6 +46,7 @@ from exporters.remote_write.compact import (
     is_uniform,
     last_of_each,
     running,
+    varint,
 )
 from exporters.remote_write.encoding import DecodeError
 from exporters.remote_write.proto.compact_pb2 import Request
@@ -423,23 +424,18 @@ class _Decoded:
         self.bytes += sum(SERIES_OVERHEAD + RECEIVER_PAIR_OVERHEAD * count for count in counts)
 
     def _samples(self, message: Request, body: bytes, base: _Base, batch: SampleBatch, sizes: list[int]) -> None:
-        deltas, counts = list(message.sample_series_ref_deltas), list(message.sample_counts)
-        n = len(message.timestamps)
-        if len(deltas) != len(counts):
-            raise DecodeError(f"compact: {len(deltas)} sample series refs but {len(counts)} sample counts")
+        raw = _columns(body)
+        counts = _counts(message, raw)
+        n, series_count = len(message.timestamps), len(message.sample_series_ref_deltas)
+        if series_count != len(counts):
+            raise DecodeError(f"compact: {series_count} sample series refs but {len(counts)} sample counts")
         if 0 in counts or sum(counts) != n or len(message.values) != n:
             raise DecodeError(
                 f"compact: sample counts sum to {sum(counts)}, with {n} timestamps and {len(message.values)} values"
             )
         if message.start_timestamps and len(message.start_timestamps) != n:
             raise DecodeError(f"compact: {len(message.start_timestamps)} start timestamps for {n} samples")
-        rest = deltas[1:]
-        if rest.count(1) == len(rest):  # consecutive refs, the steady state
-            self.refs: Refs = range(deltas[0], deltas[0] + len(deltas)) if deltas else range(0)
-        elif 0 in rest:
-            raise DecodeError("compact: sample series refs are not increasing")
-        else:
-            self.refs = list(accumulate(deltas))
+        self.refs: Refs = _refs(message, raw)
         refs = self.refs
         self.counts = counts
         self.stamps: list[int] = []
@@ -450,11 +446,9 @@ class _Decoded:
         if refs[-1] >= len(self.series):
             raise DecodeError(f"compact: samples refer to series {refs[-1]}, the session has {len(self.series)}")
         uniform = is_uniform(counts)
-        encoded = list(message.timestamps)
-        intervals = encoded if uniform and counts[0] == 1 else running(encoded, counts, [0] * len(counts), operator.add)
-        stamps = running(intervals, counts, base.last(refs, 0), operator.add)
-        _check_int64(stamps, "a timestamp")
-        bits = _running_xor(_fixed64_words(body, message), counts, base.last(refs, 1), uniform)
+        stamps = _timestamps(message, raw, counts, uniform, base.last(refs, 0))
+        words = _fixed64_words(raw[7] if raw is not None else None, message)
+        bits = _running_xor(words, counts, base.last(refs, 1), uniform)
         self.stamps, self.bits = stamps, bits
         if message.start_timestamps:
             starts = running(list(message.start_timestamps), counts, base.last(refs, 2), operator.add)
@@ -464,6 +458,63 @@ class _Decoded:
         batch.values = array("d", bits.tobytes()).tolist()
         batch.labels = _spread(gather(self.series, refs), counts, uniform)
         batch.sizes = _spread(gather(sizes, refs), counts, uniform)
+
+
+# The sample columns of a request in the steady state repeat one pattern: every series has the same count
+# (1, or the ticks of a flush), refs run 0, 1, 2 ... (deltas 1), and at a fixed interval every series has the
+# same delta-of-delta timestamps. Protobuf turns each into a list of ints at ~20-70 ns apiece; the fast paths
+# below compare the field's raw bytes with the canonical encoding of that pattern instead (one memcmp) and
+# build the lists by repetition. A body that matches is exactly that pattern; anything else takes the parsed
+# fields.
+
+
+def _counts(message: Request, raw: dict[int, bytes] | None) -> list[int]:
+    """The sample counts; by repetition when every series has the same count below 128."""
+    size = len(message.sample_counts)
+    if raw is not None and size:
+        first = message.sample_counts[0]
+        if 0 < first < 0x80 and raw[5] == bytes((first,)) * size:
+            return [first] * size
+    return list(message.sample_counts)
+
+
+def _refs(message: Request, raw: dict[int, bytes] | None) -> Refs:
+    """The sample series refs: a range when they are consecutive (deltas after the first are all 1)."""
+    size = len(message.sample_series_ref_deltas)
+    if not size:
+        return range(0)
+    first = message.sample_series_ref_deltas[0]
+    if raw is not None and raw[4] == varint(first) + b"\x01" * (size - 1):
+        return range(first, first + size)
+    deltas = list(message.sample_series_ref_deltas)
+    rest = deltas[1:]
+    if rest.count(1) == len(rest):
+        return range(first, first + size)
+    if 0 in rest:
+        raise DecodeError("compact: sample series refs are not increasing")
+    return list(accumulate(deltas))
+
+
+def _timestamps(message: Request, raw: dict[int, bytes] | None, counts: list[int], uniform: bool,
+                bases: list[int]) -> list[int]:
+    """Each sample's timestamp. With uniform counts, when every series' delta-of-deltas are the same and so are
+    their last timestamps (a fixed interval in the steady state), one series is decoded and repeated."""
+    every = counts[0]
+    encoded: list[int] | None = None
+    if uniform and raw is not None:
+        pattern = list(message.timestamps[:every])
+        if raw[6] == b"".join(varint((e << 1) ^ (e >> 63)) for e in pattern) * len(counts):
+            if bases.count(bases[0]) == len(bases):
+                one = running(running(pattern, [every], [0], operator.add), [every], bases[:1], operator.add)
+                _check_int64(one, "a timestamp")
+                return one * len(counts)
+            encoded = pattern * len(counts)
+    if encoded is None:
+        encoded = list(message.timestamps)
+    intervals = encoded if uniform and every == 1 else running(encoded, counts, [0] * len(counts), operator.add)
+    stamps = running(intervals, counts, bases, operator.add)
+    _check_int64(stamps, "a timestamp")
+    return stamps
 
 
 def _check_int64(column: list[int], what: str) -> None:
@@ -514,48 +565,56 @@ def _last_words(bits: array, counts: list[int]) -> array:
     return array("Q", last_of_each(bits, counts))
 
 
-def _fixed64_words(body: bytes, message: Request) -> array:
-    """The request's values column as words, read from the body's packed records of field 7 directly: turning
-    protobuf's repeated field into ints costs ~70 ns a sample, this a copy. The body parsed already (so its
-    records are well-formed); anything this walk does not expect (groups, a count that differs from the
-    parsed field's) falls back to the parsed field."""
-    parsed = len(message.values)
-    words = _packed_field(body, 7, 1)
-    if words is None or len(words) != 8 * parsed:
+def _fixed64_words(raw: bytes | None, message: Request) -> array:
+    """The request's values column as words, from the body's raw bytes of field 7 (`_columns`): protobuf's
+    repeated field turned into ints costs ~70 ns a sample, this a copy. The parsed field when the raw bytes are
+    missing or do not hold as many words."""
+    if raw is None or len(raw) != 8 * len(message.values):
         return array("Q", list(message.values))
     out = array("Q")
-    out.frombytes(words)
+    out.frombytes(raw)
     if _BIG_ENDIAN:
         out.byteswap()
     return out
 
 
 _BIG_ENDIAN = sys.byteorder == "big"
+_ELEMENT_WIRE_TYPE = {4: 0, 5: 0, 6: 0, 7: 1}
+"""The sample columns (fields 4-7 of Request) and the wire type each one's unpacked elements have."""
 
 
-def _packed_field(body: bytes, field: int, wire_type: int) -> bytes | None:
-    """The payload bytes of a repeated fixed-width field at the top level of a well-formed message: its packed
-    records' payloads and any unpacked elements, in order; None where the walk meets a group."""
-    chunks = []
+def _columns(body: bytes) -> dict[int, bytes] | None:
+    """The raw bytes of each sample column (fields 4-7) at the top level of a body protobuf parsed already (so
+    its records are well-formed): packed records' payloads and unpacked elements' bytes, in order, which is
+    the byte string protobuf read the field's elements from. None where the walk meets a group."""
+    chunks: dict[int, list[bytes]] = {4: [], 5: [], 6: [], 7: []}
     position, end = 0, len(body)
-    fixed = {1: 8, 5: 4}
     while position < end:
-        tag, position = _varint(body, position)
+        tag = body[position]
+        if tag < 0x80:
+            position += 1
+        else:
+            tag, position = _varint(body, position)
         number, wire = tag >> 3, tag & 7
         if wire == 2:
             length, position = _varint(body, position)
-            if number == field:
-                chunks.append(body[position : position + length])
+            if number in chunks:
+                chunks[number].append(body[position : position + length])
             position += length
         elif wire == 0:
+            start = position
             _, position = _varint(body, position)
-        elif wire in fixed:
-            if number == field and wire == wire_type:
-                chunks.append(body[position : position + fixed[wire]])
-            position += fixed[wire]
+            if _ELEMENT_WIRE_TYPE.get(number) == 0:
+                chunks[number].append(body[start:position])
+        elif wire == 1:
+            if number == 7:
+                chunks[7].append(body[position : position + 8])
+            position += 8
+        elif wire == 5:
+            position += 4
         else:
             return None
-    return b"".join(chunks)
+    return {number: b"".join(parts) for number, parts in chunks.items()}
 
 
 def _varint(body: bytes, position: int) -> tuple[int, int]:
