@@ -20,13 +20,20 @@ from typing import Any
 import aiohttp
 import cramjam
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 
 from agent.admission import Admission
 from agent.receivers.remote_write import RemoteWriteReceiver
 from exporters.remote_write.compact import SESSION_LOST_PREFIX, CompactEncoder
 from exporters.remote_write.compact_session import CompactSessions
-from exporters.remote_write.encoding import Encoded, Encoder, compress
+from exporters.remote_write.encoding import (
+    Encoded,
+    Encoder,
+    TooLarge,
+    compress,
+    decompress,
+)
 from exporters.remote_write.formats import RW2_CONTENT_TYPE
 from exporters.remote_write.proto.remote_write_v1_pb2 import WriteRequest
 from exporters.remote_write.rw2 import Rw2Encoder
@@ -551,3 +558,30 @@ def test_shutdown_twice_is_safe_and_the_port_is_closed_after_the_first() -> None
 
 async def _ignore(batch: SampleBatch) -> None:
     return None
+
+
+def _frame(data: bytes, stated: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(write_content_size=stated).compress(data)
+
+
+@pytest.mark.parametrize(
+    ("frames", "limit", "expected"),
+    [
+        ([b"a" * 100], 100, b"a" * 100),
+        ([b"a" * 100], 99, TooLarge),
+        ([b"a" * 100, b"b" * 50], 150, b"a" * 100 + b"b" * 50),
+        ([b"a" * 100, b"b" * 50], 149, TooLarge),
+        ([b"", b"b" * 50], 50, b"b" * 50),
+        ([b"", b"b" * 50], 49, TooLarge),
+    ],
+)
+@pytest.mark.parametrize("stated", [True, False])
+def test_zstd_decompression_sized_by_the_first_frame_still_reads_every_frame_up_to_the_limit(
+    frames: list[bytes], limit: int, expected: bytes | type[Exception], stated: bool
+) -> None:
+    body = b"".join(_frame(data, stated) for data in frames)
+    if isinstance(expected, bytes):
+        assert decompress("zstd", body, limit) == expected
+    else:
+        with pytest.raises(expected):
+            decompress("zstd", body, limit)
