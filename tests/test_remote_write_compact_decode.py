@@ -14,17 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters.remote_write.compact import last_of_each, running
-from exporters.remote_write.compact_session import (
-    _columns,
-    _counts,
-    _fixed64_words,
-    _last_words,
-    _refs,
-    _running_xor,
-    _spread,
-    _timestamps,
+from exporters.remote_write.compact_columns import (
     gather,
+    last_words,
+    raw_columns,
+    running_xor,
+    sample_counts,
+    sample_refs,
+    sample_timestamps,
     scatter,
+    spread,
+    value_words,
 )
 from exporters.remote_write.encoding import DecodeError
 from exporters.remote_write.proto.compact_pb2 import Request
@@ -71,9 +71,9 @@ def test_running_with_an_operation_that_has_no_inverse_folds_series_by_series() 
 def test_value_words_xor_within_series_as_the_plain_loop_does(data) -> None:  # type: ignore[no-untyped-def]
     column, counts, bases = data
     uniform = counts.count(counts[0]) == len(counts)
-    bits = _running_xor(array("Q", column), counts, array("Q", bases), uniform)
+    bits = running_xor(array("Q", column), counts, array("Q", bases), uniform)
     assert bits.tolist() == plain_running(column, counts, bases, operator.xor)
-    assert _last_words(bits, counts).tolist() == last_of_each(bits.tolist(), counts)
+    assert last_words(bits, counts).tolist() == last_of_each(bits.tolist(), counts)
 
 
 @settings(max_examples=200)
@@ -81,7 +81,7 @@ def test_value_words_xor_within_series_as_the_plain_loop_does(data) -> None:  # 
 def test_per_series_items_spread_over_their_samples(data) -> None:  # type: ignore[no-untyped-def]
     _, counts, bases = data
     uniform = counts.count(counts[0]) == len(counts)
-    assert _spread(list(bases), counts, uniform) == [b for b, c in zip(bases, counts) for _ in range(c)]
+    assert spread(list(bases), counts, uniform) == [b for b, c in zip(bases, counts) for _ in range(c)]
 
 
 @settings(max_examples=200)
@@ -121,9 +121,9 @@ def test_the_values_column_is_read_from_the_body_however_it_was_written(
         pieces = [Request(values=part).SerializeToString() for part in (words[:cut], words[cut:])]
     body = head + b"".join(pieces[: len(pieces) // 2]) + tail + b"".join(pieces[len(pieces) // 2 :])
     message = Request.FromString(body)
-    columns = _columns(body, 100)
+    columns = raw_columns(body, 100)
     assert columns is not None
-    assert _fixed64_words(columns[7], message).tolist() == list(message.values) == words
+    assert value_words(columns[7], message).tolist() == list(message.values) == words
 
 
 @st.composite
@@ -155,19 +155,19 @@ def sample_columns(draw: st.DrawFn) -> tuple[Request, list[int]]:
 @given(sample_columns())
 def test_counts_refs_and_timestamps_read_by_pattern_equal_the_parsed_fields_decoded(data) -> None:  # type: ignore[no-untyped-def]
     message, bases = data
-    raw = _columns(message.SerializeToString(), 100)
+    raw = raw_columns(message.SerializeToString(), 100)
     assert raw is not None
     counts = list(message.sample_counts)
-    assert _counts(message, raw) == counts
-    assert list(_refs(message, raw)) == list(_refs(message, None)) == list(accumulate(message.sample_series_ref_deltas))
+    assert sample_counts(message, raw) == counts
+    assert list(sample_refs(message, raw)) == list(sample_refs(message, None)) == list(accumulate(message.sample_series_ref_deltas))
     intervals = plain_running(list(message.timestamps), counts, [0] * len(counts), operator.add)
     stamps = plain_running(intervals, counts, bases, operator.add)
     uniform = counts.count(counts[0]) == len(counts)
     if all(-(1 << 63) <= stamp < (1 << 63) for stamp in stamps):
-        assert _timestamps(message, raw, counts, uniform, bases) == stamps
+        assert sample_timestamps(message, raw, counts, uniform, bases) == stamps
     else:
         with pytest.raises(DecodeError, match="beyond int64"):
-            _timestamps(message, raw, counts, uniform, bases)
+            sample_timestamps(message, raw, counts, uniform, bases)
 
 
 def test_a_body_of_more_records_than_its_budget_is_left_to_the_parsed_fields() -> None:
@@ -175,6 +175,6 @@ def test_a_body_of_more_records_than_its_budget_is_left_to_the_parsed_fields() -
     it gives up and the parsed fields are used."""
     body = Request(values=[1, 2], sample_counts=[2]).SerializeToString() + b"\x78\x00" * 1000  # field 15 varints
     message = Request.FromString(body)
-    assert _columns(body, 100) is None
-    assert _columns(body, 2000) is not None
-    assert _fixed64_words(None, message).tolist() == [1, 2]
+    assert raw_columns(body, 100) is None
+    assert raw_columns(body, 2000) is not None
+    assert value_words(None, message).tolist() == [1, 2]

@@ -22,19 +22,18 @@ series it has in ref order, so sample refs are a `range` and per-series state is
 written by slice assignment; value bits stay machine words (`array`), read from the body's packed field and
 XOR'd as one big integer; and where the columns repeat one pattern (uniform counts, consecutive refs, the
 same delta-of-deltas from the same last timestamp) their raw bytes are compared with it and the lists built
-by repetition. Anything else takes general paths that still run in C (map, accumulate, chained repeats).
+by repetition (compact_columns.py). Anything else takes general paths that still run in C (map,
+accumulate, chained repeats).
 """
 
 from __future__ import annotations
 
 import operator
-import sys
 import time
 from array import array
 from bisect import bisect_left
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from itertools import accumulate, chain, repeat
 from typing import Any
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -54,7 +53,20 @@ from exporters.remote_write.compact import (
     is_uniform,
     last_of_each,
     running,
-    varint,
+)
+from exporters.remote_write.compact_columns import (
+    Refs,
+    check_int64,
+    gather,
+    last_words,
+    raw_columns,
+    running_xor,
+    sample_counts,
+    sample_refs,
+    sample_timestamps,
+    scatter,
+    spread,
+    value_words,
 )
 from exporters.remote_write.encoding import DecodeError
 from exporters.remote_write.proto.compact_pb2 import Request
@@ -173,26 +185,6 @@ class _Base:
         overrides = dict(zip(undo.refs, old))  # a resend after a lost answer: rare
         values = [(overrides[ref] if ref in overrides else state[ref]) if ref < known else 0 for ref in refs]
         return array("Q", values) if which == 1 else values
-
-
-Refs = range | list[int]
-"""Series refs in increasing order; a range when contiguous, which turns per-series work into slices."""
-
-
-def gather(state: Any, refs: Refs) -> Any:
-    """`state[ref]` for each ref, as the state's own type (list or array)."""
-    if isinstance(refs, range) and refs.step == 1:
-        return state[refs.start : refs.stop]
-    values = map(state.__getitem__, refs)
-    return array(state.typecode, values) if isinstance(state, array) else list(values)
-
-
-def scatter(state: Any, refs: Refs, values: Any) -> None:
-    """`state[ref] = value` for each pair; values of the state's own type."""
-    if isinstance(refs, range) and refs.step == 1:
-        state[refs.start : refs.stop] = values
-    else:
-        deque(map(state.__setitem__, refs, values), 0)
 
 
 class CompactSessions:
@@ -321,7 +313,7 @@ class CompactSessions:
         if refs:
             counts = decoded.counts
             scatter(session.last_ts, refs, last_of_each(decoded.stamps, counts))
-            scatter(session.last_bits, refs, _last_words(decoded.bits, counts))
+            scatter(session.last_bits, refs, last_words(decoded.bits, counts))
             if starts is not None:
                 scatter(session.last_start, refs, last_of_each(starts, counts))
         grown = size_before + decoded.bytes + UNDO_ENTRY_BYTES * len(touched)
@@ -433,9 +425,9 @@ class _Decoded:
 
     def _samples(self, message: Request, body: bytes, base: _Base, batch: SampleBatch, sizes: list[int]) -> None:
         # Records a body of our encoder has: one per symbol, metadata entry, histogram and exemplar, a few more.
-        raw = _columns(body, 32 + len(message.symbols) + len(message.metadata) + len(message.histograms)
+        raw = raw_columns(body, 32 + len(message.symbols) + len(message.metadata) + len(message.histograms)
                        + len(message.exemplars))
-        counts = _counts(message, raw)
+        counts = sample_counts(message, raw)
         n, series_count = len(message.timestamps), len(message.sample_series_ref_deltas)
         if series_count != len(counts):
             raise DecodeError(f"compact: {series_count} sample series refs but {len(counts)} sample counts")
@@ -445,7 +437,7 @@ class _Decoded:
             )
         if message.start_timestamps and len(message.start_timestamps) != n:
             raise DecodeError(f"compact: {len(message.start_timestamps)} start timestamps for {n} samples")
-        self.refs: Refs = _refs(message, raw)
+        self.refs: Refs = sample_refs(message, raw)
         refs = self.refs
         self.counts = counts
         self.stamps: list[int] = []
@@ -456,191 +448,18 @@ class _Decoded:
         if refs[-1] >= len(self.series):
             raise DecodeError(f"compact: samples refer to series {refs[-1]}, the session has {len(self.series)}")
         uniform = is_uniform(counts)
-        stamps = _timestamps(message, raw, counts, uniform, base.last(refs, 0))
-        words = _fixed64_words(raw[7] if raw is not None else None, message)
-        bits = _running_xor(words, counts, base.last(refs, 1), uniform)
+        stamps = sample_timestamps(message, raw, counts, uniform, base.last(refs, 0))
+        words = value_words(raw[7] if raw is not None else None, message)
+        bits = running_xor(words, counts, base.last(refs, 1), uniform)
         self.stamps, self.bits = stamps, bits
         if message.start_timestamps:
             starts = running(list(message.start_timestamps), counts, base.last(refs, 2), operator.add)
-            _check_int64(starts, "a start timestamp")
+            check_int64(starts, "a start timestamp")
             self.starts = batch.start_timestamps = starts
         batch.timestamps = stamps
         batch.values = array("d", bits.tobytes()).tolist()
-        batch.labels = _spread(gather(self.series, refs), counts, uniform)
-        batch.sizes = _spread(gather(sizes, refs), counts, uniform)
-
-
-# The sample columns of a request in the steady state repeat one pattern: every series has the same count
-# (1, or the ticks of a flush), refs run 0, 1, 2 ... (deltas 1), and at a fixed interval every series has the
-# same delta-of-delta timestamps. Protobuf turns each into a list of ints at ~20-70 ns apiece; the fast paths
-# below compare the field's raw bytes with the canonical encoding of that pattern instead (one memcmp) and
-# build the lists by repetition. A body that matches is exactly that pattern; anything else takes the parsed
-# fields.
-
-
-def _counts(message: Request, raw: dict[int, bytes] | None) -> list[int]:
-    """The sample counts; by repetition when every series has the same count below 128."""
-    size = len(message.sample_counts)
-    if raw is not None and size:
-        first = message.sample_counts[0]
-        if 0 < first < 0x80 and raw[5] == bytes((first,)) * size:
-            return [first] * size
-    return list(message.sample_counts)
-
-
-def _refs(message: Request, raw: dict[int, bytes] | None) -> Refs:
-    """The sample series refs: a range when they are consecutive (deltas after the first are all 1)."""
-    size = len(message.sample_series_ref_deltas)
-    if not size:
-        return range(0)
-    first = message.sample_series_ref_deltas[0]
-    if raw is not None and raw[4] == varint(first) + b"\x01" * (size - 1):
-        return range(first, first + size)
-    deltas = list(message.sample_series_ref_deltas)
-    rest = deltas[1:]
-    if rest.count(1) == len(rest):
-        return range(first, first + size)
-    if 0 in rest:
-        raise DecodeError("compact: sample series refs are not increasing")
-    return list(accumulate(deltas))
-
-
-def _timestamps(message: Request, raw: dict[int, bytes] | None, counts: list[int], uniform: bool,
-                bases: list[int]) -> list[int]:
-    """Each sample's timestamp. With uniform counts, when every series' delta-of-deltas are the same and so are
-    their last timestamps (a fixed interval in the steady state), one series is decoded and repeated."""
-    every = counts[0]
-    encoded: list[int] | None = None
-    if uniform and raw is not None:
-        pattern = list(message.timestamps[:every])
-        if raw[6] == b"".join(varint((e << 1) ^ (e >> 63)) for e in pattern) * len(counts):
-            if bases.count(bases[0]) == len(bases):
-                one = running(running(pattern, [every], [0], operator.add), [every], bases[:1], operator.add)
-                _check_int64(one, "a timestamp")
-                return one * len(counts)
-            encoded = pattern * len(counts)
-    if encoded is None:
-        encoded = list(message.timestamps)
-    intervals = encoded if uniform and every == 1 else running(encoded, counts, [0] * len(counts), operator.add)
-    stamps = running(intervals, counts, bases, operator.add)
-    _check_int64(stamps, "a timestamp")
-    return stamps
-
-
-def _check_int64(column: list[int], what: str) -> None:
-    """Refuse a column with a value beyond int64 (array's conversion checks each in C, cheaper than min + max)."""
-    try:
-        array("q", column)
-    except OverflowError:
-        raise DecodeError(f"compact: {what} decodes beyond int64") from None
-
-
-def _spread(per_series: list[Any], counts: list[int], uniform: bool) -> list[Any]:
-    """Each series' item repeated for each of its samples, as the batch's per-sample columns hold them."""
-    if uniform:
-        every = counts[0]
-        if every == 1:
-            return per_series
-        out: list[Any] = [None] * (every * len(per_series))
-        for k in range(every):
-            out[k::every] = per_series
-        return out
-    return list(chain.from_iterable(map(repeat, per_series, counts)))
-
-
-def _xor(a: array, b: array) -> array:
-    """Two arrays of words XOR'd, as one big-integer operation rather than per word."""
-    size = 8 * len(a)
-    return array("Q", (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(size, "little"))
-
-
-def _running_xor(xored: array, counts: list[int], bases: array, uniform: bool) -> array:
-    """Each sample's value bits: within a series, XOR'd with the previous sample's (the first with the base)."""
-    if not uniform:
-        return array("Q", running(xored.tolist(), counts, bases.tolist(), operator.xor))
-    every = counts[0]
-    if every == 1:
-        return _xor(xored, bases)
-    out = array("Q", bytes(8 * len(xored)))
-    out[::every] = _xor(xored[::every], bases)
-    for k in range(1, every):
-        out[k::every] = _xor(xored[k::every], out[k - 1 :: every])
-    return out
-
-
-def _last_words(bits: array, counts: list[int]) -> array:
-    """Each series' last value bits, as words for the state."""
-    if is_uniform(counts):
-        return bits[counts[0] - 1 :: counts[0]]
-    return array("Q", last_of_each(bits, counts))
-
-
-def _fixed64_words(raw: bytes | None, message: Request) -> array:
-    """The request's values column as words, from the body's raw bytes of field 7 (`_columns`): protobuf's
-    repeated field turned into ints costs ~70 ns a sample, this a copy. The parsed field when the raw bytes are
-    missing or do not hold as many words."""
-    if raw is None or len(raw) != 8 * len(message.values):
-        return array("Q", list(message.values))
-    out = array("Q")
-    out.frombytes(raw)
-    if _BIG_ENDIAN:
-        out.byteswap()
-    return out
-
-
-_BIG_ENDIAN = sys.byteorder == "big"
-_ELEMENT_WIRE_TYPE = {4: 0, 5: 0, 6: 0, 7: 1}
-"""The sample columns (fields 4-7 of Request) and the wire type each one's unpacked elements have."""
-
-
-def _columns(body: bytes, budget: int) -> dict[int, bytes] | None:
-    """The raw bytes of each sample column (fields 4-7) at the top level of a body protobuf parsed already (so
-    its records are well-formed): packed records' payloads and unpacked elements' bytes, in order, which is
-    the byte string protobuf read the field's elements from. None where the walk meets a group, or past
-    `budget` records: the walk is Python, and a body of millions of tiny records (unknown fields, unpacked
-    columns) must cost what protobuf's parse costs, not a second per request."""
-    chunks: dict[int, list[bytes]] = {4: [], 5: [], 6: [], 7: []}
-    position, end = 0, len(body)
-    while position < end:
-        budget -= 1
-        if budget < 0:
-            return None
-        tag = body[position]
-        if tag < 0x80:
-            position += 1
-        else:
-            tag, position = _varint(body, position)
-        number, wire = tag >> 3, tag & 7
-        if wire == 2:
-            length, position = _varint(body, position)
-            if number in chunks:
-                chunks[number].append(body[position : position + length])
-            position += length
-        elif wire == 0:
-            start = position
-            _, position = _varint(body, position)
-            if _ELEMENT_WIRE_TYPE.get(number) == 0:
-                chunks[number].append(body[start:position])
-        elif wire == 1:
-            if number == 7:
-                chunks[7].append(body[position : position + 8])
-            position += 8
-        elif wire == 5:
-            position += 4
-        else:
-            return None
-    return {number: b"".join(parts) for number, parts in chunks.items()}
-
-
-def _varint(body: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = body[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
+        batch.labels = spread(gather(self.series, refs), counts, uniform)
+        batch.sizes = spread(gather(sizes, refs), counts, uniform)
 
 
 def _histogram(h) -> NativeHistogram:  # type: ignore[no-untyped-def]
