@@ -86,7 +86,6 @@ UNDO_ENTRY_BYTES = 120
 SAMPLE_SIZE = 20
 """What a float sample adds to a remote write 1.0 body beyond its labels: `SampleBatch.sizes` estimates."""
 MAX_SENDER_ID = 256
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class _Undo:
