@@ -436,12 +436,12 @@ def test_a_sender_past_max_bytes_per_sender_is_evicted_counted_and_then_told_its
 
 
 def test_least_recently_used_sessions_are_evicted_past_max_total_bytes() -> None:
-    receiver = CompactSessions(max_total_bytes=6000)
+    receiver = CompactSessions(max_total_bytes=14000)
     senders = [CompactEncoder(sender_id=f"node-{i}") for i in range(3)]
     for i, encoder in enumerate(senders):
         deliver(encoder, receiver, batch_of([(labels, 1.0, 1000) for labels in node_series(8, host=str(i))]))
     assert receiver.evictions >= 1
-    assert receiver.bytes_used <= 6000
+    assert receiver.bytes_used <= 14000
     survivor = senders[-1]
     deliver(survivor, receiver, batch_of([(labels, 2.0, 2000) for labels in node_series(8, host="2")]))
     first = senders[0].encode(batch_of([(A, 1.0, 2000)]))
@@ -500,6 +500,8 @@ MALFORMED = {
                                                       timestamps=[5, 1], values=[0, 0], start_timestamps=[1]),
     "a histogram of an undefined series": Request(histograms=[HistogramSample(series_ref=3, count_int=1)]),
     "metadata as before in a session without any": Request(metadata_unchanged=True),
+    "a series defined twice": Request(symbols=["__name__", "up"], series_label_counts=[1, 1],
+                                      series_label_refs=[1, 2, 1, 2]),
 }
 
 
@@ -545,3 +547,40 @@ def test_a_malformed_request_leaves_the_session_as_it_was() -> None:
         receiver.decode(MALFORMED["samples of an undefined series"].SerializeToString(), headers_for(sequence=2))
     batch = batch_of([(A, 2.0, 2000)])
     assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+
+
+def test_a_series_defined_again_in_a_later_request_is_refused_and_the_session_is_unchanged() -> None:
+    receiver = CompactSessions()
+    first = Request(**ONE_SERIES, sample_series_ref_deltas=[0], sample_counts=[1], timestamps=[5], values=[0])
+    _, commit = receiver.decode(first.SerializeToString(), headers_for(1))
+    commit()
+    again = Request(series_label_counts=[1], series_label_refs=[1, 2])  # the same labels, a second ref
+    used = receiver.bytes_used
+
+    with pytest.raises(DecodeError, match="defined twice"):
+        receiver.decode(again.SerializeToString(), headers_for(2))
+
+    assert receiver.bytes_used == used
+    later = Request(sample_series_ref_deltas=[0], sample_counts=[1], timestamps=[1], values=[0])
+    decoded, _ = receiver.decode(later.SerializeToString(), headers_for(2))
+    assert decoded.labels == [(("__name__", "up"),)]
+
+
+def test_a_decoded_request_is_marked_grouped_one_run_per_series_in_time_order() -> None:
+    decoded = deliver(CompactEncoder(), CompactSessions(),
+                      batch_of([(A, 1.0, 2000), (B, 2.0, 1000), (A, 3.0, 1000), (B, 4.0, 2000)]))
+
+    assert decoded.grouped
+    runs = [labels for i, labels in enumerate(decoded.labels) if i == 0 or decoded.labels[i - 1] is not labels]
+    assert len(runs) == len(set(runs)) == 2
+    assert [t for labels, t in zip(decoded.labels, decoded.timestamps) if labels == A] == [1000, 2000]
+
+
+def test_a_request_whose_series_falls_back_in_time_is_decoded_as_sent_but_not_marked_grouped() -> None:
+    falling = Request(**ONE_SERIES, sample_series_ref_deltas=[0], sample_counts=[2], timestamps=[10, -15],
+                      values=[0, 0])
+
+    decoded, _ = CompactSessions().decode(falling.SerializeToString(), headers_for())
+
+    assert decoded.timestamps == [10, 5]
+    assert not decoded.grouped

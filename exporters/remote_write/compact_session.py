@@ -34,6 +34,7 @@ from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from itertools import accumulate, compress, islice
 from typing import Any
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -80,6 +81,8 @@ from exporters.remote_write.series import (
 )
 
 RECEIVER_PAIR_OVERHEAD = 72
+RECEIVER_INDEX_OVERHEAD = 104
+"""A series' entry in its session's label-set index (a dict slot, the hash table's share)."""
 """Bytes each label pair of a decoded series costs: its (name, value) tuple and a slot in the label set."""
 UNDO_ENTRY_BYTES = 120
 """Bytes each series' saved last values cost in the one step of undo."""
@@ -121,6 +124,7 @@ class _Session:
         "last_start",
         "last_ts",
         "metadata",
+        "refs_by_labels",
         "sequence",
         "series",
         "sizes",
@@ -135,6 +139,9 @@ class _Session:
         self.sequence = 0  # last committed
         self.symbols: list[str] = [""]
         self.series: list[Labels] = []
+        # Each label set's ref: a label set defined twice is refused, so a decoded batch has one run per series
+        # (what `SampleBatch.grouped` promises the batcher and encoders).
+        self.refs_by_labels: dict[Labels, int] = {}
         self.sizes: list[int] = []
         self.last_ts: list[int] = []
         self.last_bits = array("Q")  # bits stay words: a request's values are XOR'd with them as one big int
@@ -277,6 +284,8 @@ class CompactSessions:
         undo = session.undo
         assert undo is not None
         del session.symbols[undo.symbols :]
+        for labels in session.series[undo.series :]:
+            del session.refs_by_labels[labels]
         for column in (session.series, session.sizes, session.last_ts, session.last_bits, session.last_start):
             del column[undo.series :]
         scatter(session.last_ts, undo.refs, undo.stamps)
@@ -303,6 +312,7 @@ class CompactSessions:
         if decoded.carries_metadata:
             session.metadata = dict(decoded.batch.metadata)
         session.symbols += decoded.new_symbols
+        session.refs_by_labels.update(zip(decoded.new_series, range(known, known + len(decoded.new_series))))
         session.series += decoded.new_series
         session.sizes += decoded.new_sizes
         added = len(decoded.new_series)
@@ -361,7 +371,7 @@ class _Decoded:
         symbols = session.symbols if session is not None else [""]
         if len(symbols) != base.symbols or self.new_symbols:
             symbols = symbols[: base.symbols] + self.new_symbols
-        self._define_series(message, symbols)
+        self._define_series(message, symbols, session.refs_by_labels if session is not None else {}, base.series)
         series = session.series if session is not None else []
         sizes = session.sizes if session is not None else []
         if len(series) != base.series or self.new_series:
@@ -402,7 +412,7 @@ class _Decoded:
             raise DecodeError(f"compact: {what} refers to series {ref}, the session has {len(self.series)}")
         return self.series[ref]
 
-    def _define_series(self, message: Request, symbols: list[str]) -> None:
+    def _define_series(self, message: Request, symbols: list[str], known: dict[Labels, int], base: int) -> None:
         counts, refs = list(message.series_label_counts), list(message.series_label_refs)
         if sum(counts) * 2 != len(refs):
             raise DecodeError(f"compact: {len(refs)} series label refs for {sum(counts)} label pairs")
@@ -420,7 +430,14 @@ class _Decoded:
             self.new_series.append(tuple(zip(names, values)))
             self.new_sizes.append(sum(map(len, texts[start:end])) + 4 * count + SAMPLE_SIZE)
             start = end
-        self.bytes += sum(SERIES_OVERHEAD + RECEIVER_PAIR_OVERHEAD * count for count in counts)
+        if self.new_series:
+            defined = known.get
+            fresh = dict.fromkeys(self.new_series)
+            if len(fresh) != len(self.new_series) or any(
+                (ref := defined(labels)) is not None and ref < base for labels in fresh
+            ):
+                raise DecodeError("compact: a series is defined twice in the session")
+        self.bytes += sum(SERIES_OVERHEAD + RECEIVER_PAIR_OVERHEAD * count + RECEIVER_INDEX_OVERHEAD for count in counts)
 
     def _samples(self, message: Request, body: bytes, base: _Base, batch: SampleBatch, sizes: list[int]) -> None:
         # Records a body of our encoder has: one per symbol, metadata entry, histogram and exemplar, a few more.
@@ -459,6 +476,21 @@ class _Decoded:
         batch.values = array("d", bits.tobytes()).tolist()
         batch.labels = spread(gather(self.series, refs), counts, uniform)
         batch.sizes = spread(gather(sizes, refs), counts, uniform)
+        # One run per series (refs increase and no label set has two refs), one tuple object per run; grouped
+        # when each run is also in time order, as our encoder sends it.
+        batch.grouped = _in_time_order(stamps, counts, uniform)
+
+
+def _in_time_order(stamps: list[int], counts: list[int], uniform: bool) -> bool:
+    """Whether the samples of each run (`counts` consecutive samples per series) have rising timestamps."""
+    if uniform:
+        every = counts[0]
+        return every == 1 or all(all(map(operator.le, stamps[k - 1 :: every], stamps[k::every])) for k in range(1, every))
+    falls = list(compress(range(1, len(stamps)), map(operator.gt, stamps, islice(stamps, 1, None))))
+    if not falls:
+        return True
+    boundaries = set(accumulate(counts))
+    return all(fall in boundaries for fall in falls)
 
 
 def _histogram(h) -> NativeHistogram:  # type: ignore[no-untyped-def]
