@@ -13,6 +13,12 @@ per request, as a 1 s flush at a 1 s interval; 5 = a 5 s flush). Two stages are 
   state (the compact dictionary, caches) persists across requests, and every request is committed as if the
   receiver acknowledged it, so the steady state is what is measured.
 
+`--pieces N --decoded` makes each piece what a gateway's batcher gets from one node: the node's flush of
+that piece (its `--per-request` ticks) cut by a node's batcher, encoded by the node's own compact encoder and
+decoded by the gateway's `CompactSessions` (each request committed on both sides), so each batch is grouped
+as a decoded compact request is (series contiguous, in time order, one tuple object per series from the
+session dictionary) and marked `grouped`; `--shuffle` then changes the order of the nodes every flush.
+
 Reported: medians over `--repeats` runs of `--duration` seconds of CPU time (samples/s and microseconds per
 sample), and body bytes per sample in the steady state.
 """
@@ -33,7 +39,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from exporters.remote_write import encoding
 from exporters.remote_write.batcher import Batcher
+from exporters.remote_write.compact_session import CompactSessions
 from exporters.remote_write.formats import new_encoder
 from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.series_cache import SeriesCache
@@ -42,14 +50,20 @@ from exporters.remote_write.translate import translate
 FORMATS = ("compact", "rw2", "vm", "rw1")
 
 
-def flushes(nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: bool = False) -> list[list[SampleBatch]]:
+def flushes(
+    nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: bool = False, decoded: bool = False
+) -> list[list[SampleBatch]]:
     """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher;
     `pieces` > 1 hands each tick over in that many batches (a gateway receives one request per node), in an
-    order that changes from tick to tick if `shuffle` (as requests from many nodes race)."""
+    order that changes from tick to tick if `shuffle` (as requests from many nodes race). `decoded`: each
+    piece's ticks of a flush reach the batcher as a gateway gets them, through a node's batcher and compact
+    encoder and the gateway's decoder (`node_requests`), in an order that changes every flush if `shuffle`."""
     rng = random.Random(7)
     workload = Workload(nodes, seed=1)
     cache = SeriesCache()
     now = time.time() - 3600
+    senders = [new_encoder("compact") for _ in range(pieces)] if decoded else []
+    sessions = CompactSessions()
     out = []
     for flush in range(count):
         ticks = []
@@ -69,10 +83,38 @@ def flushes(nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: 
                 )
                 for start in range(0, len(batch.values), step)
             ]
-            if shuffle:
+            if shuffle and not decoded:
                 rng.shuffle(parts)
             ticks += parts
+        if decoded:
+            ticks = node_requests(ticks, pieces, senders, sessions)
+            if shuffle:
+                rng.shuffle(ticks)
         out.append(ticks)
+    return out
+
+
+def node_requests(
+    parts: list[SampleBatch], pieces: int, senders: list[encoding.Encoder], sessions: CompactSessions
+) -> list[SampleBatch]:
+    """What a gateway decodes from one flush of `pieces` nodes, given each tick's `parts` (piece p of every tick
+    is node p's): each node's flush cut by its own batcher at the exporter's defaults, compact-encoded by its
+    sender and decoded by `sessions`, both sides committed. Each batch is marked `grouped`, as the decoder's
+    output is (series contiguous per reference, in time order, one session tuple per series)."""
+    if len(parts) % pieces:
+        raise ValueError(f"a tick came in {len(parts)} parts, not a multiple of {pieces} nodes")
+    out = []
+    for node, sender in enumerate(senders):
+        node_flush = parts[node::pieces]
+        for request in cut(node_flush, 10_000, 4 << 20):
+            encoded = sender.encode(request)
+            data = encoding.decompress(encoded.headers["Content-Encoding"], encoded.body, 1 << 30)
+            batch, commit = sessions.decode(data, encoded.headers)
+            commit()
+            if encoded.commit is not None:
+                encoded.commit()
+            batch.grouped = True
+            out.append(batch)
     return out
 
 
@@ -140,16 +182,20 @@ def main(argv: list[str] | None = None) -> int:
         help="batches each tick reaches the batcher in (10: one per node, as a gateway gets them)",
     )
     parser.add_argument("--shuffle", action="store_true", help="those batches in a different order every tick")
+    parser.add_argument(
+        "--decoded", action="store_true",
+        help="each piece is a node's flush as the gateway decodes it from compact requests (grouped batches)",
+    )
     args = parser.parse_args(argv)
     print(
         f"{'stage':<10}{'ticks/flush':>12}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}"
         f"{'us/sample':>10}{'body B/sample':>15}"
     )
     for per_request in (int(p) for p in args.per_request.split(",")):
-        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces, args.shuffle)
+        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces, args.shuffle, args.decoded)
         requests = [batch for flush in ticks for batch in cut(flush, args.max_samples, args.max_bytes)]
         per_batch = statistics.median(b.samples for b in requests)
-        stages = ["batcher", *args.formats.split(",")]
+        stages = ["batcher", *filter(None, args.formats.split(","))]  # --formats "": the batcher only
         for stage in stages:
             if stage == "batcher":
                 costs = [measure_batcher(ticks, args.max_samples, args.max_bytes, args.duration)
