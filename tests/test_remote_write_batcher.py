@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 
 from exporters.remote_write import rw1
 from exporters.remote_write.batcher import Batcher
-from exporters.remote_write.series import Labels, SampleBatch, group_by_series
-from tests.series_strategies import bits, flushes
+from exporters.remote_write.series import (
+    Exemplar,
+    Labels,
+    NativeHistogram,
+    SampleBatch,
+    group_by_series,
+)
+from tests.series_strategies import bits, copied, floats, flushes, label_sets
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -154,3 +160,132 @@ def test_a_flush_whose_ticks_differ_is_cut_as_before_and_not_marked_grouped() ->
     ((batch, _),) = batcher.cut()
     assert not batch.grouped
     assert batch.labels == [a, b, b, a]  # as it came: it fits in one request
+
+
+@st.composite
+def grouped_flushes(draw: Any) -> tuple[list[list[SampleBatch]], int, int]:
+    """Flushes of `grouped` batches as a gateway decodes them (each series one run of one tuple object, in time
+    order), one batcher's in a row: mostly series that no other batch of the flush has (a node's requests),
+    sometimes one again (a gateway's flush spans two of a node's), an equal label set in another tuple (a
+    sender's new session), a batch not grouped, or a series longer than a limit."""
+    pool = draw(st.lists(label_sets(), min_size=1, max_size=8, unique=True))
+    twins = {labels: copied(labels) for labels in pool}
+    stamp = draw(st.integers(0, 10**9))
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        flush = []
+        unused = list(pool)
+        for _ in range(draw(st.integers(1, 4))):
+            repeat = draw(st.integers(0, 3)) == 0 or not unused
+            source = pool if repeat else unused
+            series = draw(st.lists(st.sampled_from(source), min_size=1, max_size=4, unique=True))
+            unused = [s for s in unused if s not in series]
+            batch = SampleBatch(grouped=draw(st.integers(0, 9)) > 0)
+            with_starts = draw(st.booleans())
+            for labels in series:
+                if draw(st.integers(0, 4)) == 0:
+                    labels = twins[labels]
+                at = stamp + draw(st.integers(-3000, 3000))
+                for _ in range(draw(st.integers(1, 4))):
+                    batch.labels.append(labels)
+                    batch.values.append(draw(floats))
+                    batch.timestamps.append(at)
+                    batch.sizes.append(draw(st.integers(0, 60)))
+                    if with_starts:
+                        batch.start_timestamps.append(draw(st.sampled_from((0, 5))))
+                    at += draw(st.sampled_from((0, 1000, 1000)))
+            if draw(st.integers(0, 5)) == 0:
+                h = NativeHistogram(timestamp=stamp, count=3, sum=1.5, schema=0, zero_threshold=0.0, zero_count=1)
+                batch.histogram_labels, batch.histograms, batch.histogram_sizes = [(("__name__", "h"),)], [h], [50]
+                batch.exemplar_labels, batch.exemplars, batch.exemplar_sizes = [series[0]], [Exemplar((), 1.0, stamp)], [30]
+            flush.append(batch)
+        stamp += 5000
+        out.append(flush)
+    return out, draw(st.integers(1, 12)), draw(st.one_of(st.integers(1, 600), st.just(1 << 20)))
+
+
+@PROPERTY
+@given(grouped_flushes())
+def test_grouped_batches_are_cut_as_the_plain_algorithm_cuts_them(flushes: tuple[list[list[SampleBatch]], int, int]) -> None:
+    batches, max_samples, max_bytes = flushes
+    batcher = Batcher(max_samples, max_bytes, 5.0, hold_factor=10**6)
+    for _ in range(2):  # again: tuples proved distinct are remembered, not proved again
+        for flush in batches:
+            expected = [(seen(batch), size) for batch, size in reference_cut(*pending_of(flush), max_samples, max_bytes)]
+            for batch in flush:
+                assert batcher.add(batch) == []
+            requests = batcher.cut()
+            assert [(seen(batch), size) for batch, size in requests] == expected
+            for batch, _ in requests:
+                if batch.grouped:
+                    assert_grouped(batch)
+
+
+def assert_grouped(batch: SampleBatch) -> None:
+    order = [i for members in group_by_series(batch.labels).values()
+             for i in sorted(members, key=batch.timestamps.__getitem__)]
+    assert order == list(range(len(batch.values)))
+    runs = [len(members) for members in group_by_series(batch.labels).values()]
+    changes = sum(1 for a, b in zip(batch.labels, batch.labels[1:]) if a is not b)
+    assert changes == len(runs) - 1
+
+
+def node_request(series: list[Labels], stamp: int) -> SampleBatch:
+    """A decoded request of one node: five samples a series, each series one run of one tuple."""
+    batch = SampleBatch(grouped=True)
+    for labels in series:
+        batch.labels += [labels] * 5
+        batch.timestamps += [stamp + 1000 * i for i in range(5)]
+        batch.values += [1.0] * 5
+        batch.sizes += [10] * 5
+    return batch
+
+
+def test_a_gateways_flush_of_node_requests_is_cut_at_series_boundaries_as_it_stands() -> None:
+    nodes = [[(("__name__", "m"), ("i", f"{node}-{k}")) for k in range(3)] for node in range(3)]
+    batcher = Batcher(max_samples=22, max_bytes=1 << 20, flush_interval=5.0)
+    batches = [node_request(series, 0) for series in nodes]
+    for batch in batches:
+        batcher.add(batch)
+    requests = batcher.cut()
+    assert [len(batch) for batch, _ in requests] == [20, 20, 5]
+    assert all(batch.grouped for batch, _ in requests)
+    assert [s for batch, _ in requests for s in batch.labels] == [s for batch in batches for s in batch.labels]
+    assert all(a is b for (batch, _), start in zip(requests, (0, 20, 40)) for a, b in
+               zip(batch.labels, (batches[0].labels + batches[1].labels + batches[2].labels)[start:]))
+
+
+def test_a_series_in_two_node_requests_of_one_flush_is_cut_whole_and_in_time_order() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    batcher = Batcher(max_samples=12, max_bytes=1 << 20, flush_interval=5.0)
+    batcher.add(node_request([a, b], 5000))  # a node's later flush reached the gateway first
+    batcher.add(node_request([a, b], 0))
+    (first, _), (second, _) = batcher.cut()
+    assert first.grouped and second.grouped
+    assert first.labels == [a] * 10 and first.timestamps == [1000 * i for i in range(10)]
+    assert second.labels == [b] * 10 and second.timestamps == [1000 * i for i in range(10)]
+
+
+def test_a_series_again_in_a_later_request_is_found_though_its_tuple_was_proved_in_an_earlier_flush() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    batcher = Batcher(max_samples=100, max_bytes=1 << 20, flush_interval=5.0)
+    batcher.add(node_request([a, b], 0))
+    ((proved, _),) = batcher.cut()
+    assert proved.grouped
+    batcher.add(node_request([a, b], 0))
+    batcher.add(node_request([a], 5000))
+    ((batch, _),) = batcher.cut()
+    assert not batch.grouped  # as it came: it fits in one request, but a's samples are in two runs
+
+
+def test_an_equal_series_in_a_new_tuple_is_not_taken_for_another_series() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    batcher = Batcher(max_samples=12, max_bytes=1 << 20, flush_interval=5.0)
+    batcher.add(node_request([a, b], 0))
+    batcher.cut()
+    batcher.add(node_request([a], 0))
+    batcher.add(node_request([copied(a), b], 5000))  # the sender's new session: new tuples
+    (first, _), (second, _) = batcher.cut()
+    assert first.labels == [a] * 10 and first.timestamps == [1000 * i for i in range(10)]
+    assert all(labels is first.labels[0] for labels in first.labels)
+    assert second.labels == [b] * 5

@@ -18,9 +18,14 @@ How a cut groups: when the flush is ticks of the same series in the same order w
 node's ticks, the common case, each tick in one batch or several), grouping is interleaving the ticks, done
 with list slices, and the requests come out `grouped` (`SampleBatch.grouped`) so encoders need not group
 again; on the node workload's 5 s flush that costs ~0.1 us per sample where grouping in a Python loop cost
-~1.2. Otherwise (ticks that differ, as at a gateway; a series that alone passes a limit) a flush that fits
-in one request is sent as it came, and one that does not is grouped with list operations that run in C
-(~0.5 us per sample), its requests `grouped` too.
+~1.2. When the flush is batches that are each `grouped` and share no series (a gateway's: a decoded compact
+request is grouped, and a node cuts each of its flushes into requests of whole series), the flush is grouped
+as it stands, their concatenation, and a cut only slices it at series boundaries found by bisection on where
+each run of one tuple object starts: no sample is moved (~0.05 us per sample on the gateway's 5 s flush of 10
+nodes, where the general path below cost ~0.6). Otherwise (ticks that differ; a series in two batches, as
+when a gateway's flush spans two of a node's; a series that alone passes a limit) a flush that fits in one
+request is sent as it came, and one that does not is grouped with list operations that run in C (~0.5 us
+per sample), its requests `grouped` too.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, pairwise
-from operator import add, and_, eq, le, lt, ne, sub
+from operator import add, and_, eq, is_not, le, lt, ne, sub
 
 from exporters.remote_write.series import Labels, SampleBatch
 
@@ -72,6 +77,12 @@ class Batcher:
         self._added: list[int] = []  # float samples of each batch added since the last cut, in order
         self._unique: list[Labels] = []  # the last series order whose label sets were found distinct
         self._reused = False  # whether a later flush had that order again
+        self._runs = True  # whether every batch added since the last cut with float samples was `grouped`
+        # Series objects proved distinct by value, by id, and their values: a gateway's series are the same
+        # tuple objects flush after flush (its sessions' dictionaries), so each is hashed once, not per flush.
+        # Holding the objects (in the set of values) keeps their ids theirs.
+        self._proved_ids: set[int] = set()
+        self._proved_values: set[Labels] = set()
 
     @property
     def nbytes(self) -> int:
@@ -103,6 +114,8 @@ class Batcher:
                 pending.start_timestamps.extend([0] * len(pending.values))
             pending.start_timestamps.extend(batch.start_timestamps or [0] * len(batch.values))
         self._added.append(len(batch.values))
+        if batch.values and not batch.grouped:
+            self._runs = False
         pending.labels += batch.labels
         pending.values += batch.values
         pending.timestamps += batch.timestamps
@@ -121,11 +134,15 @@ class Batcher:
 
     def cut(self) -> list[tuple[SampleBatch, int]]:
         """Everything pending, as requests (batch, estimated bytes), in the order they should be sent."""
-        pending, nbytes, added = self._pending, self._nbytes, self._added
-        self._pending, self._nbytes, self._added = SampleBatch(), 0, []
+        pending, nbytes, added, runs = self._pending, self._nbytes, self._added, self._runs
+        self._pending, self._nbytes, self._added, self._runs = SampleBatch(), 0, [], True
         if not pending:
             return []
         fits = len(pending.values) <= self.max_samples - len(pending.histograms) and nbytes <= self.max_bytes
+        if runs:
+            requests = self._cut_runs(pending, nbytes, added, fits)
+            if requests is not None:
+                return requests
         per_tick = self._repeated_series(pending, added)
         if per_tick and per_tick == len(pending.values) and fits:
             pending.grouped = True  # one sample per series: grouped as it stands
@@ -137,6 +154,92 @@ class Batcher:
         if fits:
             return [(pending, nbytes)]
         return self._split(pending)
+
+    def _cut_runs(
+        self, pending: SampleBatch, nbytes: int, added: list[int], fits: bool
+    ) -> list[tuple[SampleBatch, int]] | None:
+        """The requests `_split` would cut from a flush of `grouped` batches (`added` holds their lengths) that
+        share no series, each request a slice of the flush as it stands and `grouped`; None when that is not
+        the flush (a series in two batches; equal label sets in distinct tuples) or a series alone passes a
+        limit (`_split` splits it).
+
+        Then the concatenation is grouped already: series in order of first appearance, each one run of one
+        tuple object in time order. The runs are found by identity (an `is not` per sample, in C), and their
+        tuples are proved distinct by id, then by value only for tuples not proved in an earlier flush."""
+        labels = pending.labels
+        count = len(labels)
+        if not count:
+            return None
+        edge = 0
+        for size in added[:-1]:
+            edge += size
+            if 0 < edge < count and labels[edge] is labels[edge - 1]:
+                return None  # one series' run goes on into the next batch: its times need not follow on
+        changes = list(map(is_not, labels[1:], labels))
+        heads = [labels[0], *compress(labels[1:], changes)]
+        ids = set(map(id, heads))
+        if len(ids) != len(heads) or not (self._proved_ids.issuperset(ids) or self._distinct(ids, heads)):
+            return None
+        if fits:
+            pending.grouped = True
+            return [(pending, nbytes)]
+        starts = [0, *compress(range(1, count), changes)]
+        max_samples, max_bytes, sizes = self.max_samples, self.max_bytes, pending.sizes
+        requests: list[tuple[SampleBatch, int]] = []
+        begin = first = 0  # `first`: the run that starts at `begin`, an index into `starts`
+        while begin < count:
+            if begin + max_samples >= count:
+                end, last = count, len(starts)
+            else:
+                last = bisect_right(starts, begin + max_samples, first) - 1
+                end = starts[last]
+            request_sizes = sizes[begin:end]
+            size = sum(request_sizes)
+            if size > max_bytes:  # the bytes limit ends this request first: at the run the first byte past it is in
+                fit = bisect_right(list(accumulate(request_sizes)), max_bytes)
+                last = bisect_right(starts, begin + fit, first) - 1
+                end = starts[last]
+                request_sizes = sizes[begin:end]
+                size = sum(request_sizes)
+            if last == first:
+                return None  # the run at `begin` alone passes a limit
+            batch = SampleBatch(
+                labels=labels[begin:end],
+                values=pending.values[begin:end],
+                timestamps=pending.timestamps[begin:end],
+                sizes=request_sizes,
+                metadata=pending.metadata,
+                grouped=True,
+            )
+            if pending.start_timestamps:
+                batch.start_timestamps = pending.start_timestamps[begin:end]
+            requests.append((batch, size))
+            begin, first = end, last
+        return self._with_the_rest(requests, pending)
+
+    def _distinct(self, ids: set[int], heads: list[Labels]) -> bool:
+        """Whether the label tuples `heads` (distinct objects, whose ids are `ids`) are distinct label sets.
+
+        Tuples proved in earlier flushes are not hashed again (the caller checks first whether all were). When
+        a new tuple equals one proved earlier (a sender's session restarted with new tuples for its series),
+        or what is remembered grew past four times this flush's series, this flush's tuples are proved alone
+        and replace what is remembered."""
+        fresh = ids - self._proved_ids
+        objects = list(compress(heads, map(fresh.__contains__, map(id, heads))))
+        values = set(objects)
+        if (
+            len(values) == len(objects)
+            and values.isdisjoint(self._proved_values)
+            and len(self._proved_ids) + len(objects) <= 4 * len(ids) + 4096
+        ):
+            self._proved_ids |= fresh
+            self._proved_values |= values
+            return True
+        values = set(heads)
+        if len(values) != len(heads):
+            return False
+        self._proved_ids, self._proved_values = ids, values
+        return True
 
     def _repeated_series(self, pending: SampleBatch, added: list[int]) -> int:
         """Series per tick when the pending samples are ticks of the same distinct series in the same order,
