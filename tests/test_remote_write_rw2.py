@@ -22,6 +22,7 @@ from exporters.remote_write.series import (
     Metadata,
     NativeHistogram,
     SampleBatch,
+    group_by_series,
 )
 from tests.series_strategies import batches, canonical
 
@@ -429,3 +430,28 @@ def test_the_schema_is_registered_under_a_file_name_of_our_own() -> None:
 
     assert remote_write_v2_pb2.DESCRIPTOR.name == "headwater/remote_write_v2.proto"
     assert remote_write_v2_pb2.Request.DESCRIPTOR.full_name == "io.prometheus.write.v2.Request"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_a_grouped_batch_is_written_as_the_same_batch_not_marked_grouped(batch: SampleBatch) -> None:
+    # As the batcher hands it over: each series one run of one tuple object, in time order (ties as they came).
+    order = [i for members in group_by_series(batch.labels).values()
+             for i in sorted(members, key=batch.timestamps.__getitem__)]
+    first = {labels: labels for labels in reversed(batch.labels)}
+    grouped = SampleBatch(
+        labels=[first[batch.labels[i]] for i in order],
+        values=[batch.values[i] for i in order],
+        timestamps=[batch.timestamps[i] for i in order],
+        sizes=[batch.sizes[i] for i in order],
+        start_timestamps=[batch.start_timestamps[i] for i in order] if batch.start_timestamps else [],
+        histogram_labels=batch.histogram_labels, histograms=batch.histograms,
+        histogram_sizes=batch.histogram_sizes, exemplar_labels=batch.exemplar_labels, exemplars=batch.exemplars,
+        exemplar_sizes=batch.exemplar_sizes, metadata=batch.metadata,
+    )
+    expected = rw2.Rw2Encoder().serialize(grouped)
+    grouped.grouped = True
+    assert rw2.Rw2Encoder().serialize(grouped) == expected
+    encoder = rw2.Rw2Encoder()  # and with its caches warm from the same batch
+    encoder.serialize(grouped)
+    assert encoder.serialize(grouped) == expected

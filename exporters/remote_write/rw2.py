@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain, count, pairwise, repeat
-from operator import itemgetter
+from itertools import chain, count, islice, pairwise, repeat
+from itertools import compress as selected
+from operator import is_not, itemgetter
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -360,17 +361,34 @@ class Rw2Encoder:
             self._layouts.clear()
             self._series_bytes = 0
         labels, values, timestamps, starts = batch.labels, batch.values, batch.timestamps, batch.start_timestamps
-        entries = self._entries(labels)
-        ids = tuple(map(id, entries))
-        distinct = len(set(ids)) == len(ids)  # the usual case: one sample per series
-        groups: dict[int, tuple[Labels, _Entry, list[int]]] = {}
-        if not distinct:
+        groups: dict[int, tuple[Labels, _Entry, Sequence[int]]] = {}
+        runs = None
+        if batch.grouped and labels:
+            # Where a series' run begins: where the label tuple object changes (`SampleBatch.grouped`). Only
+            # each run's label set is looked up (hashed), not each sample's, and runs need no sorting by time.
+            runs = [0, *selected(range(1, len(labels)), map(is_not, islice(labels, 1, None), labels))]
+            if len(runs) == len(labels):
+                runs = None  # one sample per series: the distinct case below
+        if runs is not None:
+            heads = list(map(labels.__getitem__, runs))
+            head_entries = self._entries(heads)
+            ids = tuple(map(id, head_entries))
+            distinct = False
+            groups = {
+                id(entry): (series, entry, range(start, end))
+                for series, entry, start, end in zip(heads, head_entries, runs, [*runs[1:], len(labels)], strict=True)
+            }
+        else:
+            entries = self._entries(labels)
+            ids = tuple(map(id, entries))
+            distinct = len(set(ids)) == len(ids)  # the usual case: one sample per series
+        if not distinct and runs is None:
             for index, (series, entry) in enumerate(zip(labels, entries, strict=True)):
                 group = groups.get(id(entry))
                 if group is None:
                     groups[id(entry)] = (series, entry, [index])
                 else:
-                    group[2].append(index)
+                    group[2].append(index)  # type: ignore[attr-defined]
             ids = tuple(groups)
         histogram_series = group_by_series(batch.histogram_labels)
         histogram_entries = self._entries(list(histogram_series))
@@ -440,7 +458,7 @@ class Rw2Encoder:
         else:
             for (series, entry, members), labels_field in zip(groups.values(), layout.float_labels, strict=True):
                 parts = [labels_field]
-                for i in _by_time(members, timestamps):
+                for i in members if runs is not None else _by_time(members, timestamps):  # type: ignore[arg-type]
                     stamp, start = timestamps[i], starts[i] if starts else 0
                     key = (stamp, start) if start else stamp
                     pieces = stamps.get(key)
