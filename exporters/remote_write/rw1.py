@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress as selected
-from itertools import islice, pairwise
-from operator import is_not
+from itertools import islice, pairwise, repeat
+from operator import add, eq, is_not, itemgetter
 
 import cramjam
 
@@ -249,6 +250,64 @@ def _exemplar_bytes(exemplars: Sequence[Exemplar], members: list[int]) -> bytes:
     return b"".join(_field(b"\x1a", m.SerializeToString()) for m in _exemplar_messages(exemplars, members))
 
 
+def _single_in_columns(
+    labels: Sequence[Labels], values: Sequence[float], timestamps: Sequence[int], cache: LabelCache
+) -> list[bytes] | None:
+    """The TimeSeries pieces of a request with one sample per series and every label set already cached, built
+    column by column with operations that loop in C (the per-sample loop below costs ~0.6 us a sample, this
+    ~0.2; measured with bench/encode_bench.py at one sample per series); None when a label set is not cached
+    or a series is too long for the precomputed heads, for the loop to handle."""
+    n = len(labels)
+    try:
+        encoded = list(map(_second, map(cache.by_id.__getitem__, map(id, labels))))
+    except KeyError:
+        return None
+    value_bytes = list(map(_first, struct.iter_unpack("8s", struct.pack(f"<{n}d", *values))))
+    if timestamps.count(timestamps[0]) == n:  # usual: one scrape or collection, one time (no hashing)
+        entries = {timestamps[0]: _sample_entries(timestamps[0])}
+    else:
+        entries = {stamp: _sample_entries(stamp) for stamp in dict.fromkeys(timestamps)}
+    if len(entries) == 1:
+        ((before, after, _),) = entries.values()
+        befores: list[bytes] = [before] * n
+        afters: list[bytes] = [after] * n
+        sizes = list(map(add, map(len, encoded), repeat(len(before) + 8 + len(after))))
+    else:
+        per_sample = list(map(entries.__getitem__, timestamps))
+        befores = list(map(_first, per_sample))
+        afters = list(map(_second, per_sample))
+        sizes = list(map(add, map(len, encoded), map(add, map(len, befores), map(len, afters))))
+        sizes = list(map(add, sizes, repeat(8)))
+    # +0.0 is left out of a Sample, as protobuf does: those samples get the shorter entry (often many: counters
+    # of errors that never happened).
+    zeros = list(selected(range(n), map(eq, value_bytes, repeat(_POSITIVE_ZERO))))
+    if zeros:
+        zero_entries = list(map(_third, map(entries.__getitem__, map(timestamps.__getitem__, zeros))))
+        _assign(befores, zeros, zero_entries)
+        _assign(value_bytes, zeros, repeat(b""))
+        _assign(afters, zeros, repeat(b""))
+        _assign(sizes, zeros, map(add, map(len, map(encoded.__getitem__, zeros)), map(len, zero_entries)))
+    try:
+        heads = list(map(_TIMESERIES_HEADS.__getitem__, sizes))
+    except IndexError:
+        return None
+    pieces: list[bytes] = [b""] * (5 * n)
+    pieces[0::5] = heads
+    pieces[1::5] = encoded
+    pieces[2::5] = befores
+    pieces[3::5] = value_bytes
+    pieces[4::5] = afters
+    return pieces
+
+
+def _assign(target: list, indexes: Iterable[int], values: Iterable) -> None:
+    """target[i] = value for each pair, the loop run in C."""
+    deque(map(target.__setitem__, indexes, values), maxlen=0)
+
+
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
 def serialize(
     labels: Sequence[Labels],
     values: Sequence[float],
@@ -282,7 +341,10 @@ def serialize(
         single = len(dict.fromkeys(labels)) == len(labels)
     by_id = cache.by_id.get
     append = out.append
-    if single:  # the usual case at one sample per series per request
+    known = _single_in_columns(labels, values, timestamps, cache) if single and not exemplars else None
+    if known is not None:
+        out = known
+    elif single:  # the usual case at one sample per series per request
         # Pieces are appended and joined once: concatenating them would copy each series' labels repeatedly.
         for series, value, stamp in zip(labels, values, timestamps):
             hit = by_id(id(series))
