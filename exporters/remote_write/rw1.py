@@ -258,6 +258,8 @@ def _single_in_columns(
     ~0.2; measured with bench/encode_bench.py at one sample per series); None when a label set is not cached
     or a series is too long for the precomputed heads, for the loop to handle."""
     n = len(labels)
+    if not n:
+        return None
     try:
         encoded = list(map(_second, map(cache.by_id.__getitem__, map(id, labels))))
     except KeyError:
