@@ -99,8 +99,8 @@ def node_requests(
 ) -> list[SampleBatch]:
     """What a gateway decodes from one flush of `pieces` nodes, given each tick's `parts` (piece p of every tick
     is node p's): each node's flush cut by its own batcher at the exporter's defaults, compact-encoded by its
-    sender and decoded by `sessions`, both sides committed. Each batch is marked `grouped`, as the decoder's
-    output is (series contiguous per reference, in time order, one session tuple per series)."""
+    sender and decoded by `sessions`, both sides committed. The decoder marks each batch `grouped` (series
+    contiguous per reference, in time order, one session tuple per series)."""
     if len(parts) % pieces:
         raise ValueError(f"a tick came in {len(parts)} parts, not a multiple of {pieces} nodes")
     out = []
@@ -113,7 +113,7 @@ def node_requests(
             commit()
             if encoded.commit is not None:
                 encoded.commit()
-            batch.grouped = True
+            assert batch.grouped, "the gateway's decoder marks its batches grouped"
             out.append(batch)
     return out
 

@@ -24,31 +24,34 @@ def frames(stack: str) -> list[str]:
     return out
 
 
-def summarize(lines: list[str], top: int, needle: str | None) -> str:
+WAITING = frozenset({"EpollSelector.select (selectors.py)", "Thread.run (threading.py)", "_worker (thread.py)"})
+"""Leaf frames of threads that wait (the event loop's poll, idle thread-pool workers): not CPU, left out."""
+
+
+def summarize(lines: list[str], top: int, needle: str | None, idle: bool = False) -> str:
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = waiting = 0
     for line in lines:
         stack, _, count_text = line.rstrip().rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         names = frames(stack)
+        if not idle and names[-1] in WAITING:
+            waiting += count
+            continue
+        total += count
         self_counts[names[-1]] += count
         for name in set(names):
             inclusive[name] += count
     if not total:
         return "no samples"
-    out = [f"{total} samples"]
+    out = [f"{total} samples, shares of them ({waiting} of waiting threads left out)"]
     for title, counter in (("self", self_counts), ("inclusive", inclusive)):
         out.append(f"\n{title}:")
-        for name, count in counter.most_common():
-            if needle and needle not in name:
-                continue
-            out.append(f"  {100 * count / total:5.1f}%  {name}")
-            if len(out) > 2 * top + 4 and title == "inclusive" or title == "self" and len(out) > top + 2:
-                break
+        shown = [(name, count) for name, count in counter.most_common() if not needle or needle in name][:top]
+        out += [f"  {100 * count / total:5.1f}%  {name}" for name, count in shown]
     return "\n".join(out)
 
 
@@ -57,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--filter", default=None, help="only functions whose name contains this")
+    parser.add_argument("--idle", action="store_true", help="keep the stacks of waiting threads")
     args = parser.parse_args(argv)
-    print(summarize(args.profile.read_text().splitlines(), args.top, args.filter))
+    print(summarize(args.profile.read_text().splitlines(), args.top, args.filter, args.idle))
     return 0
 
 

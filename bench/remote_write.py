@@ -172,18 +172,23 @@ def python_env() -> dict[str, str]:
     return env
 
 
+def answers_200(url: str) -> bool:
+    """Whether `url` answers 200 now; False while nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
     """Polls `url` until it answers 200; raises with the process's log if it exits or never does."""
     deadline = time.monotonic() + timeout
     while True:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited with status {proc.process.returncode}:\n{proc.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass  # not listening yet: poll again until the deadline
+        if answers_200(url):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{proc.name} not ready at {url} within {timeout}s:\n{proc.log_tail()}")
         time.sleep(0.1)

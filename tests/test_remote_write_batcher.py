@@ -92,22 +92,8 @@ def seen(batch: SampleBatch) -> tuple[bytes, Any]:
 def pending_of(ticks: list[SampleBatch]) -> tuple[SampleBatch, int]:
     pending = SampleBatch()
     for batch in ticks:
-        if batch.start_timestamps or pending.start_timestamps:
-            if not pending.start_timestamps:
-                pending.start_timestamps.extend([0] * len(pending.values))
-            pending.start_timestamps.extend(batch.start_timestamps or [0] * len(batch.values))
-        pending.labels += batch.labels
-        pending.values += batch.values
-        pending.timestamps += batch.timestamps
-        pending.sizes += batch.sizes
-        pending.histogram_labels += batch.histogram_labels
-        pending.histograms += batch.histograms
-        pending.histogram_sizes += batch.histogram_sizes
-        pending.exemplar_labels += batch.exemplar_labels
-        pending.exemplars += batch.exemplars
-        pending.exemplar_sizes += batch.exemplar_sizes
-    nbytes = sum(pending.sizes) + sum(pending.histogram_sizes) + sum(pending.exemplar_sizes)
-    return pending, nbytes
+        pending.extend(batch)
+    return pending, pending.nbytes
 
 
 @PROPERTY

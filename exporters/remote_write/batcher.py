@@ -126,11 +126,6 @@ class Batcher:
         pending = self._pending
         if not pending:
             self._since = self._clock()
-        if batch.start_timestamps or pending.start_timestamps:
-            # Keep the column parallel: zeros (unknown) for samples that came without one.
-            if not pending.start_timestamps:
-                pending.start_timestamps.extend([0] * len(pending.values))
-            pending.start_timestamps.extend(batch.start_timestamps or [0] * len(batch.values))
         self._added.append(len(batch.values))
         if batch.values and self._runs is not None:
             runs = self._runs_of(batch.labels) if batch.grouped else None
@@ -138,18 +133,8 @@ class Batcher:
                 self._runs = None
             else:
                 self._runs.append(runs)
-        pending.labels += batch.labels
-        pending.values += batch.values
-        pending.timestamps += batch.timestamps
-        pending.sizes += batch.sizes
-        pending.histogram_labels += batch.histogram_labels
-        pending.histograms += batch.histograms
-        pending.histogram_sizes += batch.histogram_sizes
-        pending.exemplar_labels += batch.exemplar_labels
-        pending.exemplars += batch.exemplars
-        pending.exemplar_sizes += batch.exemplar_sizes
-        pending.metadata.update(batch.metadata)
-        self._nbytes += sum(batch.sizes) + sum(batch.histogram_sizes) + sum(batch.exemplar_sizes)
+        pending.extend(batch)
+        self._nbytes += batch.nbytes
         if pending.samples >= self._hold_samples or self._nbytes >= self._hold_bytes:
             return self.cut()
         return []

@@ -21,6 +21,7 @@ from typing import Any
 from exporters.remote_write.compact import is_uniform, last_of_each, running, varint
 from exporters.remote_write.encoding import DecodeError
 from exporters.remote_write.proto.compact_pb2 import Request
+from exporters.remote_write.wire import varint_at
 
 Refs = range | list[int]
 """Series refs in increasing order; a range when contiguous, which turns per-series work into slices."""
@@ -181,16 +182,16 @@ def raw_columns(body: bytes, budget: int) -> dict[int, bytes] | None:
         if tag < 0x80:
             position += 1
         else:
-            tag, position = _varint(body, position)
+            tag, position = varint_at(body, position)
         number, wire = tag >> 3, tag & 7
         if wire == 2:
-            length, position = _varint(body, position)
+            length, position = varint_at(body, position)
             if number in chunks:
                 chunks[number].append(body[position : position + length])
             position += length
         elif wire == 0:
             start = position
-            _, position = _varint(body, position)
+            _, position = varint_at(body, position)
             if _ELEMENT_WIRE_TYPE.get(number) == 0:
                 chunks[number].append(body[start:position])
         elif wire == 1:
@@ -202,14 +203,3 @@ def raw_columns(body: bytes, budget: int) -> dict[int, bytes] | None:
         else:
             return None
     return {number: b"".join(parts) for number, parts in chunks.items()}
-
-
-def _varint(body: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = body[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7

@@ -343,6 +343,16 @@ def serialize(
         single = len(dict.fromkeys(labels)) == len(labels)
     by_id = cache.by_id.get
     append = out.append
+
+    def emit(series: Labels, encoded: bytes, sample: bytes) -> None:
+        """One TimeSeries: its head, its labels, its samples (and exemplars attached to it)."""
+        if exemplars_by_series and series in exemplars_by_series:
+            sample += _exemplar_bytes(exemplars, exemplars_by_series.pop(series))
+        size = len(encoded) + len(sample)
+        append(_TIMESERIES_HEADS[size] if size < len(_TIMESERIES_HEADS) else b"\x0a" + _varint(size))
+        append(encoded)
+        append(sample)
+
     known = _single_in_columns(labels, values, timestamps, cache) if single and not exemplars else None
     if known is not None:
         out = known
@@ -356,14 +366,7 @@ def serialize(
                 entries = stamps[stamp] = _sample_entries(stamp)
             value_bytes = _pack_double(value)
             # TimeSeries field 2: one Sample (value, then timestamp); a +0.0 value is left out, as protobuf does.
-            sample = entries[0] + value_bytes + entries[1] if value_bytes != _POSITIVE_ZERO else entries[2]
-            size = len(encoded) + len(sample)
-            if exemplars_by_series and series in exemplars_by_series:
-                sample += _exemplar_bytes(exemplars, exemplars_by_series.pop(series))
-                size = len(encoded) + len(sample)
-            append(_TIMESERIES_HEADS[size] if size < len(_TIMESERIES_HEADS) else b"\x0a" + _varint(size))
-            append(encoded)
-            append(sample)
+            emit(series, encoded, entries[0] + value_bytes + entries[1] if value_bytes != _POSITIVE_ZERO else entries[2])
     else:
         if starts is None:
             order: list[int] = []
@@ -400,12 +403,7 @@ def serialize(
                 arguments = arguments[:]
                 arguments[1::2] = series_values
                 sample = pack(*arguments)
-            if exemplars_by_series and series in exemplars_by_series:
-                sample += _exemplar_bytes(exemplars, exemplars_by_series.pop(series))
-            size = len(encoded) + len(sample)
-            append(_TIMESERIES_HEADS[size] if size < len(_TIMESERIES_HEADS) else b"\x0a" + _varint(size))
-            append(encoded)
-            append(sample)
+            emit(series, encoded, sample)
     for series, members in group_by_series(histogram_labels).items():
         ordered = sorted((histograms[i] for i in members), key=lambda h: h.timestamp)
         encoded = _encoded_labels(series)

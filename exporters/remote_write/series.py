@@ -111,6 +111,30 @@ class SampleBatch:
     def __bool__(self) -> bool:
         return bool(self.values or self.histograms or self.exemplars)
 
+    def extend(self, other: SampleBatch) -> None:
+        """Append `other`'s entries (copied from, never kept). Start timestamps stay parallel to the values:
+        zeros (unknown) for samples that came without one."""
+        if other.start_timestamps or self.start_timestamps:
+            if not self.start_timestamps:
+                self.start_timestamps.extend([0] * len(self.values))
+            self.start_timestamps.extend(other.start_timestamps or [0] * len(other.values))
+        self.labels += other.labels
+        self.values += other.values
+        self.timestamps += other.timestamps
+        self.sizes += other.sizes
+        self.histogram_labels += other.histogram_labels
+        self.histograms += other.histograms
+        self.histogram_sizes += other.histogram_sizes
+        self.exemplar_labels += other.exemplar_labels
+        self.exemplars += other.exemplars
+        self.exemplar_sizes += other.exemplar_sizes
+        self.metadata.update(other.metadata)
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes of an uncompressed remote-write 1.0 body for everything the batch holds."""
+        return sum(self.sizes) + sum(self.histogram_sizes) + sum(self.exemplar_sizes)
+
     @property
     def samples(self) -> int:
         """Float samples plus native histograms: what a receiver counts as samples written."""

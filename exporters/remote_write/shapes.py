@@ -37,7 +37,7 @@ from operator import floordiv
 from sys import getsizeof
 
 from exporters.remote_write.series import STALE_NAN, Labels, Metadata, SampleBatch
-from exporters.remote_write.wire import varint_at
+from exporters.remote_write.wire import skip_field, varint_at
 
 MAX_BACKOFF = 64
 """Most misses a shape slot waits for before learning again, after learnt shapes went unused."""
@@ -267,21 +267,11 @@ def _fields(data: bytes, start: int, end: int, wanted: int) -> list[tuple[int, i
     out = []
     pos = start
     while pos < end:
-        tag, pos = varint_at(data, pos)
-        wire_type = tag & 7
-        if wire_type == 2:
-            length, pos = varint_at(data, pos)
-            if tag >> 3 == wanted:
-                out.append((pos, pos + length))
-            pos += length
-        elif wire_type == 0:
-            pos = varint_at(data, pos)[1]
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise Unshapeable(f"wire type {wire_type}")
+        tag, after_tag = varint_at(data, pos)
+        if tag == (wanted << 3) | 2:
+            length, payload = varint_at(data, after_tag)
+            out.append((payload, payload + length))
+        pos = skip_field(data, pos)
     if pos != end:
         raise Unshapeable("a field runs past its message")
     return out
@@ -303,22 +293,13 @@ def variable_fields(wire: bytes) -> tuple[list[int], list[str]]:
 
 
 def _metric(wire: bytes, start: int, end: int, offsets: list[int], codes: list[str]) -> None:
-    pos = start
-    while pos < end:
-        tag, pos = varint_at(wire, pos)
-        wire_type = tag & 7
-        if wire_type != 2:
-            raise Unshapeable("unexpected field in a metric")
-        length, pos = varint_at(wire, pos)
-        number = tag >> 3
-        if number in (_GAUGE, _SUM):
-            for point_start, point_end in _fields(wire, pos, pos + length, 1):
-                _point(wire, point_start, point_end, offsets, codes)
-        elif number in (9, 10, 11):
+    for number in (9, 10, 11):  # histogram, exponential histogram, summary
+        if _fields(wire, start, end, number):
             raise Unshapeable("histogram or summary")
-        pos += length
-    if pos != end:
-        raise Unshapeable("a field runs past its metric")
+    for number in (_GAUGE, _SUM):
+        for body_start, body_end in _fields(wire, start, end, number):
+            for point_start, point_end in _fields(wire, body_start, body_end, 1):
+                _point(wire, point_start, point_end, offsets, codes)
 
 
 def _point(wire: bytes, start: int, end: int, offsets: list[int], codes: list[str]) -> None:
@@ -338,19 +319,7 @@ def _point(wire: bytes, start: int, end: int, offsets: list[int], codes: list[st
             code = "d" if tag == _AS_DOUBLE else "q"
         elif tag == _EXEMPLARS:
             raise Unshapeable("exemplars")
-        tag_value, after_tag = varint_at(wire, pos)
-        wire_type = tag_value & 7
-        if wire_type == 0:
-            pos = varint_at(wire, after_tag)[1]
-        elif wire_type == 1:
-            pos = after_tag + 8
-        elif wire_type == 2:
-            length, after_length = varint_at(wire, after_tag)
-            pos = after_length + length
-        elif wire_type == 5:
-            pos = after_tag + 4
-        else:
-            raise Unshapeable(f"wire type {wire_type}")
+        pos = skip_field(wire, pos)
     if pos != end or time_at < 0 or value_at < 0 or value_at < time_at + 8:
         raise Unshapeable("a point without one time followed by one value")
     offsets.append(time_at)

@@ -185,6 +185,11 @@ def translate(
     return batch
 
 
+def _shape_key(native_histograms: bool, limits: Limits, promote: frozenset[str], length: int) -> tuple:
+    """The cache key of the shape slot for requests of `length` bytes translated with these options."""
+    return ("shape", native_histograms, limits, promote, length)
+
+
 def translate_wire(
     wire: bytes,
     *,
@@ -198,8 +203,7 @@ def translate_wire(
     `translate(request, wire=wire, ...)`, which learns it). `wire` must be a request the receiver would accept
     whole: a shape is only learnt from such requests, and only a request equal to one outside its times and
     values matches it."""
-    key = ("shape", native_histograms, limits or DEFAULT_LIMITS, frozenset(promote), len(wire))
-    slot = cache.get(key)
+    slot = cache.get(_shape_key(native_histograms, limits or DEFAULT_LIMITS, frozenset(promote), len(wire)))
     if slot is None:
         return None
     batch = slot.apply(wire)
@@ -321,8 +325,7 @@ class _Translation:
         self.learnt: Learnt | None = None  # what the request's shape needs recorded, when it is being learnt
 
     def shape_key(self, length: int) -> tuple:
-        """The cache key of the shape slot for requests of `length` bytes translated with these options."""
-        return ("shape", self.native, self.limits, self.promote, length)
+        return _shape_key(self.native, self.limits, self.promote, length)
 
     def run(self, request: ExportMetricsServiceRequest) -> SampleBatch:
         batch = self.batch

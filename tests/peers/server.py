@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +29,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class PeerServer:
+def answers_200(url: str) -> bool:
+    """Whether `url` answers 200 now; False while nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+class PeerServer(ABC):
     """One peer process; a context manager. Subclasses set `name`, `ready_path`, `log_name` and implement
     `start()` by calling `_launch(arguments)`."""
 
@@ -68,8 +78,9 @@ class PeerServer:
     def log_path(self) -> Path:
         return self.workdir / self.log_name
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Check the binary is there, then `_launch` it with this peer's arguments."""
 
     def _launch(self, arguments: Sequence[str]) -> None:
         """Start the binary with `arguments` (then `extra_flags`) and wait until it answers `ready_path`."""
@@ -93,12 +104,8 @@ class PeerServer:
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._process.returncode} on start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if answers_200(f"{self.url}{self.ready_path}"):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not ready after {self.startup_timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
