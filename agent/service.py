@@ -31,6 +31,8 @@ from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
 from exporters.remote_write.translate import Limits
 from exporters.retry import RetryPolicy
+from exporters.sending.queue import QueueSettings
+from exporters.sending.sender import SenderSettings
 from samplers.red import RedAggregator
 
 log = logging.getLogger("headwater.agent")
@@ -57,9 +59,11 @@ def build_exporters(config: Config) -> dict[str, Any]:
         built["file"] = FileTraceExporter(Path(path))
     for rw in ex.remote_write:
         if rw.name in wanted:
+            backoff = RetryPolicy(initial_backoff=rw.sender.retry.initial_backoff,
+                                  max_backoff=rw.sender.retry.max_backoff)
             built[rw.name] = RemoteWriteExporter(
                 name=rw.name, url=rw.url, headers=dict(rw.headers), timeout=rw.sender.timeout,
-                retry=_policy(rw.sender.retry), max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
+                retry=backoff, max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
                 flush_interval=rw.batch.flush_interval,
                 delta_to_cumulative=DeltaToCumulative(
                     Path(config.state_dir) / "delta_to_cumulative" / f"{rw.name}.json"),
@@ -69,7 +73,15 @@ def build_exporters(config: Config) -> dict[str, Any]:
                               max_labels_per_series=rw.limits.max_labels_per_series,
                               max_series_per_metric=rw.limits.max_series_per_metric),
                 promote=rw.promote_resource_attributes, protocol=rw.protocol, compression=rw.compression,
-                compression_level=rw.compression_level)
+                compression_level=rw.compression_level,
+                queue=QueueSettings(max_memory=rw.queue.max_memory, max_disk=rw.queue.max_disk,
+                                    when_full=rw.queue.when_full,
+                                    directory=Path(config.state_dir) / "queue" / rw.name),
+                sender=SenderSettings(
+                    max_concurrency=rw.sender.max_concurrency, retry=backoff,
+                    sample_age_limit=rw.sender.sample_age_limit, max_bytes_per_second=rw.sender.max_bytes_per_second,
+                    batch_samples=rw.batch.max_samples, min_batch_samples=min(500, rw.batch.max_samples),
+                    batch_bytes=rw.batch.max_bytes))
     configured = [n for n in ("otlp", "file") if getattr(ex, n) is not None] + [rw.name for rw in ex.remote_write]
     for name in configured:
         if name not in built:
@@ -82,9 +94,15 @@ class Agent:
         install_meter_provider()
         self.config = config
         self.exporters = build_exporters(config)
-        self.admission = Admission(config.admission.max_inflight, config.admission.retry_after,
-                                   [lambda e=e: e.queued_bytes for e in self.exporters.values()])
+        self.admission = Admission(config.admission.max_inflight, config.admission.retry_after)
         p = config.pipelines
+        for pipeline, kind in ((p.traces, "traces"), (p.metrics, "metrics")):
+            for name in pipeline.exporters if pipeline else ():
+                exporter = self.exporters[name]
+                if hasattr(exporter, "full"):  # a queue that can refuse: pressure, not a share of the budget
+                    self.admission.add_pressure(kind, name, lambda e=exporter: e.full)
+                else:
+                    self.admission.add_queue(lambda e=exporter: e.queued_bytes, kind)
         self.traces: SampledTraces | None = None
         if p.traces:
             trace_exporters = [self.exporters[n] for n in p.traces.exporters]
@@ -95,7 +113,7 @@ class Agent:
                 backlog_limit=config.admission.max_inflight // 2)
             # The sampler's buffer is bounded by sampling.max_memory and sheds on its own; only its pending
             # output counts as in flight.
-            self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes)
+            self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes, "traces")
         self.metrics = (MetricsFanOut([(n, self.exporters[n]) for n in p.metrics.exporters])
                         if p.metrics else None)
         self.span_metrics: SpanMetrics | None = None

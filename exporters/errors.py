@@ -21,3 +21,14 @@ class ThrottledError(RetryableError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NetworkError(RetryableError):
+    """No answer came: connection refused or reset, DNS, timeout."""
+
+
+class Duplicate(PermanentError):
+    """The receiver refused the request because it already holds samples at those timestamps (Prometheus: 400
+    "duplicate sample for timestamp" or "out of order sample"). For a request that may have been stored by an
+    earlier attempt (no answer came, or it was queued before a restart) that means delivered; otherwise it is a
+    refusal like any other 4xx."""

@@ -1,24 +1,26 @@
-"""Kept traces upstream over OTLP/HTTP (protobuf), with a queue, concurrent senders and retries.
+"""Kept traces upstream over OTLP/HTTP (protobuf), through the shared sending chain.
 
-The chain, built here and read top to bottom: `consume_traces` serializes and queues (bytes, counted in
-`queued_bytes`) -> up to `max_concurrency` sender tasks take a batch, merging small queued requests (the
-concatenation of serialized ExportTraceServiceRequests is their merge, so nothing is parsed) -> optional gzip
-(in a thread for large bodies) -> `send_with_retry` (one deadline, backoff, Retry-After) -> one POST with the
-request timeout. Every batch ends in one counted outcome: sent, rejected by the receiver (4xx, or spans named
-in a partial_success), retries exhausted, or shut down.
+The chain (docs/architecture.md, "the sending chain"), read top to bottom: `consume_traces` serializes and
+puts the request in a memory queue (`exporters.sending.memory_queue`, bounded by `max_queue_bytes`) -> the
+sender (`exporters.sending.sender`) takes rounds of queued requests, merges small ones (the concatenation of
+serialized ExportTraceServiceRequests is their merge, so nothing is parsed) up to `max_batch_bytes` and
+`max_batch_spans`, and sends up to `max_concurrency` at once with retries -> `_post` gzips (in a thread for
+large bodies), POSTs with the request timeout and classifies the answer as the OTLP spec says: 429, 502, 503
+and 504 and no answer retry (Retry-After honoured), other statuses drop the batch. Traces have no order to
+keep, so every request of a round may be in flight together. Every span ends in one counted outcome: sent,
+rejected (4xx, or named in a partial_success), retries exhausted (`retry.max_elapsed`: this queue lives in
+memory, so it does not wait out an outage for ever), queue full, or shut down.
 
-Shutdown order: stop taking data, let the senders drain the queue until `timeout`, then end backoff waits and
+Shutdown order: stop taking data, let the sender drain the queue until `timeout`, then end backoff waits and
 cancel what is still in flight, count what is left as failed, close the HTTP session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import gzip
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
@@ -30,23 +32,24 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from exporters.errors import PermanentError, RetryableError
+from exporters.errors import NetworkError, PermanentError, RetryableError, ThrottledError
 from exporters.otlp_json import OtlpJsonError, decode_json
-from exporters.retry import RetryPolicy, raise_for_status, send_with_retry
+from exporters.retry import RetryPolicy, parse_retry_after
+from exporters.sending.memory_queue import MemoryQueue
+from exporters.sending.queue import Entry, QueueFull
+from exporters.sending.sender import Sender, SenderSettings
 from exporters.span_counters import span_counters
 
 log = logging.getLogger("headwater.exporters.otlp")
 
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_SPANS = 8192
+MAX_QUEUE_BYTES = 64 * 1024 * 1024
 _COMPRESS_IN_THREAD_BYTES = 64 * 1024  # below this, gzip on the loop costs less than the thread hop
 _OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length"})
-
-
-@dataclass(frozen=True)
-class _Item:
-    body: bytes  # a serialized ExportTraceServiceRequest
-    spans: int
+THROTTLED = frozenset({429, 503})
+RETRYABLE = frozenset({502, 504})
+"""The OTLP spec's retryable statuses (429, 502, 503, 504); 429 and 503 may carry Retry-After."""
 
 
 class OtlpHttpTraceExporter:
@@ -54,7 +57,8 @@ class OtlpHttpTraceExporter:
     RetryPolicy())`, then `await start()`.
 
     Satisfies `Component`, `TraceConsumer` and `Queued`. Spans are counted in `headwater_exporter_sent_spans`
-    and `headwater_exporter_failed_spans` (attributes `exporter="otlp"`, and `reason` on failures).
+    and `headwater_exporter_failed_spans` (attributes `exporter="otlp"`, and `reason` on failures); the
+    sender's own telemetry (`headwater_sender_*`) carries `exporter="otlp"`.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class OtlpHttpTraceExporter:
         *,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_batch_spans: int = MAX_BATCH_SPANS,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
         meter: metrics.Meter | None = None,
     ) -> None:
         url = yarl.URL(endpoint)
@@ -94,31 +99,37 @@ class OtlpHttpTraceExporter:
         if compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
 
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._queued_bytes = 0
-        self._ready = asyncio.Event()  # set when the queue gains an item or the exporter is closing
-        self._stop = asyncio.Event()  # set at the shutdown deadline: ends backoff waits
+        meter = meter or metrics.get_meter("headwater.exporters.otlp")
+        self._queue: MemoryQueue[bytes] = MemoryQueue(max_queue_bytes, "refuse")
+        self._sender = Sender(
+            "otlp", self._queue, deliver=self._post, on_outcome=self._outcome, backlog=self._backlog,
+            group_of=lambda _entry: 1,  # no order to keep: a whole round may be in flight
+            merge=b"".join,
+            settings=SenderSettings(
+                max_concurrency=max_concurrency, retry=self.retry, batch_samples=max_batch_spans,
+                min_batch_samples=min(64, max_batch_spans), batch_bytes=max_batch_bytes,
+                max_elapsed=self.retry.max_elapsed, sample_age_limit=float("inf")),
+            meter=meter)
+        self._started = False
         self._closing = False
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
-        self._senders: list[asyncio.Task[None]] = []
-        self._sent, self._failed = span_counters(meter or metrics.get_meter("headwater.exporters.otlp"))
+        self._sent, self._failed = span_counters(meter)
 
     @property
     def queued_bytes(self) -> int:
         """Serialized bytes queued or in flight, not yet sent or dropped."""
-        return self._queued_bytes
+        return self._queue.memory_bytes
 
     async def start(self) -> None:
-        if self._session is not None or self._closing:
+        if self._started or self._closing:
             return
+        self._started = True
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit=self.max_concurrency),
         )
-        self._senders = [
-            asyncio.create_task(self._sender(), name=f"otlp-sender-{i}") for i in range(self.max_concurrency)
-        ]
+        await self._sender.start()
 
     async def consume_traces(self, request: ExportTraceServiceRequest | bytes, spans: int | None = None) -> None:
         """Queue `request` for sending: a message (read, never mutated) or its serialized bytes, in which case
@@ -138,9 +149,10 @@ class OtlpHttpTraceExporter:
             return
         if not body:
             body = request.SerializeToString()
-        self._queue.append(_Item(body, spans))
-        self._queued_bytes += len(body)
-        self._ready.set()
+        try:
+            self._queue.put(body, len(body), 0.0, spans)
+        except QueueFull as exc:
+            self._drop(spans, "queue_full", str(exc))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop taking data, deliver what is queued within `timeout` seconds, then cancel and count the rest as
@@ -148,77 +160,30 @@ class OtlpHttpTraceExporter:
         if self._closed:
             return
         self._closing = True
-        self._ready.set()
-        if self._senders:
-            _, pending = await asyncio.wait(self._senders, timeout=max(0.0, timeout))
-            if pending:
-                self._stop.set()
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-        left = sum(item.spans for item in self._queue)
+        if self._started:
+            await self._sender.stop(timeout)
+        left = self._backlog()
         if left:
-            reason = "shutdown_timeout" if self._session is not None else "not_started"
+            reason = "shutdown_timeout" if self._started else "not_started"
             self._drop(left, reason, "still queued at shutdown")
-        self._queue.clear()
-        self._queued_bytes = 0
+        await self._queue.close()
+        self._queue = MemoryQueue(1, "refuse")  # what was left is counted; nothing more is taken
         if self._session is not None:
             await self._session.close()
         self._closed = True
 
-    async def _sender(self) -> None:
-        while not self._stop.is_set():
-            if not self._queue:
-                if self._closing:
-                    return
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            await self._deliver(self._take_batch())
+    def _backlog(self) -> int:
+        return self._queue.count if hasattr(self._queue, "count") else 0
 
-    def _take_batch(self) -> list[_Item]:
-        """The first queued request, plus the next ones while the merged batch stays within both limits."""
-        batch = [self._queue.popleft()]
-        size, spans = len(batch[0].body), batch[0].spans
-        while self._queue:
-            item = self._queue[0]
-            if size + len(item.body) > self.max_batch_bytes or spans + item.spans > self.max_batch_spans:
-                break
-            batch.append(self._queue.popleft())
-            size += len(item.body)
-            spans += item.spans
-        return batch
-
-    async def _deliver(self, batch: list[_Item]) -> None:
-        body = b"".join(item.body for item in batch)
-        spans = sum(item.spans for item in batch)
-        rejected = 0
-
-        async def attempt() -> None:
-            nonlocal rejected
-            rejected = await self._post(payload)
-
-        try:
-            payload = await self._compress(body)
-            await send_with_retry(attempt, self.retry, stop=self._stop, on_retry=self._on_retry)
-        except PermanentError as exc:
-            self._drop(spans, "rejected", str(exc))
-        except RetryableError as exc:
-            reason = "shutdown_timeout" if self._stop.is_set() else "retries_exhausted"
-            self._drop(spans, reason, str(exc))
-        except asyncio.CancelledError:
-            self._drop(spans, "shutdown_timeout", "in flight when shutdown ended")
-            raise
-        except Exception as exc:  # a bug must cost this batch, not the sender task
-            log.exception("otlp exporter: unexpected error sending %d spans", spans)
-            self._drop(spans, "internal_error", repr(exc))
-        else:
+    def _outcome(self, entry: Entry[bytes], outcome: str, reason: str, answer: object) -> None:
+        if outcome == "sent":
+            rejected = min(int(answer or 0), entry.count)
             if rejected:
-                self._failed.add(min(rejected, spans), {"exporter": "otlp", "reason": "partial_success"})
-            if spans > rejected:
-                self._sent.add(spans - rejected, {"exporter": "otlp"})
-        finally:
-            self._queued_bytes -= len(body)
+                self._failed.add(rejected, {"exporter": "otlp", "reason": "partial_success"})
+            if entry.count > rejected:
+                self._sent.add(entry.count - rejected, {"exporter": "otlp"})
+        else:
+            self._failed.add(entry.count, {"exporter": "otlp", "reason": reason})
 
     async def _compress(self, body: bytes) -> bytes:
         if self.compression != "gzip":
@@ -227,18 +192,24 @@ class OtlpHttpTraceExporter:
             return gzip.compress(body, compresslevel=6, mtime=0)
         return await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
 
-    async def _post(self, payload: bytes) -> int:
+    async def _post(self, body: bytes) -> int:
         """One POST; returns the number of spans a 2xx answer's partial_success rejected."""
         assert self._session is not None
+        payload = await self._compress(body)
         try:
             async with self._session.post(self.url, data=payload, headers=self._headers) as response:
                 answer = await response.read()
                 status, headers = response.status, response.headers
                 content_type = response.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetryableError(f"POST {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise NetworkError(f"POST {self.url}: {type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
-            raise_for_status(status, headers, _error_text(answer, content_type))
+            detail = f"HTTP {status}: {_error_text(answer, content_type).strip()[:512]}"
+            if status in THROTTLED:
+                raise ThrottledError(detail, parse_retry_after(headers.get("Retry-After")))
+            if status in RETRYABLE:
+                raise RetryableError(detail)
+            raise PermanentError(detail)
         return self._partial_success(answer, content_type)
 
     def _partial_success(self, answer: bytes, content_type: str) -> int:
@@ -257,9 +228,6 @@ class OtlpHttpTraceExporter:
                 "otlp exporter: %s rejected %d spans: %s", self.url, partial.rejected_spans, partial.error_message
             )
         return partial.rejected_spans
-
-    def _on_retry(self, exc: RetryableError, delay: float) -> None:
-        log.info("otlp exporter: %s; retrying in %.2fs", exc, delay)
 
     def _drop(self, spans: int, reason: str, detail: str) -> None:
         log.error("otlp exporter: dropped %d spans (%s): %s", spans, reason, detail)

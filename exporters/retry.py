@@ -1,27 +1,21 @@
-"""Retrying a send: one deadline, jittered exponential backoff, the server's Retry-After honoured.
+"""How long to wait before sending again: jittered exponential backoff and the server's Retry-After.
 
-Shared by every exporter that sends over HTTP. The wait is interruptible: `stop` (an asyncio.Event) ends a
-backoff early, so shutdown never sits out a 30 s sleep.
+The sender (`exporters.sending.sender`) does the retrying for every exporter; this module only holds the
+arithmetic, so it is tested without a clock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-
-from exporters.errors import PermanentError, RetryableError, ThrottledError
-
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff from `initial_backoff` doubling to `max_backoff` seconds; give up `max_elapsed` seconds after the
-    first attempt."""
+    """Backoff from `initial_backoff` doubling to `max_backoff` seconds. `max_elapsed` is the OTLP trace
+    exporter's deadline for one batch (its queue lives in memory); remote write ignores it."""
 
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
@@ -55,53 +49,3 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def raise_for_status(status: int, headers: Mapping[str, str], body: str) -> None:
-    """Map an HTTP answer to the error type that says what to do with the batch; 2xx returns."""
-    if 200 <= status < 300:
-        return
-    detail = f"HTTP {status}: {body.strip()[:512]}" if body.strip() else f"HTTP {status}"
-    if status in (429, 503):
-        raise ThrottledError(detail, parse_retry_after(headers.get("Retry-After")))
-    if status in RETRYABLE_STATUSES:
-        raise RetryableError(detail)
-    raise PermanentError(detail)
-
-
-async def send_with_retry(
-    attempt: Callable[[], Awaitable[None]],
-    policy: RetryPolicy,
-    *,
-    stop: asyncio.Event | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    on_retry: Callable[[RetryableError, float], None] | None = None,
-) -> None:
-    """Call `attempt` until it succeeds. Raises PermanentError at once; raises the last RetryableError once the
-    next wait would pass `max_elapsed`, or when `stop` is set."""
-    start = clock()
-    n = 0
-    while True:
-        n += 1
-        try:
-            await attempt()
-            return
-        except PermanentError:
-            raise
-        except RetryableError as exc:
-            delay = policy.backoff(n)
-            if isinstance(exc, ThrottledError) and exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
-            if clock() - start + delay > policy.max_elapsed or (stop is not None and stop.is_set()):
-                raise
-            if on_retry is not None:
-                on_retry(exc, delay)
-            if stop is None:
-                await asyncio.sleep(delay)
-            else:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
-                if stop.is_set():
-                    raise

@@ -32,7 +32,7 @@ def metrics_pipeline(prometheus) -> dict:
         "exporters": {"remote_write": [{
             "name": "prom", "url": prometheus.remote_write_url,
             "batch": {"flush_interval": "200ms"},
-            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s", "max_elapsed": "10s"}},
+            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s"}},
         }]},
         "pipelines": {"metrics": {"exporters": ["prom"]}},
     }

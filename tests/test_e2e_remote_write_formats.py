@@ -112,7 +112,7 @@ def gateway_agent(workdir: Path, port: int, prometheus: PrometheusServer) -> Age
         "exporters": {"remote_write": [{
             "name": "store", "url": prometheus.remote_write_url, "protocol": "rw1",
             "batch": {"flush_interval": "100ms"},
-            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "500ms", "max_elapsed": "20s"}}}]},
+            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "500ms"}}}]},
         "pipelines": {"metrics": {"exporters": ["store"]}},
     })
 
@@ -122,7 +122,7 @@ def node_agent(workdir: Path, gateway_port: int, protocol: str) -> AgentProcess:
         "exporters": {"remote_write": [{
             "name": "gateway", "url": f"http://127.0.0.1:{gateway_port}/api/v1/write", "protocol": protocol,
             "batch": {"flush_interval": "100ms"},
-            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "500ms", "max_elapsed": "60s"}}}]},
+            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "500ms"}}}]},
         "pipelines": {"metrics": {"exporters": ["gateway"]}},
     })
 

@@ -119,7 +119,7 @@ def config(prometheus) -> dict:
         "exporters": {"remote_write": [{
             "name": "prom", "url": prometheus.remote_write_url,
             "batch": {"flush_interval": "200ms"},
-            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s", "max_elapsed": "10s"}},
+            "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s"}},
         }]},
         "span_metrics": {"flush_interval": "1s", "dimensions": ["http.route"],
                          "buckets": [f"{b}ms" for b in BUCKETS_MS], "max_series": 10000},

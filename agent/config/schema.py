@@ -213,10 +213,39 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class BackoffConfig:
+    """Jittered exponential backoff from `initial_backoff` up to `max_backoff`; a server's Retry-After is
+    honoured however long it is. Remote write never gives up on time alone: only `sample_age_limit` drops."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    initial_backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+
+@dataclass(frozen=True)
 class SenderConfig:
+    """How requests leave: `timeout` per attempt; up to `max_concurrency` in flight (adapted from 1);
+    `max_bytes_per_second` of body (0: unlimited); data older than `sample_age_limit` is dropped and counted
+    instead of retried further."""
+
     __pydantic_config__ = _FORBID_UNKNOWN
     timeout: Duration = 30.0
-    retry: RetryConfig = field(default_factory=RetryConfig)
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    max_bytes_per_second: Size = 0
+    sample_age_limit: Duration = 3600.0
+    retry: BackoffConfig = field(default_factory=BackoffConfig)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The endpoint's queue: segment files under `<state_dir>/queue/<name>` up to `max_disk` (0: memory only,
+    lost at a restart), at most `max_memory` of it held in memory. When both are full, `refuse` makes the
+    receivers answer 429 / RESOURCE_EXHAUSTED for metrics; `drop_oldest` drops the oldest queued data, counted."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    max_memory: Size = 64 * MiB
+    max_disk: Size = 1024 * MiB
+    when_full: Literal["refuse", "drop_oldest"] = "refuse"
 
 
 @dataclass(frozen=True)
@@ -243,6 +272,7 @@ class RemoteWriteConfig:
     promote_resource_attributes: tuple[str, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
 
 

@@ -17,8 +17,10 @@ The result is kept for `reprobe_interval` and then probed again from the best fo
 afresh. A compact receiver that lost our session answers 409: the encoder starts a new epoch and the batch
 is resent with its definitions.
 
-Errors leave as the types the sender above decides retries by (`exporters.errors`); this link never waits or
-retries on its own, except for the immediate resends above, which lose nothing and are bounded.
+Errors leave as the types the sender above decides retries by (`exporters.errors`): `NetworkError` when no
+answer came, `ThrottledError` for 429 and 503, `RetryableError` for every other 5xx (the remote-write spec),
+`Duplicate` for a 400 saying the samples are there already, `PermanentError` for other 4xx. This link never
+waits or retries on its own, except for the immediate resends above, which lose nothing and are bounded.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from exporters.errors import PermanentError, RetryableError, ThrottledError
+from exporters.errors import Duplicate, NetworkError, PermanentError, RetryableError, ThrottledError
 from exporters.remote_write.encoding import Encoded, Encoder
 from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.transport import HttpRequest, HttpResponse, Transport, TransportError
@@ -69,7 +71,8 @@ class Connection:
     need a handshake first (`{"compact": query, "vm": query}`). `new_encoder(protocol)` builds the encoder
     for a format, once per negotiation. `on_protocol(protocol)` is told whenever the format in use changes
     (the exporter's gauge); `on_attempt(protocol, status)` of every POST, status `error` when no answer
-    came. One `send` at a time: the compact session allows one request in flight.
+    came; `on_sent(protocol, body_bytes)` of every delivered request. Sends may overlap once the format is
+    confirmed, except for compact, whose session allows one request in flight (the sender asks).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Connection:
         clock: Callable[[], float] = time.monotonic,
         on_protocol: Callable[[str | None], None] | None = None,
         on_attempt: Callable[[str, str], None] | None = None,
+        on_sent: Callable[[str, int], None] | None = None,
         encode_in_thread: bool = True,
     ) -> None:
         if not protocols:
@@ -99,7 +103,11 @@ class Connection:
         self._clock = clock
         self._on_protocol = on_protocol
         self._on_attempt = on_attempt
+        self._on_sent = on_sent
         self._encode_in_thread = encode_in_thread
+        # Encoders keep per-connection caches that are not thread-safe, and encoding holds the GIL anyway:
+        # concurrent sends encode one at a time and overlap only on the network.
+        self._encoding = asyncio.Lock()
         self._candidates: list[str] = []
         self._encoder: Encoder | None = None
         self._confirmed_at: float | None = None
@@ -120,7 +128,8 @@ class Connection:
         for _ in range(_MAX_RESENDS):
             encoder = self._encoder
             assert encoder is not None
-            encoded = await self._encode(encoder, batch)
+            async with self._encoding:
+                encoded = await self._encode(encoder, batch)
             try:
                 response = await self._transport.send(
                     HttpRequest("POST", self.url, {**encoded.headers, "Content-Length": str(len(encoded.body))},
@@ -128,10 +137,12 @@ class Connection:
                 )
             except TransportError as exc:
                 self._attempted(encoder.protocol, "error")
-                raise RetryableError(str(exc)) from exc
+                raise NetworkError(str(exc)) from exc
             self._attempted(encoder.protocol, str(response.status))
             outcome = self._judge(encoder, encoded, response)
             if outcome is not None:
+                if self._on_sent is not None:
+                    self._on_sent(outcome.protocol, outcome.body_bytes)
                 return outcome
         raise RetryableError(f"remote write {self.name}: no format settled after {_MAX_RESENDS} attempts")
 
@@ -177,6 +188,8 @@ class Connection:
             raise ThrottledError(detail, parse_retry_after(response.header("Retry-After")))
         if status >= 500 or status == 408:
             raise RetryableError(detail)  # the remote-write spec: retry every 5xx
+        if status == 400 and _already_stored(response):
+            raise Duplicate(detail)
         raise PermanentError(detail)
 
     def _fall_back(self, reason: str) -> None:
@@ -209,7 +222,7 @@ class Connection:
         try:
             response = await self._transport.send(HttpRequest("GET", with_query(self.url, query)))
         except TransportError as exc:
-            raise RetryableError(f"handshake: {exc}") from exc
+            raise NetworkError(f"handshake: {exc}") from exc
         return 200 <= response.status < 300 and response.body.strip() == b"1"
 
     async def _maybe_reprobe(self) -> None:
@@ -241,6 +254,17 @@ def _int_header(response: HttpResponse, name: str, default: int) -> int:
         return int(value) if value is not None else default
     except ValueError:
         return default
+
+
+_STORED_MARKERS = (b"duplicate sample for timestamp", b"out of order sample")
+
+
+def _already_stored(response: HttpResponse) -> bool:
+    """Whether a 400 says the receiver holds samples at these timestamps already. Prometheus (2.x and 3.x)
+    rolls the whole request back on its first such sample and says so only in the message, so the message
+    is all there is to go by."""
+    body = response.body[:4096].lower()
+    return any(marker in body for marker in _STORED_MARKERS)
 
 
 def _session_lost(response: HttpResponse) -> bool:

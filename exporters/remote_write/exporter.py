@@ -1,21 +1,20 @@
 """The remote-write exporter: OTLP metrics (or a gateway's decoded batches) in, remote-write requests out.
 
 The chain, in order (docs/architecture.md, "the sending chain"): `consume_metrics` translates a request (`translate`) ->
-the batcher holds one flush and cuts it into requests with each series whole (`batcher`) -> requests wait in
-a FIFO queue -> one sender task delivers each through `send_with_retry` -> the connection encodes it in the
-negotiated format (in a thread), posts it and says what the answer means (`connection`) -> the transport
-does the HTTP exchange (`transport`).
+the batcher holds one flush and cuts it into requests with each series whole (`batcher`) -> each request is
+one queue entry, in memory or in segment files under `state_dir` (`exporters.sending`), written and fsynced
+right after the cut -> the sender delivers them, the requests of one cut in parallel (they share no series),
+one cut after another, so each series stays in time order (`exporters.sending.sender`) -> the connection
+encodes each in the negotiated format (in a thread), posts it and says what the answer means
+(`connection`) -> the transport does the HTTP exchange (`transport`).
 
-One request in flight per endpoint: Prometheus refuses a sample older than the newest it holds for the
-series, so requests must arrive in order, and the compact format's session allows one at a time. Every
-sample ends in one counted outcome: sent, dropped (the receiver refused it with a 4xx, or it could not be
-translated) or failed (retries ran out, or shutdown came first).
+Every sample ends in one counted outcome: sent, dropped (refused with a 4xx, older than
+`sample_age_limit`, not translatable, or dropped by a full queue under `drop_oldest`) or failed (a memory
+queue's entries left at shutdown). A disk queue's entries left at shutdown are sent after the next start.
 
-Shutdown order: stop the flusher, cut the pending flush, let the sender drain the queue within the timeout,
-then cancel it, count what is left as failed and close the transport.
-
-The queue lives in memory for now; `queued_bytes` (estimated uncompressed bytes) lets admission control
-refuse new data before it grows without bound.
+Shutdown order: stop the flusher, cut the pending flush into the queue, let the sender drain it within the
+timeout, give back what is unfinished, close the queue (fsync, persist the send position), close the
+transport.
 """
 
 from __future__ import annotations
@@ -23,16 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from exporters.errors import PermanentError, RetryableError
 from exporters.remote_write.batcher import Batcher
-from exporters.remote_write.connection import COMPACT_HANDSHAKE, VM_HANDSHAKE, Connection, Delivered
+from exporters.remote_write.connection import COMPACT_HANDSHAKE, VM_HANDSHAKE, Connection
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.encoding import PROTOCOLS
 from exporters.remote_write.formats import new_encoder, protocols_for
@@ -41,7 +38,12 @@ from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
-from exporters.retry import RetryPolicy, send_with_retry
+from exporters.remote_write.records import SampleBatchCodec
+from exporters.retry import RetryPolicy
+from exporters.sending.disk_queue import DiskQueue
+from exporters.sending.memory_queue import MemoryQueue
+from exporters.sending.queue import Entry, Queue, QueueFull, QueueSettings
+from exporters.sending.sender import Sender, SenderSettings
 
 logger = logging.getLogger("headwater.exporters.remote_write")
 
@@ -99,6 +101,10 @@ class RemoteWriteExporter:
         compression_level: int = 3,
         reprobe_interval: float = 3600.0,
         transport: Transport | None = None,
+        queue: QueueSettings | None = None,
+        sender: SenderSettings | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not name:
             raise ValueError("name must not be empty")
@@ -139,18 +145,26 @@ class RemoteWriteExporter:
             reprobe_interval=reprobe_interval,
             clock=clock,
             on_attempt=self._count_attempt,
+            on_sent=self._count_body,
         )
 
+        self._queue_settings = queue or QueueSettings()
+        self._sender_settings = sender or SenderSettings(retry=retry, batch_samples=max_samples, batch_bytes=max_bytes,
+                                                         min_batch_samples=min(500, max_samples))
+        self._wall_clock = wall_clock
+        self._sleep = sleep
         self._pending_started = asyncio.Event()  # the batcher went from empty to not empty
-        self._queue: deque[tuple[SampleBatch, int]] = deque()
-        self._queue_bytes = 0
-        self._queue_changed = asyncio.Event()
-        self._closing = False  # the sender exits once the queue is empty
+        self._queue: Queue[SampleBatch] | None = None
+        self._sender: Sender[SampleBatch] | None = None
+        self._groups: dict[int, int] = {}  # entry seq -> its cut, for cuts whose requests may go in parallel
+        self._next_group = 0
+        self._queued_samples = 0  # in the queue, not yet acknowledged (entries restored from disk included)
+        self._syncing: asyncio.Task[None] | None = None
         self._started = False
         self._shut_down = False
         self._flusher: asyncio.Task[None] | None = None
-        self._sender: asyncio.Task[None] | None = None
         self._warned_reasons: set[str] = set()
+        self._meter = meter
 
         meter = meter or metrics.get_meter("headwater.exporters.remote_write")
         self._attributes = {"exporter": name}
@@ -179,6 +193,17 @@ class RemoteWriteExporter:
             description="Compressed request body bytes of delivered requests, by wire format.",
         )
         meter.create_observable_gauge(
+            "headwater_queue_bytes", unit="By", callbacks=[self._observe_queue_bytes],
+            description="Bytes the endpoint's queue holds, by medium: memory (estimated uncompressed, the pending "
+            "flush included) and disk (segment files).")
+        meter.create_observable_gauge(
+            "headwater_queue_oldest_age_seconds", unit="s", callbacks=[self._observe_oldest],
+            description="Age of the oldest data the endpoint's queue holds; 0 when empty.")
+        for reason in ("rejected", "too_old", "queue_full", "corrupt", "error"):
+            self._dropped.add(0, {**self._attributes, "reason": reason})
+        self._sent.add(0, self._attributes)
+        self._failed.add(0, self._attributes)
+        meter.create_observable_gauge(
             "headwater_remote_write_protocol",
             callbacks=[self._observe_protocol],
             description="1 for the wire format this endpoint speaks now (confirmed or being tried), 0 for the "
@@ -192,15 +217,49 @@ class RemoteWriteExporter:
 
     @property
     def queued_bytes(self) -> int:
-        """Estimated uncompressed bytes held: the pending flush plus requests waiting or in flight."""
-        return self._batcher.nbytes + self._queue_bytes
+        """Estimated uncompressed bytes held in memory: the pending flush plus queued requests kept in memory."""
+        return self._batcher.nbytes + (self._queue.memory_bytes if self._queue is not None else 0)
+
+    @property
+    def full(self) -> bool:
+        """Whether the queue cannot take the pending flush and one more request's worth: receivers then refuse
+        metrics with 429 / RESOURCE_EXHAUSTED (only under `when_full: refuse`; `drop_oldest` makes room)."""
+        if self._queue is None or self._queue_settings.when_full != "refuse":
+            return False
+        return self._queue.room() < self._batcher.nbytes + self._batcher.max_bytes
+
+    @property
+    def sender(self) -> Sender[SampleBatch] | None:
+        return self._sender
 
     async def start(self) -> None:
         if self._started or self._shut_down:
             return
         self._started = True
+        settings = self._queue_settings
+        queue: Queue[SampleBatch]
+        if settings.durable:
+            assert settings.directory is not None
+            disk = DiskQueue(settings.directory, SampleBatchCodec(), max_memory=settings.max_memory,
+                             max_disk=settings.max_disk, when_full=settings.when_full,
+                             on_drop=self._queue_dropped, on_error=self._queue_error)
+            await disk.open()
+            queue = disk
+        else:
+            queue = MemoryQueue(settings.max_memory, settings.when_full, on_drop=self._queue_dropped)
+        self._queue = queue
+        restored = len(queue)
+        self._queued_samples = queue.count if hasattr(queue, "count") else 0
+        if restored:
+            logger.info("remote write %s: %d requests queued before the last stop will be sent first", self.name,
+                        restored)
+        self._sender = Sender(
+            self.name, queue, deliver=self._connection.send, settings=self._sender_settings,
+            on_outcome=self._outcome, backlog=lambda: self._queued_samples, group_of=self._group_of,
+            max_in_flight=self._max_in_flight, restored_below=queue.next_seq if hasattr(queue, "next_seq") else 0,
+            clock=self._clock, wall_clock=self._wall_clock, sleep=self._sleep, meter=self._meter)
+        await self._sender.start()
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"remote_write[{self.name}].flusher")
-        self._sender = asyncio.create_task(self._send_loop(), name=f"remote_write[{self.name}].sender")
 
     async def consume_metrics(self, request: ExportMetricsServiceRequest, wire: bytes | None = None) -> None:
         """Translate `request` and queue its samples; returns without waiting for delivery.
@@ -261,18 +320,21 @@ class RemoteWriteExporter:
         if self._shut_down:
             return
         self._shut_down = True
+        deadline = self._clock() + max(0.0, timeout)
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        self._enqueue(self._batcher.cut())
-        self._closing = True
-        self._queue_changed.set()
+        if self._queue is not None:
+            self._enqueue(self._batcher.cut())
         if self._sender is not None:
-            done, _ = await asyncio.wait({self._sender}, timeout=max(0.0, timeout))
-            if not done:  # the deadline passed: stop mid-attempt or mid-backoff
-                self._sender.cancel()
-                await asyncio.gather(self._sender, return_exceptions=True)
-        self._fail_queued()
+            await self._sender.stop(max(0.0, deadline - self._clock()))
+        if self._queue is not None:
+            if not self._queue_settings.durable:
+                self._fail_queued()
+            await self._queue.close()
+        elif len(self._batcher):
+            self._failed.add(len(self._batcher), self._attributes)  # never started: nowhere to keep them
+            self._batcher.cut()
         if self._delta is not None:
             await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
         await self._connection.close()
@@ -286,11 +348,32 @@ class RemoteWriteExporter:
             self._pending_started.set()
 
     def _enqueue(self, requests: list[tuple[SampleBatch, int]]) -> None:
+        if not requests:
+            return
+        if self._queue is None:
+            raise RuntimeError(f"remote write exporter {self.name!r} is not started")
+        group = 0
+        if len(requests) > 1 and _parallel(requests):
+            self._next_group += 1
+            group = self._next_group
+        now = self._wall_clock()
         for batch, nbytes in requests:
-            self._queue.append((batch, nbytes))
-            self._queue_bytes += nbytes
-        if requests:
-            self._queue_changed.set()
+            created = _oldest(batch, now)
+            try:
+                entry = self._queue.put(batch, nbytes, created, batch.samples)
+            except QueueFull as exc:
+                # Receivers refuse metrics once the queue is `full`; what was accepted before that is counted.
+                logger.error("remote write %s: queue full, %d samples dropped: %s", self.name, batch.samples, exc)
+                self._dropped.add(batch.samples, {**self._attributes, "reason": "queue_full"})
+                continue
+            if group:
+                self._groups[entry.seq] = group
+            self._queued_samples += entry.count
+            if self._sender is not None:
+                self._sender.observe_put(entry.count)
+        if self._queue_settings.durable and (self._syncing is None or self._syncing.done()):
+            # In the file within flush_interval of the answer to the client (plus this write).
+            self._syncing = asyncio.create_task(self._queue.flush(), name=f"remote_write[{self.name}].sync")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -300,6 +383,8 @@ class RemoteWriteExporter:
                 await self._pending_started.wait()
                 continue
             if due <= 0:
+                if self._sender is not None:
+                    self._batcher.max_samples = self._sender.batch_samples
                 self._enqueue(self._batcher.cut())
                 continue
             # Re-read the clock at least every flush_interval, so an injected clock that jumps is noticed.
@@ -307,46 +392,34 @@ class RemoteWriteExporter:
 
     # -- sending ----------------------------------------------------------------------------------------
 
-    async def _send_loop(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._queue_changed.clear()
-                await self._queue_changed.wait()
-                continue
-            batch, nbytes = self._queue[0]
-            await self._deliver(batch)
-            self._queue.popleft()
-            self._queue_bytes -= nbytes
+    def _group_of(self, entry: Entry[SampleBatch]) -> int:
+        return self._groups.get(entry.seq, 0)
 
-    async def _deliver(self, batch: SampleBatch) -> None:
-        """Send one request and count its outcome; never raises for a delivery failure."""
-        count = batch.samples
-        delivered: list[Delivered] = []
+    def _max_in_flight(self) -> int:
+        """One request at a time while the format is being negotiated, and for compact (one session)."""
+        if not self._connection.confirmed or self._connection.protocol == "compact":
+            return 1
+        return 1 << 30
 
-        async def attempt() -> None:
-            delivered.append(await self._connection.send(batch))
-
-        try:
-            await send_with_retry(attempt, self._retry, on_retry=self._log_retry, clock=self._clock)
-        except PermanentError as exc:
-            logger.error("remote write %s: receiver refused %d samples, dropped: %s", self.name, count, exc)
-            self._dropped.add(count, {**self._attributes, "reason": "rejected"})
-        except RetryableError as exc:
-            logger.error("remote write %s: gave up on %d samples: %s", self.name, count, exc)
-            self._failed.add(count, self._attributes)
-        except Exception:  # a bug must cost this request, not stop the sender and strand the queue
-            logger.exception("remote write %s: unexpected error sending %d samples", self.name, count)
-            self._failed.add(count, self._attributes)
+    def _outcome(self, entry: Entry[SampleBatch], outcome: str, reason: str, _answer: object) -> None:
+        self._groups.pop(entry.seq, None)
+        self._queued_samples -= entry.count
+        if outcome == "sent":
+            self._sent.add(entry.count, self._attributes)
         else:
-            outcome = delivered[-1]
-            attributes = {**self._attributes, "protocol": outcome.protocol}
-            self._sent.add(count, self._attributes)
-            self._body_bytes.add(outcome.body_bytes, attributes)
+            self._dropped.add(entry.count, {**self._attributes, "reason": reason})
 
-    def _log_retry(self, exc: RetryableError, delay: float) -> None:
-        logger.warning("remote write %s: %s; retrying in %.1fs", self.name, exc, delay)
+    def _queue_dropped(self, entry: Entry[SampleBatch], reason: str) -> None:
+        self._groups.pop(entry.seq, None)
+        self._queued_samples -= entry.count
+        logger.error("remote write %s: queue dropped %d samples: %s", self.name, entry.count, reason)
+        self._dropped.add(entry.count, {**self._attributes, "reason": reason})
+
+    def _queue_error(self, message: str) -> None:
+        logger.error("remote write %s: queue: %s", self.name, message)
+
+    def _count_body(self, protocol: str, body_bytes: int) -> None:
+        self._body_bytes.add(body_bytes, {**self._attributes, "protocol": protocol})
 
     def _count_attempt(self, protocol: str, status: str) -> None:
         self._requests.add(1, {**self._attributes, "status": status, "protocol": protocol})
@@ -359,10 +432,44 @@ class RemoteWriteExporter:
         ]
 
     def _fail_queued(self) -> None:
-        count = sum(batch.samples for batch, _ in self._queue) + len(self._batcher)
+        """A memory queue's entries left at shutdown are lost: count them."""
+        count = self._queued_samples + len(self._batcher)
         if count:
             logger.error("remote write %s: shut down with %d samples undelivered", self.name, count)
             self._failed.add(count, self._attributes)
-        self._queue.clear()
-        self._queue_bytes = 0
+        self._queued_samples = 0
         self._batcher.cut()
+
+    def _observe_queue_bytes(self, _options: object) -> list[metrics.Observation]:
+        queue = self._queue
+        return [
+            metrics.Observation(self.queued_bytes, {**self._attributes, "medium": "memory"}),
+            metrics.Observation(queue.disk_bytes if queue is not None else 0, {**self._attributes, "medium": "disk"}),
+        ]
+
+    def _observe_oldest(self, _options: object) -> list[metrics.Observation]:
+        oldest = self._queue.oldest_created() if self._queue is not None else None
+        age = max(0.0, self._wall_clock() - oldest) if oldest is not None else 0.0
+        return [metrics.Observation(age, self._attributes)]
+
+
+def _oldest(batch: SampleBatch, now: float) -> float:
+    """Wall-clock seconds of a request's oldest sample (its age decides `sample_age_limit`)."""
+    oldest = min(batch.timestamps) if batch.timestamps else None
+    if batch.histograms:
+        first = min(h.timestamp for h in batch.histograms)
+        oldest = first if oldest is None else min(oldest, first)
+    return oldest / 1000.0 if oldest is not None else now
+
+
+def _parallel(requests: Sequence[tuple[SampleBatch, int]]) -> bool:
+    """Whether a cut's requests share no series, so they may be sent at once without reordering a series: the
+    batcher keeps each series whole and in one request unless it alone passes a limit, and then its pieces
+    are neighbours. Native histograms and exemplars ride in the last request, after their series' samples
+    (a receiver drops an exemplar whose series it lacks), so such a cut goes in order."""
+    for (a, _), (b, _) in zip(requests, requests[1:]):
+        if not (a.grouped and b.grouped) or a.histograms or a.exemplars or b.histograms or b.exemplars:
+            return False
+        if a.labels and b.labels and a.labels[-1] == b.labels[0]:
+            return False
+    return True

@@ -14,6 +14,7 @@ or left in the queue at shutdown (memory: lost and counted by the owner; disk: d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -75,6 +76,16 @@ class Queue(Protocol[T]):
     @property
     def disk_bytes(self) -> int: ...
 
+    @property
+    def count(self) -> int:
+        """Sum of `count` over entries not acknowledged (samples or spans waiting or in flight)."""
+        ...
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next `put` gets: entries below it that a new queue hands out were put before a restart."""
+        ...
+
     def oldest_created(self) -> float | None:
         """`created` of the oldest entry not acknowledged; None when empty."""
         ...
@@ -117,3 +128,32 @@ class SegmentCodec(Protocol[T]):
 
 DropCallback = Callable[[Entry[T], str], None]
 """Told of every entry the queue drops on its own, with the reason (`queue_full`, `corrupt`)."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """Where one endpoint's queue lives and how big it may grow.
+
+        QueueSettings(max_memory=64 << 20, max_disk=1 << 30, when_full="refuse", directory=Path("data/queue/prom"))
+
+    `directory` None, or `max_disk` 0, keeps the queue in memory only (lost at a restart, counted). Under
+    `refuse` a full queue makes the agent refuse new data upstream (429 / RESOURCE_EXHAUSTED); under
+    `drop_oldest` it drops its oldest entries, counted, to make room.
+    """
+
+    max_memory: int = 64 << 20
+    max_disk: int = 1 << 30
+    when_full: WhenFull = "refuse"
+    directory: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {self.max_memory}")
+        if self.max_disk < 0:
+            raise ValueError(f"max_disk must not be negative, got {self.max_disk}")
+        if self.when_full not in ("refuse", "drop_oldest"):
+            raise ValueError(f"when_full must be refuse or drop_oldest, got {self.when_full!r}")
+
+    @property
+    def durable(self) -> bool:
+        return self.directory is not None and self.max_disk > 0
