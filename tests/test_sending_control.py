@@ -193,13 +193,17 @@ def simulate(
     backlog: float,
     seconds: int,
     maximum: int = 64,
-) -> list[tuple[int, float]]:
-    """(concurrency, backlog at the end) per one-second window. Each window, `concurrency` requests of BATCH
-    samples are in flight whenever there is work, each answered in `latency_of(concurrency)` seconds."""
+    throttle_above: int | None = None,
+) -> list[tuple[int, float, bool]]:
+    """(concurrency decided, backlog at the end, throttled) per one-second window. Each window, `concurrency`
+    requests of BATCH samples are in flight whenever there is work, each answered in `latency_of(concurrency)`
+    seconds. Past `throttle_above` requests in flight the receiver answers the extra ones with 429."""
     concurrency, previous, trace = 1, None, []
     for _ in range(seconds):
         latency = latency_of(concurrency)
-        capacity = concurrency * BATCH / latency  # samples the slots carry in one second when always busy
+        throttled = throttle_above is not None and concurrency > throttle_above
+        accepted = min(concurrency, throttle_above) if throttled else concurrency
+        capacity = accepted * BATCH / latency  # samples the slots carry in one second when always busy
         available = backlog + ingest
         delivered = min(available, capacity)
         window = Window(
@@ -208,7 +212,7 @@ def simulate(
             requests=math.ceil(delivered / BATCH),
             latency=latency if delivered else None,
             errors=0,
-            throttled=False,
+            throttled=throttled,
             backlog=round(available - delivered),
             backlog_growth=round(available - delivered - backlog),
             incoming=round(ingest),
@@ -218,7 +222,7 @@ def simulate(
         backlog = available - delivered
         concurrency = next_concurrency(concurrency, window, previous, maximum=maximum)
         previous = window
-        trace.append((concurrency, backlog))
+        trace.append((concurrency, backlog, throttled))
     return trace
 
 
@@ -226,13 +230,13 @@ def test_a_parallel_receiver_gets_concurrency_until_the_backlog_drains_then_it_f
     # 50 ms per request whatever the concurrency; 20,000 samples/s need 2 requests in flight, and 2 million
     # samples wait at the start.
     trace = simulate(lambda concurrency: LATENCY, ingest=20_000, backlog=2_000_000, seconds=180)
-    concurrencies = [c for c, _ in trace]
-    drained = next(t for t, (_, backlog) in enumerate(trace) if backlog == 0)
+    concurrencies = [c for c, _, _ in trace]
+    drained = next(t for t, (_, backlog, _) in enumerate(trace) if backlog == 0)
     assert max(concurrencies) >= 10  # drains 20 s worth of backlog on top of the input
     assert drained <= 60
     assert 2 <= concurrencies[-1] <= 4  # 1.5x Little's law, within the 30% band
     assert len(set(concurrencies[-60:])) == 1  # settled: no flapping
-    assert all(backlog == 0 for _, backlog in trace[drained:])
+    assert all(backlog == 0 for _, backlog, _ in trace[drained:])
 
 
 @pytest.mark.parametrize(
@@ -243,7 +247,7 @@ def test_a_parallel_receiver_gets_concurrency_until_the_backlog_drains_then_it_f
 def test_a_serial_receiver_keeps_concurrency_low(ingest: float, backlog: float) -> None:
     # Latency grows with concurrency: 10,000 samples/s however many requests are in flight.
     trace = simulate(lambda concurrency: LATENCY * concurrency, ingest=ingest, backlog=backlog, seconds=300)
-    assert max(c for c, _ in trace) <= 2
+    assert max(c for c, _, _ in trace) <= 2
 
 
 @pytest.mark.parametrize("knee", [5, 8, 13, 30])
@@ -253,10 +257,25 @@ def test_a_receiver_that_saturates_at_a_knee_settles_near_the_knee(knee: int) ->
     trace = simulate(
         lambda concurrency: LATENCY * max(1.0, concurrency / knee), ingest=15_000 * knee, backlog=0, seconds=300
     )
-    tail = [c for c, _ in trace[-100:]]
+    tail = [c for c, _, _ in trace[-100:]]
     resting = max(set(tail), key=tail.count)
     assert 0.9 * knee - 1 <= resting <= 1.2 * knee
     assert max(tail) <= 1.6 * knee  # the probe one step up, undone the next interval
+
+
+def test_a_receiver_that_throttles_past_a_limit_never_sees_concurrency_grow_while_it_asks_to_wait() -> None:
+    # A rate-limited receiver: 429 for whatever goes past 10 requests in flight; the backlog never runs out.
+    trace = simulate(lambda concurrency: LATENCY, ingest=200_000, backlog=0, seconds=300, throttle_above=10)
+    concurrencies = [1] + [c for c, _, _ in trace]
+    for t, (decided, _, throttled) in enumerate(trace):
+        if throttled:
+            assert decided < concurrencies[t]  # cut in the window of the 429
+            if t + 1 < len(trace):
+                assert trace[t + 1][0] <= decided  # and nothing grows in the window after it
+    tail = concurrencies[-100:]
+    assert max(tail) <= 13  # a limit is found by passing it, by one quarter step at most
+    assert sum(tail) / len(tail) >= 7  # the sawtooth stays near the limit
+    assert sum(throttled for _, _, throttled in trace[-100:]) <= 25  # one window in four at most sees a 429
 
 
 # --- batch size -----------------------------------------------------------------------------------------
