@@ -233,7 +233,8 @@ def next_concurrency(
 
 FAST = 0.5
 """Requests acknowledged in under half the target latency may grow: doubling the batch at most doubles the
-latency (per-request overhead only makes it less), so one step cannot cross the target."""
+latency (per-request overhead only makes it less), so one step lands near the target at worst, not past it
+by much (batches count as full at 90%, hence "near")."""
 
 FULL = 0.9
 """Batches count as full at 90% of the limit; smaller ones show the limit is not what binds."""
@@ -247,9 +248,10 @@ def batch_decision(
     Acknowledgement latency above `target_latency` shrinks batches in proportion (latency is at most linear in
     batch size, so target/latency of the batch reaches the target), at most to a quarter per step: end-to-end
     delay matters more than per-request overhead. With a backlog, full batches and latency under half the
-    target, double: larger requests amortize per-request overhead, and the doubled latency stays under the
-    target ("a backlog" is at least one batch at the current size waiting). Between half the target and the target it holds (the band that keeps it from flapping), and so it
-    does with no backlog, where batches are as large as what arrives. Always within [minimum, maximum].
+    target, double: larger requests amortize per-request overhead, and the doubled latency stays about under
+    the target ("a backlog" is at least one batch at the current size waiting). Between half the target and
+    the target it holds (the band that keeps it from flapping), and so it does with no backlog, where batches
+    are as large as what arrives. Always within [minimum, maximum].
     """
     _check_bounds(minimum, maximum)
     if not 0.0 < target_latency < math.inf:
