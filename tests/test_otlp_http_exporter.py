@@ -45,14 +45,18 @@ def span_names(request: ExportTraceServiceRequest) -> list[str]:
 
 
 def counter_values(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
-    """Every counter point as {(name, sorted attributes): value}."""
+    """Every nonzero span counter point as {(name, sorted attributes): value} (the sender's own telemetry and
+    the counters exported at 0 from the start are left out)."""
     out: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
     data = reader.get_metrics_data()
     for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
+                if not metric.name.startswith("headwater_exporter_"):
+                    continue
                 for point in metric.data.data_points:
-                    out[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
+                    if point.value:
+                        out[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
     return out
 
 

@@ -327,7 +327,7 @@ class Sender(Generic[T]):
             started = self._clock()
             self._in_flight_change(+1)
             try:
-                answer = await self._deliver(entry.item)
+                answer = await self._attempt(entry.item)
             except Duplicate as exc:
                 self._answered(started)
                 if maybe_stored:  # the receiver holds this very request already: delivered
@@ -369,6 +369,23 @@ class Sender(Generic[T]):
                 self._answered(started)
                 self._delivered_entry(entry, answer)
                 return
+
+    async def _attempt(self, item: T) -> object:
+        """`deliver(item)`, abandoned (cancelled, then Stopped) when shutdown's deadline passes meanwhile."""
+        attempt = asyncio.ensure_future(self._deliver(item))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            raise Stopped()
+        return attempt.result()
 
     def _answered(self, started: float) -> None:
         """The endpoint answered (whatever it said): it is up, and the answer's latency counts."""
