@@ -33,6 +33,7 @@ from exporters.remote_write import rw1
 from exporters.remote_write.exporter import RemoteWriteExporter
 from exporters.remote_write.proto.remote_write_v1_pb2 import WriteRequest
 from exporters.retry import RetryPolicy
+from exporters.sending.sender import SenderSettings
 from tests.peers.prometheus import free_port
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_elapsed=5.0)
@@ -146,6 +147,7 @@ def exporter(url: str, counters: Counters | None = None, **overrides: object) ->
         max_samples=1000,
         max_bytes=1 << 20,
         flush_interval=60.0,
+        wall_clock=lambda: T0_NS / 1e9 + 600.0,  # the test data is ten minutes old, well within sample_age_limit
     )
     settings.update(overrides)
     return RemoteWriteExporter(**settings, meter=(counters or Counters()).meter)  # type: ignore[arg-type]
@@ -401,21 +403,26 @@ def test_a_5xx_or_429_answer_is_retried_until_it_succeeds(status: int) -> None:
     assert counters.value("requests", status="204") == 1
 
 
-def test_a_request_still_failing_after_max_elapsed_is_counted_as_failed() -> None:
+def test_a_request_that_keeps_failing_is_retried_until_its_data_passes_the_sample_age_limit_then_dropped() -> None:
     counters = Counters()
-    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_elapsed=0.2)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_elapsed=0.0)  # max_elapsed: not for remote write
+    now = [T0_NS / 1e9 + 10.0]
 
     async def scenario() -> None:
         async with Receiver(script=[(503, "down", {})] * 1000) as receiver:
-            exp = exporter(receiver.url, counters, retry=retry, max_samples=2, flush_interval=0.05)
+            exp = exporter(receiver.url, counters, retry=retry, max_samples=2, flush_interval=0.05,
+                           sender=SenderSettings(retry=retry, sample_age_limit=60.0), wall_clock=lambda: now[0])
             await exp.start()
             await exp.consume_metrics(gauge_request(2))
-            await until(lambda: counters.value("samples_failed") == 2)
-            assert receiver.attempts > 1
+            await until(lambda: receiver.attempts > 3)
+            assert counters.value("samples_dropped", reason="too_old") == 0
+            now[0] += 60.0  # the samples are now more than a minute old
+            await until(lambda: counters.value("samples_dropped", reason="too_old") == 2)
             await exp.shutdown(timeout=5)
 
     run(scenario)
     assert counters.value("samples_sent") == 0
+    assert counters.value("samples_failed") == 0
 
 
 def test_a_connection_error_is_retried_and_counted_as_a_request_without_status() -> None:

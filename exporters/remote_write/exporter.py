@@ -38,9 +38,7 @@ from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
-from exporters.remote_write.records import SampleBatchCodec
 from exporters.retry import RetryPolicy
-from exporters.sending.disk_queue import DiskQueue
 from exporters.sending.memory_queue import MemoryQueue
 from exporters.sending.queue import Entry, Queue, QueueFull, QueueSettings
 from exporters.sending.sender import Sender, SenderSettings
@@ -240,6 +238,9 @@ class RemoteWriteExporter:
         queue: Queue[SampleBatch]
         if settings.durable:
             assert settings.directory is not None
+            from exporters.remote_write.records import SampleBatchCodec  # TODO top-level once merged
+            from exporters.sending.disk_queue import DiskQueue
+
             disk = DiskQueue(settings.directory, SampleBatchCodec(), max_memory=settings.max_memory,
                              max_disk=settings.max_disk, when_full=settings.when_full,
                              on_drop=self._queue_dropped, on_error=self._queue_error)
@@ -331,7 +332,8 @@ class RemoteWriteExporter:
         if self._queue is not None:
             if not self._queue_settings.durable:
                 self._fail_queued()
-            await self._queue.close()
+            queue, self._queue = self._queue, None
+            await queue.close()
         elif len(self._batcher):
             self._failed.add(len(self._batcher), self._attributes)  # never started: nowhere to keep them
             self._batcher.cut()
