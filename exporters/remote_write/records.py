@@ -74,6 +74,7 @@ _U32 = "I" if array("I").itemsize == 4 else "L"
 _SWAP = sys.byteorder != "little"  # records are little-endian
 _FLOAT = struct.Struct("<d")
 _BITS = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
 
 # Column modes in the data header.
 PER_SAMPLE, ONE_VALUE, ABSENT = 0, 1, 2
@@ -85,7 +86,7 @@ class SampleBatchCodec:
     to read one. `level` is zstd's (1 measured best for CPU per byte saved); `memo` how many recent label
     columns a writer remembers (0: none)."""
 
-    def __init__(self, level: int = 1, memo: int = 8) -> None:
+    def __init__(self, level: int = 2, memo: int = 8) -> None:
         if not -7 <= level <= 22:
             raise ValueError(f"level must be a zstd level from -7 to 22, not {level}")
         if memo < 0:
@@ -103,7 +104,7 @@ class SampleBatchCodec:
 class RecordWriter:
     """One segment's writer: its dictionary, and the label columns of its last records."""
 
-    def __init__(self, level: int = 1, memo: int = 8) -> None:
+    def __init__(self, level: int = 2, memo: int = 8) -> None:
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._memo_size = memo
         self._memo: dict[tuple[int, bool, int, int], tuple[list[Labels], int, bytes]] = {}
@@ -129,8 +130,8 @@ class RecordWriter:
             return self._encode(item)
         except BaseException as error:
             self._rollback(marks)
-            if isinstance(error, (TypeError, OverflowError, AttributeError)):
-                raise ValueError(f"cannot encode this batch: {error}") from error
+            if isinstance(error, (TypeError, OverflowError, AttributeError, struct.error)):
+                raise ValueError(f"cannot encode this batch: {type(error).__name__}: {error}") from error
             raise
 
     def _encode(self, batch: SampleBatch) -> bytes:
@@ -143,26 +144,26 @@ class RecordWriter:
             raise ValueError(f"{len(starts)} start timestamps for {n} values")
         runs, label_bytes = self._label_column(batch.labels, batch.grouped)
         if n and stamps == [stamps[0]] * n:
-            stamp_mode, stamp_bytes = ONE_VALUE, _pack("q", stamps[:1])
+            stamp_mode, stamp_bytes = ONE_VALUE, _I64.pack(stamps[0])
         else:
-            stamp_mode, stamp_bytes = PER_SAMPLE, _pack("q", stamps)
+            stamp_mode, stamp_bytes = PER_SAMPLE, struct.pack(f"<{n}q", *stamps)
         try:
             size_mode, size_bytes = SIZES_U32, _pack(_U32, sizes)
         except OverflowError:
-            size_mode, size_bytes = SIZES_I64, _pack("q", sizes)
+            size_mode, size_bytes = SIZES_I64, struct.pack(f"<{n}q", *sizes)
         if not starts:
             start_mode, start_bytes = ABSENT, b""
         elif starts == [starts[0]] * n:
-            start_mode, start_bytes = ONE_VALUE, _pack("q", starts[:1])
+            start_mode, start_bytes = ONE_VALUE, _I64.pack(starts[0])
         else:
-            start_mode, start_bytes = PER_SAMPLE, _pack("q", starts)
+            start_mode, start_bytes = PER_SAMPLE, struct.pack(f"<{n}q", *starts)
         metas = list(map(self._metas.get, batch.metadata.items()))
         if None in metas:
             metas = [self._meta_index(item) for item in batch.metadata.items()]
         extras = self._extras(batch) if batch.histograms or batch.exemplars else b""
         data = b"".join((
             _DATA.pack(n, runs, len(metas), stamp_mode, size_mode, start_mode),
-            label_bytes, _pack("d", values), stamp_bytes, size_bytes, start_bytes, _pack(_U32, metas), extras,
+            label_bytes, struct.pack(f"<{n}d", *values), stamp_bytes, size_bytes, start_bytes, _pack(_U32, metas), extras,
         ))
         defs_raw = self._definitions()
         defs = self._compressor.compress(defs_raw) if defs_raw else b""
@@ -179,7 +180,7 @@ class RecordWriter:
         if known is not None and known[0] == labels:
             return known[1], known[2]
         encoded: tuple[int, bytes] | None = None
-        if grouped:
+        if grouped and any(map(operator.is_, labels[:16], labels[1:17])):  # else likely one sample per series
             starts = list(compress(count(1), map(operator.is_not, labels[1:], labels[:-1])))
             if len(starts) + 1 < n:
                 firsts = [labels[0], *map(labels.__getitem__, starts)]
@@ -208,9 +209,11 @@ class RecordWriter:
             return index
         index = self._sets.get(labels)
         if index is None:
-            index = len(self._sets)
-            self._new_sets.append([self._pair_index(pair) for pair in labels])
-            self._sets[labels] = index
+            pairs = list(map(self._pairs.get, labels))
+            if None in pairs:
+                pairs = [self._pair_index(pair) if known is None else known for known, pair in zip(pairs, labels)]
+            self._new_sets.append(pairs)
+            index = self._sets[labels] = len(self._sets)
         self._by_id[id(labels)] = index
         self._held.append(labels)
         return index
@@ -304,9 +307,9 @@ class RecordReader:
         (what they define stays undefined)."""
         try:
             self._learn(_Head(record))
-        except ValueError:
-            raise
         except Exception as error:
+            if type(error) is ValueError:
+                raise
             raise ValueError(f"unreadable record definitions: {type(error).__name__}: {error}") from error
 
     def decode(self, record: bytes) -> SampleBatch:
@@ -316,9 +319,9 @@ class RecordReader:
             head = _Head(record)
             self._learn(head)
             return self._decode(head)
-        except ValueError:
-            raise
-        except Exception as error:
+        except Exception as error:  # ours as they are; zstd's, JSON's, UTF-8's and the like named
+            if type(error) is ValueError:
+                raise
             raise ValueError(f"unreadable record: {type(error).__name__}: {error}") from error
 
     def _learn(self, head: _Head) -> None:
