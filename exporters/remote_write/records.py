@@ -3,8 +3,8 @@
 
 Every sample the node agent sends passes through `RecordWriter.encode` on its way to disk, so the format is
 built for the CPU it costs in Python first and the bytes second (bench/records_bench.py measures both; on the
-node workload encoding costs ~0.05-0.09 us a sample, ~0.12-0.13 when no recent label column repeats, and
-decoding ~0.07-0.09 us, at 2.6-5.8 bytes a sample):
+node workload at 1 and 5 samples per series a batch, encoding costs 0.054 and 0.065 us a sample, 0.13-0.14
+when no recent label column repeats, and decoding 0.07-0.09 us, at 5.8 and 2.6 bytes a sample):
 
 - Label sets are written once per segment. The writer keeps the segment's dictionary; the first record that
   uses a label set carries its definition, later records of the segment refer to its index. Definitions are
@@ -25,9 +25,10 @@ decoding ~0.07-0.09 us, at 2.6-5.8 bytes a sample):
   one sample per series), sizes as uint32 (int64 when one does not fit), start timestamps like timestamps.
   Native histograms and exemplars, rare, are JSON with floats as their 64-bit patterns.
 - A record is `version, flags, lengths`, then the definitions compressed on their own (so `learn` reads
-  nothing else), then the data, each zstd level 2: at these sizes level 1's parameters were slower and
-  larger at 5 samples per series (0.032 against 0.014 us a sample for 3.6 against 2.0 bytes), and snappy,
-  ~0.008 us cheaper, writes 1.4-1.7 bytes a sample more.
+  nothing else), then the data, each zstd level 2. On the data part at these sizes level 1 saves 0.004 us a
+  sample at one sample per series but costs 0.017 more at five (its small-input parameters find fewer
+  matches: 4.2 against 2.5 bytes a sample); snappy and lz4 save ~0.01 us and write 2-3 bytes a sample more
+  (snappy 8.7 against 5.8 at one sample per series, 4.5 against 2.5 at five).
 
 Nothing is read with `marshal` or `pickle`: `marshal.loads` trusts the lengths it reads (five corrupt bytes
 make it allocate 16 GiB), and the queue directory, although the agent's own state with a checksum on every
@@ -44,7 +45,7 @@ cut); a decoded batch's is empty.
 A writer's records must reach the segment in the order they were encoded, each one: if a record cannot be
 written, the queue starts a new segment (a new writer), because the next record may refer to what the lost
 one defined. `encode` itself changes nothing when it raises. A segment's first record carries definitions
-for every series it uses (~3 us to encode and ~0.7 us to learn per new series), so segments should hold
+for every series it uses (~2.5 us to encode and ~0.65 us to learn per new series), so segments should hold
 hundreds of records for that to vanish in the average. Writers and readers are not thread-safe: one thread
 at a time per segment. Memory: a writer and a reader hold their segment's label sets until dropped.
 """
