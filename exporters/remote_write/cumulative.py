@@ -71,13 +71,17 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
+import struct
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -88,7 +92,7 @@ from exporters.remote_write.buckets import ExponentialBuckets, add_exponential
 
 logger = logging.getLogger("headwater.exporters.remote_write")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_INTERVALS = 8
 _DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -106,27 +110,38 @@ class DeltaToCumulative:
         max_series: int = 100_000,
         max_staleness: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        save_interval: float = 0.05,
+        min_compact_bytes: int = 1 << 20,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if max_series <= 0:
             raise ValueError(f"max_series must be positive, got {max_series}")
         if not max_staleness > 0:
             raise ValueError(f"max_staleness must be positive, got {max_staleness}")
+        if not save_interval >= 0:
+            raise ValueError(f"save_interval must be zero or positive, got {save_interval}")
+        if min_compact_bytes <= 0:
+            raise ValueError(f"min_compact_bytes must be positive, got {min_compact_bytes}")
         self._path = None if state_path is None else Path(state_path)
         self._max_series = max_series
         self._max_staleness = max_staleness
         self._clock = clock
+        self._save_interval = save_interval
+        self._sleep = sleep
         self._streams: OrderedDict[bytes, _Stream] = OrderedDict()  # least recently seen first
-        self._lock = threading.Lock()  # guards the state
-        self._save_lock = threading.Lock()  # one save at a time, so an older snapshot never lands last
+        self._files = None if self._path is None else _StateFiles(self._path, min_compact_bytes)
+        self._changed: dict[bytes, None] = {}  # keys whose row changed (or went) since the last save began
         self._generation = 0  # bumped by every change of the state
         self._saved_generation = 0
         self._saving: asyncio.Task[bool] | None = None
+        self._save_started = -math.inf  # loop time
+        self._compacting: asyncio.Task[None] | None = None
         self._save_failing = False
         self._stats: Counter[str] = Counter()
         self.saved_at: float | None = None
         """`clock()` when the state was last written (or loaded); None before either."""
-        if self._path is not None:
-            self._load(self._path)
+        if self._files is not None:
+            self._load(self._files)
 
     @property
     def dirty(self) -> bool:
@@ -134,9 +149,13 @@ class DeltaToCumulative:
         return self._generation != self._saved_generation
 
     def stats(self) -> dict[str, int]:
-        """Totals since construction (`bounds_resets`, `late_added`, `stale_forgotten`, `state_load_failures`,
-        `state_save_failures`) and the current number of `streams`."""
-        return {**self._stats, "streams": len(self._streams)}
+        """Totals since construction, those above zero: `bounds_resets`, `late_added`, `stale_forgotten`,
+        `state_load_failures`, `state_torn_tails` (log tails dropped at load), `state_save_failures`,
+        `state_compaction_failures`; of the files, `state_appends` and `state_bytes_appended` (saves, as log
+        records), `state_rewrites` and `state_bytes_rewritten` (whole snapshots written by compaction); and the
+        current number of `streams`."""
+        files = {} if self._files is None else {key: value for key, value in self._files.counters().items() if value}
+        return {**self._stats, **files, "streams": len(self._streams)}
 
     # -- conversion -------------------------------------------------------------------------------------
 
@@ -146,31 +165,30 @@ class DeltaToCumulative:
         delta metric; treat it as read-only."""
         now = self._clock()
         skipped: Counter[str] = Counter()
-        with self._lock:
-            self._expire(now)
-            if not _has_delta(request):
-                return request, {}
-            out = ExportMetricsServiceRequest()
-            out.CopyFrom(request)
-            for resource_metrics in out.resource_metrics:
-                resource_id = _attributes_id(resource_metrics.resource.attributes)
-                for scope_metrics in resource_metrics.scope_metrics:
-                    scope = scope_metrics.scope
-                    scope_id = b"".join((resource_id, _frame(scope.name.encode()), _frame(scope.version.encode()),
-                                         _attributes_id(scope.attributes)))
-                    for metric in scope_metrics.metrics:
-                        kind = metric.WhichOneof("data")
-                        if kind not in _STREAM_TYPES:
-                            continue
-                        data = getattr(metric, kind)
-                        if data.aggregation_temporality != _DELTA:
-                            continue
-                        tag = kind + ("+" if kind == "sum" and data.is_monotonic else "")
-                        hasher = hashlib.blake2b(digest_size=16)
-                        hasher.update(b"".join((scope_id, _frame(metric.name.encode()), _frame(metric.unit.encode()),
-                                                _frame(tag.encode()))))
-                        self._convert(data.data_points, _STREAM_TYPES[kind], hasher, now, skipped)
-                        data.aggregation_temporality = _CUMULATIVE
+        self._expire(now)
+        if not _has_delta(request):
+            return request, {}
+        out = ExportMetricsServiceRequest()
+        out.CopyFrom(request)
+        for resource_metrics in out.resource_metrics:
+            resource_id = _attributes_id(resource_metrics.resource.attributes)
+            for scope_metrics in resource_metrics.scope_metrics:
+                scope = scope_metrics.scope
+                scope_id = b"".join((resource_id, _frame(scope.name.encode()), _frame(scope.version.encode()),
+                                     _attributes_id(scope.attributes)))
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind not in _STREAM_TYPES:
+                        continue
+                    data = getattr(metric, kind)
+                    if data.aggregation_temporality != _DELTA:
+                        continue
+                    tag = kind + ("+" if kind == "sum" and data.is_monotonic else "")
+                    hasher = hashlib.blake2b(digest_size=16)
+                    hasher.update(b"".join((scope_id, _frame(metric.name.encode()), _frame(metric.unit.encode()),
+                                            _frame(tag.encode()))))
+                    self._convert(data.data_points, _STREAM_TYPES[kind], hasher, now, skipped)
+                    data.aggregation_temporality = _CUMULATIVE
         return out, dict(skipped)
 
     def _convert(self, points, stream_type: type[_Stream], hasher, now: float, skipped: Counter[str]) -> None:
@@ -199,10 +217,12 @@ class DeltaToCumulative:
             if len(self._streams) >= self._max_series:
                 return "delta_too_many_series"
             self._streams[key] = stream_type.first(point, now)  # the point is its own cumulative value
+            self._changed[key] = None
             self._generation += 1
             return None
         stream.last_seen = now
         self._streams.move_to_end(key)
+        self._changed[key] = None  # at least its last_seen: saved with the next change, not a save of its own
         place = _place(stream.intervals, start, end)
         if place in (_DUPLICATE, _OVERLAP):
             return place
@@ -225,8 +245,7 @@ class DeltaToCumulative:
     def expire(self) -> None:
         """Forget streams unseen for `max_staleness`, as `apply` does first: for a request that skips `apply`
         because it holds no delta metric (one translated from its wire shape)."""
-        with self._lock:
-            self._expire(self._clock())
+        self._expire(self._clock())
 
     def _expire(self, now: float) -> None:
         limit = now - self._max_staleness
@@ -237,6 +256,7 @@ class DeltaToCumulative:
             if streams[key].last_seen > limit:
                 break
             del streams[key]
+            self._changed[key] = None  # saved as gone
             forgotten += 1
         if forgotten:
             self._stats["stale_forgotten"] += forgotten
@@ -246,37 +266,77 @@ class DeltaToCumulative:
     # -- persistence ------------------------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write the whole state atomically (no-op without `state_path`). Raises OSError when it cannot;
-        the state then stays dirty."""
-        with self._save_lock:
-            with self._lock:
-                generation = self._generation
-                payload = None if self._path is None else self._encode()
-            if self._path is not None:
-                _write_atomically(self._path, payload)
-            with self._lock:
-                self._saved_generation = max(self._saved_generation, generation)
-                self.saved_at = self._clock()
+        """Write what changed since the last save, as one log record, and compact when due (no-op without
+        `state_path`). Blocking, for use without a running event loop (tests, tools); the loop uses `commit`.
+        Raises OSError when it cannot; the state then stays dirty."""
+        if self._saving is not None:
+            raise RuntimeError("save() while commit() is saving: the records would land out of order")
+        generation, changed = self._generation, self._take_changed()
+        if self._files is not None and changed:
+            try:
+                job = self._files.append(list(self._encode_rows(list(changed))))
+            except BaseException:
+                self._give_back(changed)
+                raise
+            if job is not None:
+                self._files.compact(job)
+        self._saved(generation)
 
     async def commit(self) -> bool:
-        """Return True once everything applied before the call is saved; concurrent callers share a save,
-        run in a thread. On a failed save: logged, counted, False."""
-        if self._path is None:
+        """Return True once everything applied before the call is on disk. Concurrent callers share a save,
+        and a save starts no sooner than `save_interval` after the previous one started, so the waves of
+        requests within an interval share one write and fsync; the rows are encoded on the loop in slices,
+        written and fsynced in a thread. On a failed save: logged, counted, False."""
+        if self._files is None:
             self.save()
             return True
         target = self._generation
         while self._saved_generation < target:
             task = self._saving
             if task is None:
-                task = self._saving = asyncio.get_running_loop().create_task(self._save_in_thread())
+                task = self._saving = asyncio.get_running_loop().create_task(self._save_in_task())
             if not await asyncio.shield(task):
                 return False
         return True
 
-    async def _save_in_thread(self) -> bool:
+    async def drain(self) -> None:
+        """Wait for a save and a compaction in flight, if any (at shutdown, before another instance reads
+        the same files). Commits do not wait for compactions: those run in the background."""
+        for task in (self._saving, self._compacting):
+            if task is not None:
+                await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+        if self._compacting is not None:  # started by the save just awaited
+            await asyncio.gather(asyncio.shield(self._compacting), return_exceptions=True)
+
+    def _take_changed(self) -> dict[bytes, None]:
+        changed, self._changed = self._changed, {}
+        return changed
+
+    def _give_back(self, changed: dict[bytes, None]) -> None:
+        """After a failed save: its keys are saved again, with their state as it is then."""
+        changed.update(self._changed)
+        self._changed = changed
+
+    def _saved(self, generation: int) -> None:
+        self._saved_generation = max(self._saved_generation, generation)
+        self.saved_at = self._clock()
+
+    async def _save_in_task(self) -> bool:
+        loop = asyncio.get_running_loop()
+        changed: dict[bytes, None] = {}
         try:
-            await asyncio.to_thread(self.save)
+            wait = self._save_started + self._save_interval - loop.time()
+            if wait > 0:
+                await self._sleep(wait)  # commits arriving meanwhile join this save
+            self._save_started = loop.time()
+            generation, changed = self._generation, self._take_changed()
+            payloads = []
+            for payload in self._encode_rows(list(changed)):
+                payloads.append(payload)
+                await asyncio.sleep(0)  # a slice at a time: other tasks run between them
+            job = await asyncio.to_thread(self._files.append, payloads) if payloads else None
         except OSError as exc:
+            self._give_back(changed)
             self._stats["state_save_failures"] += 1
             level = logging.DEBUG if self._save_failing else logging.WARNING
             self._save_failing = True
@@ -284,45 +344,60 @@ class DeltaToCumulative:
                        "recount deltas since the last save", self._path, exc)
             return False
         except Exception:  # a bug must cost durability, not the metrics pipeline
+            self._give_back(changed)
             self._stats["state_save_failures"] += 1
             logger.exception("delta to cumulative: unexpected error saving the state to %s", self._path)
             return False
-        else:
-            if self._save_failing:
-                logger.warning("delta to cumulative: state saved to %s again", self._path)
-            self._save_failing = False
-            return True
+        except BaseException:  # cancelled (the loop is closing): saved again by the next save, if any
+            self._give_back(changed)
+            raise
         finally:
             self._saving = None
+        if self._save_failing:
+            logger.warning("delta to cumulative: state saved to %s again", self._path)
+        self._save_failing = False
+        self._saved(generation)
+        if job is not None:
+            self._compacting = loop.create_task(self._compact_in_thread(job))
+        return True
 
-    def _encode(self) -> bytes:
-        streams = [stream.row(base64.b64encode(key).decode("ascii")) for key, stream in self._streams.items()]
-        return json.dumps({"version": STATE_VERSION, "streams": streams}, separators=(",", ":")).encode()
+    async def _compact_in_thread(self, job: _Compaction) -> None:
+        try:
+            await asyncio.to_thread(self._files.compact, job)
+        except Exception as exc:  # the logs stay and keep every change; tried again once they grew further
+            self._stats["state_compaction_failures"] += 1
+            logger.warning("delta to cumulative: compacting the state in %s failed (%s: %s); its change logs "
+                           "stay until a later compaction succeeds", self._path, type(exc).__name__, exc)
+        finally:
+            self._compacting = None
 
-    def _load(self, path: Path) -> None:
+    def _encode_rows(self, keys: list[bytes]) -> Iterator[bytes]:
+        """The rows of `keys` as they are now (a stream no longer here as gone), `_ROWS_PER_SLICE` to a JSON
+        array."""
+        streams = self._streams
+        for i in range(0, len(keys), _ROWS_PER_SLICE):
+            rows = []
+            for key in keys[i:i + _ROWS_PER_SLICE]:
+                name = base64.b64encode(key).decode("ascii")
+                stream = streams.get(key)
+                rows.append([_GONE, name] if stream is None else stream.row(name))
+            yield _row_lines(rows)
+
+    def _load(self, files: _StateFiles) -> None:
         try:
-            for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a crash during save
-                leftover.unlink(missing_ok=True)
-        except OSError as exc:
-            logger.debug("delta to cumulative: could not remove leftover temp files: %s", exc)
-        try:
-            document = json.loads(path.read_bytes())
-            if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
-                raise ValueError(f"expected an object with version {STATE_VERSION}")
-            rows = document["streams"]
+            rows, torn = files.load()
             streams = sorted((_decode_row(row) for row in rows), key=lambda item: item[1].last_seen)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        except Exception as exc:  # whatever it is, a state that cannot be read must not stop the agent
             self._stats["state_load_failures"] += 1
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self._clock()))}")
-            try:
-                os.replace(path, aside)
-                where = f"moved to {aside.name}"
-            except OSError as move_exc:
-                where = f"could not be moved aside ({move_exc}); the next save replaces it"
+            where = files.set_aside(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock())))
             logger.warning("delta to cumulative: state file %s unreadable (%s: %s), %s; starting empty: delta "
-                           "counters restart from zero", path, type(exc).__name__, exc, where)
+                           "counters restart from zero", self._path, type(exc).__name__, exc, where)
+            return
+        for note in torn:
+            self._stats["state_torn_tails"] += 1
+            logger.warning("delta to cumulative: %s; a save cut short (crash, or a failed write) whose deltas "
+                           "were not acknowledged: their clients send them again", note)
+        if not streams and not files.exists():
             return
         if len(streams) > self._max_series:
             logger.warning("delta to cumulative: state holds %d streams, max_series is %d; keeping the most "
@@ -330,7 +405,7 @@ class DeltaToCumulative:
             streams = streams[-self._max_series:]
         self._streams.update(streams)
         self.saved_at = self._clock()
-        logger.info("delta to cumulative: loaded %d streams from %s", len(streams), path)
+        logger.info("delta to cumulative: loaded %d streams from %s", len(streams), self._path)
 
 
 # -- streams ------------------------------------------------------------------------------------------------
@@ -598,19 +673,374 @@ def _checked_list(values, types) -> list:
     return [_checked(v, types) for v in values]
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
+# -- state files: a snapshot and change logs ------------------------------------------------------------------
+
+_GONE = "-"  # the tag of a row that says a stream was forgotten
+_ROWS_PER_SLICE = 250  # rows encoded on the loop between two yields (~0.4 ms)
+_ROWS_PER_FRAME = 1000  # rows per snapshot frame
+_MAGIC = b"\xffd2c"  # never in JSON text (ensure_ascii), so a frame cannot start inside a payload
+_FRAME = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
+_MAX_CANDIDATES = 64  # frame starts looked at after a damaged frame before calling the file corrupt
+_KEY = slice(6, 30)  # where a row line holds its key: `["s","<24 characters of base64>",...`
+
+
+class _Corrupt(ValueError):
+    """The state files cannot be trusted; the message says why."""
+
+
+class _Compaction(NamedTuple):
+    base: bool  # fold in the snapshot at `path`
+    logs: tuple[int, ...]  # and these closed logs, oldest first
+    generation: int  # the first log the new snapshot does not cover
+
+
+class _StateFiles:
+    """The files of one state, beside each other: the snapshot at `path` and change logs `<name>.log-<n>`
+    for n from the snapshot's `log` on, numbered without gaps.
+
+    Both are sequences of frames (magic, length, CRC-32, payload). A snapshot: a header `{"version": 2,
+    "log": n}`, row frames, a trailer `{"streams": count}`; written whole to a temp file and renamed into
+    place. A log: the same header, then one frame per save. A row frame holds rows one per line; a row is
+    a stream's whole state `[tag, key, last_seen, intervals, *values]`, or `["-", key]` for a stream
+    forgotten, and a later row of a key replaces an earlier one. Compaction merges at that level, as bytes
+    (key at a fixed offset, see `_row_lines`): parsing 100k rows into lists would make the collector walk
+    the whole heap, live state included, while the thread holds the GIL (50-130 ms measured).
+
+    `append` and `compact` run in worker threads (`compact` beside a running `append`: it reads only the
+    snapshot and closed logs and writes the next snapshot); `_lock` guards the bookkeeping, and only threads
+    take it, never the event loop. `load` and `set_aside` run at construction."""
+
+    def __init__(self, path: Path, min_compact_bytes: int) -> None:
+        self.path = path
+        self._min_compact_bytes = min_compact_bytes
+        self._lock = threading.Lock()
+        self._next_log = 1  # the log appended to (created by the next append unless in `_sizes`)
+        self._sizes: dict[int, int] = {}  # bytes of every log not yet folded into the snapshot, oldest first
+        self._snapshot = False  # there is a snapshot to fold in
+        self._snapshot_bytes = 0
+        self._compact_soon = False  # the snapshot is of version 1 (or stuck): rewrite it at the first chance
+        self._compacting = False
+        self._retry_at = 0  # after a failed compaction: log bytes that make it due again
+        # Keys set once: the loop reads them while threads count (a new key would change the dict's size).
+        self._counters = Counter(dict.fromkeys(("state_appends", "state_bytes_appended", "state_rewrites",
+                                                "state_bytes_rewritten"), 0))
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def exists(self) -> bool:
+        return self._snapshot or bool(self._sizes)
+
+    def _log_path(self, number: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.log-{number}")
+
+    def _logs_on_disk(self) -> dict[int, Path]:
+        prefix = f"{self.path.name}.log-"
+        return {int(p.name[len(prefix):]): p for p in self.path.parent.glob(prefix + "*")
+                if p.name[len(prefix):].isdigit()}
+
+    # -- load ---------------------------------------------------------------------------------------------
+
+    def load(self) -> tuple[list[list], list[str]]:
+        """The rows saved (one per stream, parsed), and a note per torn log tail dropped (and cut off its
+        file). Raises `_Corrupt` (or OSError, ValueError...) when the files cannot be trusted."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # from a crash during a rewrite
+            leftover.unlink(missing_ok=True)
+        logs = self._logs_on_disk()
+        rows: dict[str, list] = {}
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            first = min(logs, default=1)  # no snapshot: the logs alone (each row is a whole stream's state)
+        else:
+            first, payloads = _snapshot_payloads(data, self.path.name)
+            for payload in payloads:
+                rows.update((row[1], row) for row in _parse_rows(payload))
+            self._snapshot, self._snapshot_bytes, self._compact_soon = True, len(data), data[:1] == b"{"
+        for number in [n for n in logs if n < first]:  # folded into the snapshot before a crash deleted them
+            logs.pop(number).unlink(missing_ok=True)
+        if logs and sorted(logs) != list(range(first, max(logs) + 1)):
+            missing = min(set(range(first, max(logs) + 1)) - set(logs))
+            raise _Corrupt(f"change log {self._log_path(missing).name} is missing: the rows after it could be "
+                           "older than what was sent")
+        torn = []
+        for number in sorted(logs):
+            data = logs[number].read_bytes()
+            payloads, end = _log_payloads(data, logs[number].name, number)
+            if end < len(data):
+                torn.append(f"{len(data) - end} bytes at the end of {logs[number].name} were not a whole record "
+                            "and were dropped")
+                try:  # else dropped again at the next load, until a compaction folds the log in
+                    with open(logs[number], "r+b") as file:
+                        file.truncate(end)
+                        os.fsync(file.fileno())
+                except OSError as exc:
+                    logger.debug("delta to cumulative: could not cut the torn tail off %s: %s", logs[number], exc)
+            for payload in payloads:
+                for row in _parse_rows(payload):
+                    if row[0] == _GONE:
+                        rows.pop(row[1], None)
+                    else:
+                        rows[row[1]] = row
+            self._sizes[number] = end
+        self._next_log = max(logs) + 1 if logs else first  # never append to a log a crash may have torn
+        return list(rows.values()), torn
+
+    def set_aside(self, stamp: str) -> str:
+        """Move the snapshot and every log out of the way (`<name>.corrupt-<stamp>`) and start empty; say
+        where they went."""
+        self._sizes, self._snapshot, self._snapshot_bytes = {}, False, 0
+        moved, stuck = [], []
+        try:
+            logs = self._logs_on_disk()
+        except OSError:
+            logs = {}
+        for path in [self.path, *logs.values()]:
+            try:
+                os.replace(path, path.with_name(f"{path.name}.corrupt-{stamp}"))
+                moved.append(path.name)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                try:
+                    path.unlink()
+                except OSError:
+                    stuck.append(path.name)
+        self._next_log = max(logs, default=0) + 1  # a log left behind is older than the next snapshot covers
+        self._compact_soon = bool(stuck)  # a snapshot written by the first save's compaction replaces them
+        if stuck:
+            return f"{', '.join(stuck)} could not be moved aside nor removed: the first compaction supersedes them"
+        return f"moved aside to *.corrupt-{stamp}" if moved else "nothing to move aside"
+
+    # -- append ---------------------------------------------------------------------------------------------
+
+    def append(self, payloads: list[bytes]) -> _Compaction | None:
+        """Append one record (the rows in `payloads`) to the log and fsync it; return a compaction to run
+        when one is due (the log was closed: the next append starts another). On OSError the log is left as
+        it is (a torn tail at worst, dropped at load) and the next append starts another."""
+        record = _pack(b"\n".join(payloads))
+        with self._lock:
+            number = self._next_log
+            new = number not in self._sizes
+            flags = os.O_WRONLY | os.O_APPEND
+            if new:
+                record = _pack(json.dumps({"version": STATE_VERSION, "log": number}).encode()) + record
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                flags |= os.O_CREAT | os.O_EXCL
+            fd = os.open(self._log_path(number), flags, 0o644)
+            try:
+                self._sizes.setdefault(number, 0)
+                _write_all(fd, record)
+                _fdatasync(fd)
+                if new:
+                    _fsync_directory(self.path.parent)
+            except OSError:
+                self._next_log += 1  # after a failed write or fsync this log is not to be trusted further
+                raise
+            finally:
+                os.close(fd)
+            self._sizes[number] += len(record)
+            self._counters["state_appends"] += 1
+            self._counters["state_bytes_appended"] += len(record)
+            return self._compaction_if_due()
+
+    def _compaction_if_due(self) -> _Compaction | None:
+        logged = sum(self._sizes.values())
+        due = self._compact_soon or logged >= max(self._min_compact_bytes, self._snapshot_bytes, self._retry_at)
+        if self._compacting or not due:
+            return None
+        self._next_log += 1
+        self._compacting, self._compact_soon = True, False
+        return _Compaction(self._snapshot, tuple(n for n in self._sizes if n < self._next_log), self._next_log)
+
+    # -- compaction -------------------------------------------------------------------------------------------
+
+    def compact(self, job: _Compaction) -> None:
+        """Write the snapshot of `job` (the old one with its logs folded in) and delete those logs. Reads
+        and writes files only: the live state is not looked at, and nothing the event loop holds is locked.
+        It works ~1000 rows at a time and lets go of the GIL between them (`time.sleep(0)`): a thread that
+        keeps it makes the loop wait up to the 5 ms switch interval each time it wants it back."""
+        temp: str | None = None
+        try:
+            changes: dict[bytes, bytes | None] = {}
+            for number in job.logs:
+                path = self._log_path(number)
+                for lines in _line_slices(_log_payloads(path.read_bytes(), path.name, number)[0]):
+                    for line in lines:
+                        changes[_line_key(line)] = None if line[2:3] == b"-" else line
+                    time.sleep(0)
+            old = _snapshot_payloads(self.path.read_bytes(), self.path.name)[1] if job.base else []
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as file:
+                file.write(_pack(json.dumps({"version": STATE_VERSION, "log": job.generation}).encode()))
+                count = 0
+                for lines in _line_slices(old):
+                    kept = []
+                    for line in lines:
+                        key = _line_key(line)
+                        if key in changes:
+                            line = changes.pop(key)
+                            if line is None:
+                                continue
+                        kept.append(line)
+                    count += _write_lines(file, kept)
+                    time.sleep(0)
+                count += _write_lines(file, [line for line in changes.values() if line is not None])
+                file.write(_pack(json.dumps({"streams": count}).encode()))
+                file.flush()
+                os.fsync(file.fileno())
+                size = file.tell()
+            os.replace(temp, self.path)
+            temp = None
+            _fsync_directory(self.path.parent)
+        except BaseException:
+            with self._lock:
+                self._compacting = False
+                self._retry_at = sum(self._sizes.values()) + max(self._min_compact_bytes, self._snapshot_bytes)
+            if temp is not None:
+                Path(temp).unlink(missing_ok=True)
+            raise
+        with self._lock:
+            for number in job.logs:
+                self._sizes.pop(number, None)
+                self._log_path(number).unlink(missing_ok=True)  # stale for the new snapshot, if it stays
+            self._snapshot, self._snapshot_bytes, self._compacting, self._retry_at = True, size, False, 0
+            self._counters["state_rewrites"] += 1
+            self._counters["state_bytes_rewritten"] += size
+
+
+def _row_lines(rows: list[list]) -> bytes:
+    """`rows` as JSON, one per line. A row holds no string but its tag and key (numbers, null and lists of
+    numbers otherwise), so `],["` appears in the array's JSON only between two rows; each line then starts
+    with `["<tag>","<key>"`, the key at `_KEY` (tags are one character, keys 24)."""
+    return json.dumps(rows, separators=(",", ":")).encode()[1:-1].replace(b'],["', b']\n["')
+
+
+def _line_key(line: bytes) -> bytes:
+    if line[:2] != b'["' or line[3:6] != b'","' or line[30:31] != b'"':
+        raise _Corrupt(f"expected a row line, found {line[:40]!r}")
+    return line[_KEY]
+
+
+def _parse_rows(payload: bytes) -> list[list]:
+    """The rows of a row frame, each a list starting with a tag and a key (`_decode_row` checks the rest)."""
+    rows = json.loads(b"[" + payload.replace(b"\n", b",") + b"]")
+    for row in rows:
+        if not isinstance(row, list) or len(row) < 2 or not isinstance(row[0], str) or not isinstance(row[1], str):
+            raise _Corrupt(f"expected a row [tag, key, ...], found {str(row)[:80]}")
+    return rows
+
+
+def _line_slices(payloads: list[bytes], size: int = 128 * 1024) -> Iterator[list[bytes]]:
+    """The row lines of `payloads`, cut at a line end every `size` bytes or so: no single call on a large
+    payload holds the GIL long."""
+    for payload in payloads:
+        start = 0
+        while start < len(payload):
+            end = payload.find(b"\n", start + size)
+            end = len(payload) if end < 0 else end
+            yield payload[start:end].split(b"\n")
+            start = end + 1
+
+
+def _write_lines(file, lines: list[bytes]) -> int:
+    for i in range(0, len(lines), _ROWS_PER_FRAME):
+        file.write(_pack(b"\n".join(lines[i:i + _ROWS_PER_FRAME])))
+    return len(lines)
+
+
+def _pack(payload: bytes) -> bytes:
+    return _FRAME.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _frame_at(data: bytes, offset: int) -> tuple[bytes, int] | None:
+    """The payload of an intact frame at `offset` and the offset after it, or None."""
+    start = offset + _FRAME.size
+    if start > len(data):
+        return None
+    magic, length, crc = _FRAME.unpack_from(data, offset)
+    if magic != _MAGIC or start + length > len(data):
+        return None
+    payload = data[start:start + length]
+    return (payload, start + length) if zlib.crc32(payload) == crc else None
+
+
+def _read_frames(data: bytes, name: str) -> tuple[list[bytes], int]:
+    """The payloads of the intact frames from the start of `data`, and where they end. A damaged frame ends
+    them: a torn tail when nothing intact follows it; when something does, the file is corrupt (raises)."""
+    payloads, offset = [], 0
+    while offset < len(data):
+        frame = _frame_at(data, offset)
+        if frame is None:
+            candidate = data.find(_MAGIC, offset + 1)
+            for _ in range(_MAX_CANDIDATES):
+                if candidate < 0:
+                    return payloads, offset
+                if _frame_at(data, candidate) is not None:
+                    break
+                candidate = data.find(_MAGIC, candidate + 1)
+            raise _Corrupt(f"{name}: a damaged frame at byte {offset} is followed by more data that looks intact")
+        payload, offset = frame
+        payloads.append(payload)
+    return payloads, offset
+
+
+def _header(payload: bytes, name: str) -> int:
+    """The log number a header names (a snapshot's: the first log it does not cover)."""
+    header = json.loads(payload)
+    if not isinstance(header, dict) or header.get("version") != STATE_VERSION:
+        raise _Corrupt(f"{name}: expected a header with version {STATE_VERSION}, found {payload[:80]!r}")
+    number = header.get("log")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise _Corrupt(f"{name}: its header names no log number: {payload[:80]!r}")
+    return number
+
+
+def _log_payloads(data: bytes, name: str, number: int) -> tuple[list[bytes], int]:
+    """The row frames of log `number` in order, and where its intact frames end (before a torn tail)."""
+    payloads, end = _read_frames(data, name)
+    if not payloads:
+        return [], end  # torn before its header was whole: no record of it was acknowledged
+    if _header(payloads[0], name) != number:
+        raise _Corrupt(f"{name}: its header names another log")
+    return payloads[1:], end
+
+
+def _snapshot_payloads(data: bytes, name: str) -> tuple[int, list[bytes]]:
+    """The first log a snapshot does not cover, and its row frames. Anything but a whole snapshot raises
+    `_Corrupt`: one is written whole and renamed into place, so a torn one is not a crash's doing. Version 1
+    (one JSON document, no logs) is read too, as row frames."""
+    if data[:1] == b"{":
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("version") != 1:
+            raise _Corrupt(f"{name}: expected an object with version 1 or {STATE_VERSION}")
+        rows = document["streams"]
+        if not isinstance(rows, list) or not all(isinstance(row, list) and row and row[0] != _GONE for row in rows):
+            raise _Corrupt(f"{name}: expected a list of rows")
+        return 1, [_row_lines(rows[i:i + _ROWS_PER_FRAME]) for i in range(0, len(rows), _ROWS_PER_FRAME)]
+    payloads, end = _read_frames(data, name)
+    if end != len(data) or len(payloads) < 2:
+        raise _Corrupt(f"{name}: not a whole snapshot (damaged at byte {end})")
+    trailer, rows = json.loads(payloads[-1]), payloads[1:-1]
+    count = sum(payload.count(b"\n") + 1 for payload in rows)
+    if not isinstance(trailer, dict) or trailer.get("streams") != count:
+        raise _Corrupt(f"{name}: holds {count} rows, its trailer says {payloads[-1][:80]!r}")
+    return _header(payloads[0], name), rows
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fdatasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
