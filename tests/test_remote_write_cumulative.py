@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -379,3 +380,225 @@ def test_a_failed_save_makes_commit_return_false_with_a_warning(tmp_path: Path, 
 def test_bad_limits_are_refused_by_name(kwargs, name) -> None:
     with pytest.raises(ValueError, match=name):
         DeltaToCumulative(None, **kwargs)
+
+
+# -- persistence: change logs, batching, torn tails, hostile files ------------------------------------------
+
+
+def logs(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + ".log-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def wave(d2c: DeltaToCumulative, index: int, streams) -> tuple[list, dict[str, int]]:
+    """Delta 1 for window `index` of each stream in `streams`."""
+    return run_sum(d2c, *(number(1, T0 + index * S, T0 + (index + 1) * S, attrs(k=str(k))) for k in streams))
+
+
+def test_a_save_writes_the_rows_that_changed_not_the_whole_state(tmp_path: Path) -> None:
+    d2c = DeltaToCumulative(tmp_path / "d2c.json", save_interval=0)
+    wave(d2c, 0, range(1000))
+    assert asyncio.run(d2c.commit())
+    whole = d2c.stats()["state_bytes_appended"]
+    for index in range(1, 11):
+        wave(d2c, index, range(10 * index, 10 * index + 10))  # 10 of the 1,000 streams
+        assert asyncio.run(d2c.commit())
+    stats = d2c.stats()
+    assert stats["state_appends"] == 11
+    assert "state_rewrites" not in stats
+    assert (stats["state_bytes_appended"] - whole) / 10 < whole / 50  # ~1 % of the state per wave, not all of it
+
+
+class ManualSleep:
+    """A `sleep` that returns when the test says so; remembers the delays asked for."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._go = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self._go.wait()
+
+    def wake(self) -> None:
+        self._go.set()
+
+
+def test_waves_committed_within_save_interval_of_a_save_share_the_next_write(tmp_path: Path) -> None:
+    async def main() -> tuple[list[bool], ManualSleep, dict]:
+        sleep = ManualSleep()
+        d2c = DeltaToCumulative(tmp_path / "d2c.json", save_interval=1.0, sleep=sleep)
+        wave(d2c, 0, range(3))
+        assert await d2c.commit()  # no save in the last second: no wait
+        commits = []
+        for index in range(1, 6):  # five waves, one loop turn apart, while the next save waits
+            wave(d2c, index, range(3))
+            commits.append(asyncio.create_task(d2c.commit()))
+            await asyncio.sleep(0)
+        sleep.wake()
+        return await asyncio.gather(*commits), sleep, d2c.stats()
+
+    results, sleep, stats = asyncio.run(main())
+    assert results == [True] * 5
+    assert stats["state_appends"] == 2
+    assert len(sleep.delays) == 1 and 0 < sleep.delays[0] <= 1.0
+
+
+def test_after_many_waves_and_compactions_a_reload_continues_every_stream_as_the_live_state(tmp_path) -> None:
+    clock = Clock()
+    path = tmp_path / "d2c.json"
+    live = DeltaToCumulative(path, clock=clock, max_staleness=20.0, save_interval=0, min_compact_bytes=4096)
+
+    def traffic(index: int) -> ExportMetricsServiceRequest:
+        """Window `index` of 900 sum streams, of which the first 300 stop at window 20 (to be forgotten), a
+        double sum and a histogram."""
+        sums = [number(index % 5 + 1, T0 + index * S, T0 + (index + 1) * S, attrs(k=str(k)))
+                for k in range(0 if index < 20 else 300, 900)]
+        return request(delta_sum(*sums), delta_sum(number(0.5, T0 + index * S, T0 + (index + 1) * S), name="ratio"),
+                       delta_histogram(histogram_point(T0 + index * S, T0 + (index + 1) * S, [index % 3, 1, 0],
+                                                       total=1.5)))
+
+    async def waves() -> None:
+        commits = []
+        for index in range(40):
+            clock.now += 7.0 if index % 10 == 9 else 1.0  # now and then a pause that forgets idle streams
+            live.apply(traffic(index))
+            commits.append(asyncio.create_task(live.commit()))
+            await asyncio.sleep(0)  # the next wave arrives while this one's save is encoded or written
+        assert await asyncio.gather(*commits) == [True] * 40
+        await live.drain()
+
+    asyncio.run(waves())
+    assert live.stats()["state_rewrites"] >= 3 and live.stats()["stale_forgotten"] > 0
+    reloaded = DeltaToCumulative(path, clock=clock, max_staleness=20.0)
+    assert reloaded.stats()["streams"] == live.stats()["streams"]
+    assert reloaded.apply(traffic(39))[1] == live.apply(traffic(39))[1] == {"delta_duplicate": 602}
+    assert reloaded.apply(traffic(40))[0] == live.apply(traffic(40))[0]
+
+
+def save_twice(path: Path) -> int:
+    """Save delta 3 for (T0, T0+S], then delta 4 for (T0+S, T0+2S]; return the second record's size."""
+    d2c = DeltaToCumulative(path)
+    run_sum(d2c, number(3, T0, T0 + S))
+    d2c.save()
+    before = d2c.stats()["state_bytes_appended"]
+    run_sum(d2c, number(4, T0 + S, T0 + 2 * S))
+    d2c.save()
+    return d2c.stats()["state_bytes_appended"] - before
+
+
+@pytest.mark.parametrize("tear", ["cut in its payload", "cut in its frame header", "zeros after it"])
+def test_a_restart_after_a_save_cut_short_drops_the_torn_record_and_counts_the_resent_delta(tmp_path, caplog,
+                                                                                               tear) -> None:
+    path = tmp_path / "d2c.json"
+    record = save_twice(path)
+    [log] = logs(path)
+    data = log.read_bytes()
+    log.write_bytes({"cut in its payload": data[:-record // 2], "cut in its frame header": data[:-record + 5],
+                     "zeros after it": data[:-record] + bytes(record)}[tear])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        restarted = DeltaToCumulative(path)
+    assert restarted.stats() == {"state_torn_tails": 1, "streams": 1}
+    assert any("not a whole record" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    # The client was not acknowledged for the torn save: it sends delta 4 again, and it counts once.
+    assert run_sum(restarted, number(4, T0 + S, T0 + 2 * S)) == ([(T0, T0 + 2 * S, 7)], {})
+
+
+def test_after_a_torn_tail_saves_and_restarts_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "d2c.json"
+    record = save_twice(path)
+    [log] = logs(path)
+    log.write_bytes(log.read_bytes()[:-record // 2])
+    restarted = DeltaToCumulative(path)
+    run_sum(restarted, number(4, T0 + S, T0 + 2 * S))
+    restarted.save()
+    again = DeltaToCumulative(path)
+    assert "state_torn_tails" not in again.stats()  # the tail was cut off the file at the first restart
+    assert run_sum(again, number(1, T0 + 2 * S, T0 + 3 * S))[0] == [(T0, T0 + 3 * S, 8)]
+
+
+def corrupt_first_record(path: Path) -> None:
+    save_twice(path)
+    [log] = logs(path)
+    data = bytearray(log.read_bytes())
+    data[data.index(b'["s","') + 10] ^= 1  # in the first record's payload: its CRC fails, the second is intact
+    log.write_bytes(bytes(data))
+
+
+def write_log(path: Path, number: int, *payloads: bytes, header: dict | None = None) -> None:
+    from exporters.remote_write.cumulative import _pack
+
+    head = json.dumps(header or {"version": 2, "log": number}).encode()
+    path.with_name(f"{path.name}.log-{number}").write_bytes(b"".join(_pack(p) for p in (head, *payloads)))
+
+
+def snapshot_with_a_wrong_trailer(path: Path) -> None:
+    from exporters.remote_write.cumulative import _pack
+
+    d2c = DeltaToCumulative(path, min_compact_bytes=1)
+    run_sum(d2c, number(3, T0, T0 + S))
+    d2c.save()
+    data = path.read_bytes()
+    trailer = _pack(json.dumps({"streams": 1}).encode())
+    assert data.endswith(trailer)
+    path.write_bytes(data[:-len(trailer)] + _pack(json.dumps({"streams": 2}).encode()))
+
+
+HOSTILE = {
+    "a damaged record followed by an intact one": corrupt_first_record,
+    "a snapshot whose trailer miscounts its rows": snapshot_with_a_wrong_trailer,
+    "a log whose header names another log": lambda path: write_log(path, 1, header={"version": 2, "log": 7}),
+    "a log missing between two others": lambda path: (write_log(path, 1), write_log(path, 3)),
+    "a log of another version": lambda path: write_log(path, 1, header={"version": 3, "log": 1}),
+    "a row that is not a list": lambda path: write_log(path, 1, b'{"rows": 1}'),
+    "a row whose key is not a digest": lambda path: write_log(path, 1, b'["s","bm90IGEgZGlnZXN0",1.0,[1,2],3]'),
+    "a snapshot of random bytes": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "a snapshot that is not whole": lambda path: (snapshot_with_a_wrong_trailer(path),
+                                                  path.write_bytes(path.read_bytes()[:-3])),
+}
+
+
+@pytest.mark.parametrize("damage", HOSTILE.values(), ids=HOSTILE.keys())
+def test_state_files_that_cannot_be_trusted_are_set_aside_with_the_reason_and_the_state_starts_empty(
+        tmp_path, caplog, damage) -> None:
+    path = tmp_path / "d2c.json"
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        d2c = DeltaToCumulative(path, clock=Clock(0.0))
+    [warning] = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    assert "unreadable" in warning and "starting empty" in warning
+    assert d2c.stats() == {"state_load_failures": 1, "streams": 0}
+    assert all(".corrupt-19700101T000000Z" in p.name for p in tmp_path.iterdir())
+    run_sum(d2c, number(3, T0, T0 + S))
+    d2c.save()  # and the state goes on from there
+    assert DeltaToCumulative(path).stats() == {"streams": 1}
+
+
+def test_a_version_1_state_file_is_loaded_and_rewritten_in_the_new_format_by_the_first_save(tmp_path) -> None:
+    from exporters.remote_write.cumulative import _log_payloads, _parse_rows
+
+    path = tmp_path / "d2c.json"
+    d2c = DeltaToCumulative(path)
+    run_sum(d2c, number(3, T0, T0 + S))
+    d2c.save()
+    [log] = logs(path)
+    rows = [row for p in _log_payloads(log.read_bytes(), log.name, 1)[0] for row in _parse_rows(p)]
+    log.unlink()
+    path.write_text(json.dumps({"version": 1, "streams": rows}))  # what version 1 wrote
+    upgraded = DeltaToCumulative(path)
+    assert run_sum(upgraded, number(4, T0 + S, T0 + 2 * S))[0] == [(T0, T0 + 2 * S, 7)]
+    upgraded.save()
+    assert upgraded.stats()["state_rewrites"] == 1
+    assert not path.read_bytes().startswith(b"{")
+    assert run_sum(DeltaToCumulative(path), number(1, T0 + 2 * S, T0 + 3 * S))[0] == [(T0, T0 + 3 * S, 8)]
+
+
+def test_the_rows_of_a_failed_save_are_written_by_the_next_one(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    path = tmp_path / "state" / "d2c.json"
+    d2c = DeltaToCumulative(path, save_interval=0)
+    run_sum(d2c, number(3, T0, T0 + S))
+    assert asyncio.run(d2c.commit()) is False  # its directory is a file
+    (tmp_path / "state").unlink()
+    run_sum(d2c, number(1, T0, T0 + S, attrs(k="other")))
+    assert asyncio.run(d2c.commit()) is True
+    assert DeltaToCumulative(path).stats()["streams"] == 2
