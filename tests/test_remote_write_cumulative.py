@@ -464,11 +464,12 @@ def test_after_many_waves_and_compactions_a_reload_continues_every_stream_as_the
             live.apply(traffic(index))
             commits.append(asyncio.create_task(live.commit()))
             await asyncio.sleep(0)  # the next wave arrives while this one's save is encoded or written
+            if index % 10 == 9:  # every ten waves, one compaction at least has finished
+                await live.drain()
         assert await asyncio.gather(*commits) == [True] * 40
-        await live.drain()
 
     asyncio.run(waves())
-    assert live.stats()["state_rewrites"] >= 3 and live.stats()["stale_forgotten"] > 0
+    assert live.stats()["state_rewrites"] >= 4 and live.stats()["stale_forgotten"] > 0
     reloaded = DeltaToCumulative(path, clock=clock, max_staleness=20.0)
     assert reloaded.stats()["streams"] == live.stats()["streams"]
     assert reloaded.apply(traffic(39))[1] == live.apply(traffic(39))[1] == {"delta_duplicate": 602}
@@ -573,23 +574,42 @@ def test_state_files_that_cannot_be_trusted_are_set_aside_with_the_reason_and_th
     assert DeltaToCumulative(path).stats() == {"streams": 1}
 
 
-def test_a_version_1_state_file_is_loaded_and_rewritten_in_the_new_format_by_the_first_save(tmp_path) -> None:
+def write_version_1(path: Path, value: int) -> None:
+    """What version 1 wrote: the whole state as one JSON document; here a stream counted to `value` over
+    (T0, T0+S]."""
     from exporters.remote_write.cumulative import _log_payloads, _parse_rows
 
-    path = tmp_path / "d2c.json"
-    d2c = DeltaToCumulative(path)
-    run_sum(d2c, number(3, T0, T0 + S))
+    scratch = path.with_name("scratch.json")
+    d2c = DeltaToCumulative(scratch)
+    run_sum(d2c, number(value, T0, T0 + S))
     d2c.save()
-    [log] = logs(path)
+    [log] = logs(scratch)
     rows = [row for p in _log_payloads(log.read_bytes(), log.name, 1)[0] for row in _parse_rows(p)]
     log.unlink()
-    path.write_text(json.dumps({"version": 1, "streams": rows}))  # what version 1 wrote
+    path.write_text(json.dumps({"version": 1, "streams": rows}))
+
+
+def test_a_version_1_state_file_is_loaded_and_rewritten_in_the_new_format(tmp_path: Path) -> None:
+    path = tmp_path / "d2c.json"
+    write_version_1(path, 3)
     upgraded = DeltaToCumulative(path)
+    assert upgraded.stats()["state_rewrites"] == 1 and not path.read_bytes().startswith(b"{")
     assert run_sum(upgraded, number(4, T0 + S, T0 + 2 * S))[0] == [(T0, T0 + 2 * S, 7)]
     upgraded.save()
-    assert upgraded.stats()["state_rewrites"] == 1
-    assert not path.read_bytes().startswith(b"{")
     assert run_sum(DeltaToCumulative(path), number(1, T0 + 2 * S, T0 + 3 * S))[0] == [(T0, T0 + 3 * S, 8)]
+
+
+def test_logs_left_beside_a_version_1_file_by_a_downgrade_are_older_than_it_and_not_replayed(tmp_path) -> None:
+    path = tmp_path / "d2c.json"
+    write_version_1(path, 3)
+    stale = DeltaToCumulative(tmp_path / "old.json")  # this version's log from before the downgrade: 1 counted
+    run_sum(stale, number(1, T0, T0 + S))
+    stale.save()
+    [log] = logs(tmp_path / "old.json")
+    log.rename(path.with_name(path.name + ".log-1"))
+    upgraded_again = DeltaToCumulative(path)
+    assert run_sum(upgraded_again, number(4, T0 + S, T0 + 2 * S))[0] == [(T0, T0 + 2 * S, 7)]
+    assert logs(path) == []
 
 
 def test_the_rows_of_a_failed_save_are_written_by_the_next_one(tmp_path: Path) -> None:

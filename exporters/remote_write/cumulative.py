@@ -747,7 +747,8 @@ class _StateFiles:
         self._sizes: dict[int, int] = {}  # bytes of every log not yet folded into the snapshot, oldest first
         self._snapshot = False  # there is a snapshot to fold in
         self._snapshot_bytes = 0
-        self._compact_soon = False  # the snapshot is of version 1 (or stuck): rewrite it at the first chance
+        self._compact_soon = False  # files that could not be set aside: supersede them at the first chance
+        self._version_1 = False  # the snapshot is of version 1: rewrite it before a log is written beside it
         self._compacting = False
         self._retry_at = 0  # after a failed compaction: log bytes that make it due again
         # Keys set once: the loop reads them while threads count (a new key would change the dict's size).
@@ -785,7 +786,9 @@ class _StateFiles:
             first, payloads = _snapshot_payloads(data, self.path.name)
             for payload in payloads:
                 rows.update((row[1], row) for row in _parse_rows(payload))
-            self._snapshot, self._snapshot_bytes, self._compact_soon = True, len(data), data[:1] == b"{"
+            self._snapshot, self._snapshot_bytes, self._version_1 = True, len(data), data[:1] == b"{"
+            if self._version_1:  # logs beside it are older: version 1 writes none, and this one converts first
+                first = max(logs, default=0) + 1
         for number in [n for n in logs if n < first]:  # folded into the snapshot before a crash deleted them
             logs.pop(number).unlink(missing_ok=True)
         if logs and sorted(logs) != list(range(first, max(logs) + 1)):
@@ -813,12 +816,26 @@ class _StateFiles:
                         rows[row[1]] = row
             self._sizes[number] = end
         self._next_log = max(logs) + 1 if logs else first  # never append to a log a crash may have torn
+        if self._version_1:
+            try:
+                self._convert_version_1()
+            except OSError as exc:
+                logger.warning("delta to cumulative: could not rewrite the version 1 state file %s (%s); the "
+                               "first save does, before writing a change log", self.path, exc)
         return list(rows.values()), torn
+
+    def _convert_version_1(self) -> None:
+        """Rewrite a version 1 snapshot in this version's format; no log may be written beside it before."""
+        size = self._write_snapshot(_line_slices(_snapshot_payloads(self.path.read_bytes(), self.path.name)[1]),
+                                    self._next_log)
+        self._version_1, self._snapshot_bytes = False, size
+        self._counters["state_rewrites"] += 1
+        self._counters["state_bytes_rewritten"] += size
 
     def set_aside(self, stamp: str) -> str:
         """Move the snapshot and every log out of the way (`<name>.corrupt-<stamp>`) and start empty; say
         where they went."""
-        self._sizes, self._snapshot, self._snapshot_bytes = {}, False, 0
+        self._sizes, self._snapshot, self._snapshot_bytes, self._version_1 = {}, False, 0, False
         moved, stuck = [], []
         try:
             logs = self._logs_on_disk()
@@ -849,6 +866,8 @@ class _StateFiles:
         it is (a torn tail at worst, dropped at load) and the next append starts another."""
         record = _pack(b"\n".join(payloads))
         with self._lock:
+            if self._version_1:
+                self._convert_version_1()
             number = self._next_log
             new = number not in self._sizes
             flags = os.O_WRONLY | os.O_APPEND
@@ -889,7 +908,6 @@ class _StateFiles:
         and writes files only: the live state is not looked at, and nothing the event loop holds is locked.
         It works ~1000 rows at a time and lets go of the GIL between them (`time.sleep(0)`): a thread that
         keeps it makes the loop wait up to the 5 ms switch interval each time it wants it back."""
-        temp: str | None = None
         try:
             changes: dict[bytes, bytes | None] = {}
             for number in job.logs:
@@ -899,36 +917,11 @@ class _StateFiles:
                         changes[_line_key(line)] = None if line[2:3] == b"-" else line
                     time.sleep(0)
             old = _snapshot_payloads(self.path.read_bytes(), self.path.name)[1] if job.base else []
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as file:
-                file.write(_pack(json.dumps({"version": STATE_VERSION, "log": job.generation}).encode()))
-                count = 0
-                for lines in _line_slices(old):
-                    kept = []
-                    for line in lines:
-                        key = _line_key(line)
-                        if key in changes:
-                            line = changes.pop(key)
-                            if line is None:
-                                continue
-                        kept.append(line)
-                    count += _write_lines(file, kept)
-                    time.sleep(0)
-                count += _write_lines(file, [line for line in changes.values() if line is not None])
-                file.write(_pack(json.dumps({"streams": count}).encode()))
-                file.flush()
-                os.fsync(file.fileno())
-                size = file.tell()
-            os.replace(temp, self.path)
-            temp = None
-            _fsync_directory(self.path.parent)
+            size = self._write_snapshot(_merged(_line_slices(old), changes), job.generation)
         except BaseException:
             with self._lock:
                 self._compacting = False
                 self._retry_at = sum(self._sizes.values()) + max(self._min_compact_bytes, self._snapshot_bytes)
-            if temp is not None:
-                Path(temp).unlink(missing_ok=True)
             raise
         with self._lock:
             for number in job.logs:
@@ -937,6 +930,43 @@ class _StateFiles:
             self._snapshot, self._snapshot_bytes, self._compacting, self._retry_at = True, size, False, 0
             self._counters["state_rewrites"] += 1
             self._counters["state_bytes_rewritten"] += size
+
+    def _write_snapshot(self, slices: Iterator[list[bytes]], generation: int) -> int:
+        """Write the row lines of `slices` as the snapshot covering the logs before `generation`: a temp file,
+        fsynced, renamed over `path`, the directory fsynced. Returns its size."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(_pack(json.dumps({"version": STATE_VERSION, "log": generation}).encode()))
+                count = sum(_write_lines(file, lines) for lines in slices)
+                file.write(_pack(json.dumps({"streams": count}).encode()))
+                file.flush()
+                os.fsync(file.fileno())
+                size = file.tell()
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.path.parent)
+        return size
+
+
+def _merged(old: Iterator[list[bytes]], changes: dict[bytes, bytes | None]) -> Iterator[list[bytes]]:
+    """The lines of `old` with `changes` applied (a line replaced, or gone for None), then the lines of keys
+    new in `changes`; `changes` is emptied. Lets go of the GIL between two slices."""
+    for lines in old:
+        kept = []
+        for line in lines:
+            key = _line_key(line)
+            if key in changes:
+                line = changes.pop(key)
+                if line is None:
+                    continue
+            kept.append(line)
+        yield kept
+        time.sleep(0)
+    yield [line for line in changes.values() if line is not None]
 
 
 def _row_lines(rows: list[list]) -> bytes:
