@@ -53,8 +53,8 @@ PROBE_PERIOD = 0.001
 def make_request(first: int, count: int, streams: int, window: int) -> ExportMetricsServiceRequest:
     """`count` points of streams `first`, `first + 1`, ... (mod `streams`), each the delta of window `window`."""
     start, end = T0 + window * S, T0 + (window + 1) * S
-    points = [NumberDataPoint(start_time_unix_nano=start, time_unix_nano=end, as_int=1 + (i % 7),
-                              attributes=[KeyValue(key="stream", value=AnyValue(string_value=str((first + i) % streams)))])
+    points = [NumberDataPoint(start_time_unix_nano=start, time_unix_nano=end, as_int=1 + (i % 7), attributes=[
+                  KeyValue(key="stream", value=AnyValue(string_value=str((first + i) % streams)))])
               for i in range(count)]
     metric = Metric(name="bench.requests", unit="{request}", sum=Sum(
         data_points=points, is_monotonic=True,
@@ -113,7 +113,8 @@ async def one_run(module, args, directory: Path) -> dict:
     assert d2c.stats()["streams"] == args.streams, d2c.stats()
 
     per_wave = args.requests * args.points
-    waves = [[make_request(w * per_wave + r * args.points, args.points, args.streams, 1 + (w * per_wave) // args.streams)
+    waves = [[make_request(w * per_wave + r * args.points, args.points, args.streams,
+                           1 + (w * per_wave) // args.streams)
               for r in range(args.requests)] for w in range(args.waves)]
     probe = Probe()
     prober = asyncio.create_task(probe.run())

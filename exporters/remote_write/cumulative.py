@@ -58,26 +58,29 @@ wait up to `save_interval` plus a save; with no save in the last `save_interval`
 On disk: a snapshot at `state_path` and change logs beside it, `<name>.log-<n>` (see `_StateFiles`). A save
 appends one record to the current log: the row of every stream that changed since the previous save (a
 row is a stream's whole state, or that it was forgotten), CRC-checked; the loop encodes the rows ~250 at a
-time, yielding in between (~0.4 ms each), and a thread writes and fsyncs them. When the logs outgrow the
+time, yielding in between (~0.5 ms each), and a thread writes and fsyncs them. When the logs outgrow the
 snapshot (and `min_compact_bytes`, default 1 MiB), a thread compacts: it folds them into a new snapshot
 (temp file, fsync, rename, directory fsync) from the files alone, without looking at the live state, and
 deletes them. The load replays the snapshot, then the logs in order. A crash mid-save leaves a torn record
 at the end of a log: it is dropped at load and cut off the file (logged at warning, counted in
 `stats()["state_torn_tails"]`); no commit returned for it, so its clients were not acknowledged and its
 samples not sent: they resend them, and the points count then. A crash mid-compaction leaves the old
-snapshot and logs as they were. Version 1 state files (the whole state as one JSON document) are read,
-and rewritten as a snapshot in the format above by the first compaction, which the first save triggers.
+snapshot and logs as they were. A version 1 state file (the whole state as one JSON document) is read and
+rewritten as a snapshot at load (or, if that fails, by the first save, before any log is written beside
+it); logs found beside one are therefore from before a downgrade, older than it, and are not replayed.
 
 Why a change log, measured with `bench/delta_state_bench.py` (100k sum streams, ~100 bytes each: 10 MB of
-state; a request of 1,000 points every 20 ms). Version 1 rewrote the whole state on every save, encoding it
-(~130 ms of CPU) under the lock `apply` takes: the loop stalled behind each save, 230 ms (median of the worst
-stall per wave of 10 requests), and wrote 10 MB per wave. Only taking that work out of the lock (a snapshot
-without a lock the loop takes, e.g. copy-on-write) would leave the 130 ms of CPU and the 10 MB per save, in a
-thread that holds the GIL through each `json.dumps` call, and make `apply` copy a stream before changing it
-while a snapshot is being taken. A log costs each save what changed (about the CPU `apply` spent on those
-streams): 5 ms worst stall per wave (median), 1.6 MB written per wave, compactions included. Compaction
-works on the rows as bytes, one per line, ~1000 at a time, releasing the GIL between them: parsing them
-into lists instead made the cyclic collector walk the whole heap, live state included, 50-130 ms at a time.
+state; a request of 1,000 points every 20 ms, waves of 10 requests; medians of 3 runs, two rounds). Version
+1 rewrote the whole state on every save, encoding it (~130 ms of CPU) under the lock `apply` takes: the
+loop stalled behind each save, 229-250 ms (median over waves of a wave's worst stall; 293-310 ms worst),
+clients waited 316-416 ms for their commit, and each wave wrote 6-9 MB. Only taking that work out of the
+lock (a snapshot without a lock the loop takes, e.g. copy-on-write) would leave the 130 ms of CPU and the
+10 MB on every save, in a thread that keeps the GIL through each `json.dumps` call, and make `apply` copy
+a stream before changing it while a snapshot is being taken. A log costs each save what changed (1.6 us a
+row on the loop, a third of `apply`'s 4.9 us a point): 1.6-2.5 ms (4.5-19 ms worst, compactions included),
+commits returned in 30-33 ms (`save_interval` included), 1.6 MB written per wave. Compaction works on the
+rows as bytes, one per line, ~1000 at a time, releasing the GIL between them: parsing them into lists
+instead made the cyclic collector walk the whole heap, live state included, 50-130 ms at a time.
 
 Memory. At most `max_series` streams (new ones past that are skipped as `delta_too_many_series`); a
 stream unseen for `max_staleness` seconds (of `clock`, wall time so that it spans restarts) is forgotten,
