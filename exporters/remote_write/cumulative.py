@@ -70,9 +70,9 @@ rewritten as a snapshot at load (or, if that fails, by the first save, before an
 it); logs found beside one are therefore from before a downgrade, older than it, and are not replayed.
 
 Why a change log, measured with `bench/delta_state_bench.py` (100k sum streams, ~100 bytes each: 10 MB of
-state; a request of 1,000 points every 20 ms, waves of 10 requests; medians of 3 runs, two rounds). Version
+state; a request of 1,000 points every 20 ms, waves of 10 requests; medians of 3 runs, three rounds). Version
 1 rewrote the whole state on every save, encoding it (~130 ms of CPU) under the lock `apply` takes: the
-loop stalled behind each save, 229-250 ms (median over waves of a wave's worst stall; 293-310 ms worst),
+loop stalled behind each save, 223-250 ms (median over waves of a wave's worst stall; 293-327 ms worst),
 clients waited 316-416 ms for their commit, and each wave wrote 6-9 MB. Only taking that work out of the
 lock (a snapshot without a lock the loop takes, e.g. copy-on-write) would leave the 130 ms of CPU and the
 10 MB on every save, in a thread that keeps the GIL through each `json.dumps` call, and make `apply` copy
