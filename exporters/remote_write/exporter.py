@@ -339,6 +339,7 @@ class RemoteWriteExporter:
             self._batcher.cut()
         if self._delta is not None:
             await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
+            await self._delta.drain()  # a compaction in flight, before another instance reads the files
         await self._connection.close()
 
     # -- batching ---------------------------------------------------------------------------------------
