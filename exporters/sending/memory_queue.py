@@ -79,8 +79,8 @@ class Lineup(Generic[S]):
             self._readable.clear()
         return taken
 
-    def oldest_waiting(self) -> S | None:
-        return self._ready[0] if self._ready else None
+    def is_out(self, seq: int) -> bool:
+        return seq in self._out
 
     def drop_oldest_waiting(self) -> S:
         """Forget the oldest entry not handed out (the caller checked there is one) and return it."""
@@ -165,7 +165,6 @@ class MemoryQueue(Generic[T]):
         self._on_drop = on_drop
         self._lineup: Lineup[Entry[T]] = Lineup()
         self._bytes = 0
-        self._count = 0
         self._next_seq = 0
 
     def put(self, item: T, nbytes: int, created: float, count: int) -> Entry[T]:
@@ -179,7 +178,6 @@ class MemoryQueue(Generic[T]):
         self._next_seq += 1
         self._lineup.add(entry)
         self._bytes += nbytes
-        self._count += count
         return entry
 
     def _make_room(self, nbytes: int) -> None:
@@ -192,7 +190,6 @@ class MemoryQueue(Generic[T]):
                 )
             dropped = lineup.drop_oldest_waiting()
             self._bytes -= dropped.nbytes
-            self._count -= dropped.count
             if self._on_drop is not None:
                 self._on_drop(dropped, "queue_full")
 
@@ -207,7 +204,6 @@ class MemoryQueue(Generic[T]):
         for entry in entries:
             if self._lineup.finish_out(entry.seq) is not None:
                 self._bytes -= entry.nbytes
-                self._count -= entry.count
 
     def nack(self, entries: Sequence[Entry[T]]) -> None:
         """Hand these out again before anything newer."""
@@ -223,14 +219,6 @@ class MemoryQueue(Generic[T]):
     @property
     def disk_bytes(self) -> int:
         return 0
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    @property
-    def next_seq(self) -> int:
-        return self._next_seq
 
     def oldest_created(self) -> float | None:
         """`created` of the first entry not acknowledged (lowest seq); None when empty."""

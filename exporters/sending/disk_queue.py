@@ -1,0 +1,556 @@
+"""The disk queue: entries kept in segment files so that what was not acknowledged is delivered after a restart
+or a crash. Modelled on VictoriaMetrics' lib/persistentqueue (a file layer, `segments.py`, under a front that
+serves from memory), except that it degrades and counts where VictoriaMetrics panics: a full disk, a missing
+position file, a torn or corrupt record are reported through `on_error` / `on_drop` and the queue goes on.
+
+    queue = DiskQueue(directory, BytesCodec(), max_memory=64 << 20, max_disk=1 << 30)
+    await queue.open()          # scans the directory in a thread; restores what was not acknowledged
+    queue.put(item, nbytes, created, count)
+    entries = await queue.get(max_entries, max_bytes) ... queue.ack(entries)
+    await queue.flush()         # everything put before is on disk (the exporter at shutdown; tests)
+    await queue.close()
+
+How it stays off the event loop: `put` only appends to memory and to a pending list. A writer task wakes every
+`sync_interval` seconds (sooner when pending bytes pass a threshold or `flush` asks), and in one thread call
+persists the position (batched, never per ack), deletes segments whose entries are all done, then encodes,
+appends and fsyncs the pending entries. Reading back evicted items is another thread call.
+
+Memory: an entry keeps its item in memory until written; once written, items of entries waiting to be handed
+out are evicted newest first (the head is sent soon) whenever the items held pass `max_memory`, and read back
+from disk when `get` reaches them. Entries not yet written cannot be evicted: when they alone fill
+`max_memory`, `room()` is 0. Items handed out are the sender's; `memory_bytes` counts only what the queue holds.
+
+Bounds: `max_memory` (bytes of items not yet written) and `max_disk` (bytes of segment files holding an entry
+not done, plus an estimate `nbytes + header` for entries not yet written). A segment is deleted, at the next
+cycle, once every entry in it is acknowledged or dropped; `drop_oldest` therefore frees disk a segment at a
+time, which is why `segment_bytes` is capped at a quarter of `max_disk`.
+
+Write errors (ENOSPC, EIO, anything): reported once per kind through `on_error` until a cycle succeeds again;
+the entries stay in memory and are retried at the next cycle; meanwhile `room()` is 0, so under `refuse` every
+put raises `QueueFull`, and under `drop_oldest` the queue keeps to `max_memory` by dropping the oldest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from exporters.sending.memory_queue import Lineup, check_get_bounds, check_when_full
+from exporters.sending.queue import DropCallback, Entry, QueueFull, SegmentCodec, WhenFull
+from exporters.sending.segments import (
+    HEADER,
+    AppendOutcome,
+    Pending,
+    RecordHeader,
+    RecordUnreadable,
+    Segment,
+    SegmentAppender,
+    SegmentReaders,
+    Write,
+    scan_directory,
+    write_position,
+)
+
+T = TypeVar("T")
+
+MIN_SEGMENT_CAP = 4096
+"""`segment_bytes` is capped at `max_disk // 4` but not below this (an explicit smaller value is kept)."""
+
+_ABSENT: Any = object()
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """The queue's record of one entry. `item` is `_ABSENT` when only the disk has it; `segment`/`index` say
+    where once written; `done` once acknowledged or dropped (the writer skips it, its segment may go)."""
+
+    seq: int
+    nbytes: int
+    created: float
+    count: int
+    item: Any = _ABSENT
+    segment: Segment | None = None
+    index: int = -1
+    done: bool = False
+    unwritable: bool = False
+
+    def entry(self, item: Any) -> Entry[Any]:
+        return Entry(self.seq, item, self.nbytes, self.created, self.count)
+
+
+@dataclass
+class _CycleOutcome:
+    persisted: tuple[int, int] | None
+    deleted: list[Segment]
+    appended: AppendOutcome
+    problems: list[tuple[str, str]]
+
+
+def _placeholder(header: RecordHeader | None) -> Entry[Any]:
+    """What `on_drop(..., "corrupt")` gets for a broken record: the header's fields when the header is sane
+    (its count is then what was lost), else seq -1 and count 0 (the loss cannot be told)."""
+    if header is None:
+        return Entry(-1, None, 0, 0.0, 0)
+    return Entry(header.seq, None, header.nbytes, header.created, header.count)
+
+
+class DiskQueue(Generic[T]):
+    """A `Queue[T]` in segment files under `directory`; see the module docstring. Build it, then
+    `await open()`; `close()` is safe without `open` and twice. Entries not acknowledged at close (or at a
+    crash, from the last persisted position on) are handed out again after the next `open`, in seq order."""
+
+    def __init__(
+        self,
+        directory: Path,
+        codec: SegmentCodec[T],
+        *,
+        max_memory: int,
+        max_disk: int,
+        when_full: WhenFull = "refuse",
+        segment_bytes: int = 32 << 20,
+        sync_interval: float = 1.0,
+        on_drop: DropCallback[T] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        if max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {max_memory}")
+        if max_disk <= 0:
+            raise ValueError(f"max_disk must be positive, got {max_disk}")
+        if segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        if sync_interval <= 0:
+            raise ValueError(f"sync_interval must be positive, got {sync_interval}")
+        check_when_full(when_full)
+        self.directory = Path(directory)
+        self.max_memory = max_memory
+        self.max_disk = max_disk
+        self.when_full: WhenFull = when_full
+        self.segment_bytes = min(segment_bytes, max(max_disk // 4, MIN_SEGMENT_CAP))
+        self.sync_interval = sync_interval
+        self._codec = codec
+        self._on_drop = on_drop
+        self._on_error = on_error
+        # Test seam: the os.write of segment appends and position writes. Replace it to simulate a full disk.
+        self._write: Write = os.write
+        self._appender = SegmentAppender(self.directory, codec, self.segment_bytes, lambda fd, b: self._write(fd, b))
+        self._readers = SegmentReaders(codec)
+        self._read_lock = asyncio.Lock()
+        self._write_threshold = max(1, min(max_memory // 4, self.segment_bytes))
+
+        self._lineup: Lineup[_Slot] = Lineup()
+        self._segments: dict[int, Segment] = {}
+        self._pending: list[_Slot] = []
+        self._unwritten_bytes = 0  # entries not done whose record is not on disk (pending or being written)
+        self._unwritten_count = 0
+        self._held_bytes = 0  # items the queue holds in memory
+        self._evictable: dict[int, _Slot] = {}  # written, held, waiting; in seq order, evicted from the end
+        self._live_disk = 0  # sizes of segments with an entry not done
+        self._next_seq = 0
+        self._persisted: tuple[int, int] | None = None
+        self._failing = False
+        self._reported: set[str] = set()
+
+        self._task: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()  # something may need writing, persisting or deleting
+        self._now = asyncio.Event()  # ... and it should not wait for sync_interval
+        self._stopping = False
+        self._closed = False
+        self._cycles_started = 0
+        self._flush_waiters: list[tuple[int, asyncio.Future[bool]]] = []
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Lifecycle
+    # ----------------------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Scan the directory (in a thread), restore every entry from the persisted position on (items stay on
+        disk until `get` reaches them), report broken records to `on_drop(..., "corrupt")`, start the writer."""
+        if self._task is not None or self._closed:
+            raise RuntimeError(f"DiskQueue({self.directory}): open() once, before close()")
+        scan = await asyncio.to_thread(scan_directory, self.directory, lambda fd, b: self._write(fd, b))
+        for kind, message in scan.problems:
+            self._report(kind, message)
+        for segment in scan.segments:
+            self._segments[segment.first_seq] = segment
+        for segment, index, header in scan.restored:
+            slot = _Slot(header.seq, header.nbytes, header.created, header.count, segment=segment, index=index)
+            self._lineup.add(slot)
+            self._set_live(segment, segment.live + 1)
+        for header in scan.corrupt:
+            self._tell_drop(_placeholder(header), "corrupt")
+        self._next_seq = scan.next_seq
+        self._persisted = (scan.position, scan.next_seq) if scan.persisted else None
+        self._task = asyncio.create_task(self._run_writer(), name=f"DiskQueue writer {self.directory}")
+
+    async def flush(self) -> bool:
+        """Wait until everything put before the call is written and fsynced, and the position persisted. False
+        when that cycle failed to write (reported through `on_error`; the entries stay in memory and are
+        retried). Returns at once after close."""
+        if self._task is None or self._stopping:
+            return not self._failing
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append((self._cycles_started + 1, waiter))
+        self._work.set()
+        self._now.set()
+        return await waiter
+
+    async def close(self) -> None:
+        """Wake waiting gets (they return []), stop the writer, write and fsync what is pending, persist the
+        position. What is not acknowledged stays on disk for the next `open`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._lineup.close()
+        if self._task is None:
+            return
+        self._stopping = True
+        self._work.set()
+        self._now.set()
+        try:
+            await self._task
+        except Exception as error:  # the writer died of a bug; still try to write what is pending
+            self._report("writer", f"disk queue {self.directory}: writer failed: {error!r}")
+        await self._cycle(final=True)
+        if self._unwritten_count:
+            self._report("close", f"{self._unwritten_count} entries could not be written before close and are lost")
+        for _, waiter in self._flush_waiters:
+            if not waiter.done():
+                waiter.set_result(not self._failing)
+        self._flush_waiters.clear()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The queue
+    # ----------------------------------------------------------------------------------------------------------
+
+    def put(self, item: T, nbytes: int, created: float, count: int) -> Entry[T]:
+        """Append an item to memory and to the pending writes; see the module docstring for when it does not fit."""
+        if self._task is None or self._closed:
+            raise QueueFull(f"disk queue {self.directory} is {'closed' if self._closed else 'not open'}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must not be negative, got {nbytes}")
+        self._make_room(nbytes)
+        slot = _Slot(self._next_seq, nbytes, created, count, item=item)
+        self._next_seq += 1
+        self._lineup.add(slot)
+        self._pending.append(slot)
+        self._unwritten_bytes += nbytes
+        self._unwritten_count += 1
+        self._held_bytes += nbytes
+        self._work.set()
+        if self._unwritten_bytes >= self._write_threshold:
+            self._now.set()
+        self._evict()
+        return slot.entry(item)
+
+    async def get(self, max_entries: int, max_bytes: int) -> list[Entry[T]]:
+        """The next entries in order (waits for one), items evicted from memory read back in a thread; a record
+        that cannot be read is reported to `on_drop(..., "corrupt")` and skipped. [] once closed and nothing
+        waits."""
+        check_get_bounds(max_entries, max_bytes)
+        while True:
+            await self._lineup.wait()
+            slots = self._lineup.take(max_entries, max_bytes)
+            if not slots:
+                return []
+            read: dict[int, Any] = {}
+            on_disk = [slot for slot in slots if slot.item is _ABSENT]
+            if on_disk:
+                async with self._read_lock:
+                    items = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
+                for slot, item in zip(on_disk, items):
+                    if isinstance(item, RecordUnreadable):
+                        self._unreadable(slot, item)
+                    else:
+                        read[slot.seq] = item
+            entries: list[Entry[T]] = []
+            for slot in slots:
+                if slot.done:
+                    continue
+                if slot.item is _ABSENT:
+                    entries.append(slot.entry(read[slot.seq]))
+                    continue
+                entries.append(slot.entry(slot.item))
+                if slot.segment is not None:  # written: the sender holds the item now
+                    self._release(slot)
+            if entries:
+                return entries
+
+    def ack(self, entries: Sequence[Entry[T]]) -> None:
+        """Done with these; the position moves at the next cycle. Entries not out (or acknowledged already) are
+        ignored."""
+        for entry in entries:
+            slot = self._lineup.finish_out(entry.seq)
+            if slot is not None:
+                self._finish(slot)
+        self._work.set()
+
+    def nack(self, entries: Sequence[Entry[T]]) -> None:
+        """Hand these out again before anything newer; their items are held in memory again (or evicted)."""
+        items = {entry.seq: entry.item for entry in entries}
+        back = self._lineup.put_back(items)
+        for slot in back:
+            if slot.item is _ABSENT:
+                slot.item = items[slot.seq]
+                self._held_bytes += slot.nbytes
+            if slot.segment is not None:
+                self._evictable[slot.seq] = slot
+        if back:
+            self._evictable = dict(sorted(self._evictable.items()))
+            self._evict()
+
+    def room(self) -> int:
+        """Bytes that fit before `put` refuses or drops; 0 while writes fail or after close."""
+        if self._failing or self._closed:
+            return 0
+        memory = self.max_memory - self._unwritten_bytes
+        disk = self.max_disk - self._disk_needed(0)
+        return max(0, min(memory, disk))
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes (`nbytes`) of the items the queue holds in memory, not those handed out."""
+        return self._held_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of segment files, including those whose entries are all done and that go at the next cycle."""
+        return sum(segment.size for segment in self._segments.values())
+
+    def oldest_created(self) -> float | None:
+        """`created` of the first entry not acknowledged (lowest seq); None when empty."""
+        first = self._lineup.first()
+        return None if first is None else first.created
+
+    def __len__(self) -> int:
+        return len(self._lineup)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Room, drops, memory
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _disk_needed(self, nbytes: int) -> int:
+        """Disk bytes in use, with the estimate for what is not written yet, once `nbytes` more are put."""
+        return self._live_disk + self._unwritten_bytes + nbytes + HEADER.size * (self._unwritten_count + 1)
+
+    def _fits(self, nbytes: int) -> bool:
+        if self._unwritten_bytes + nbytes > self.max_memory:
+            return False
+        return self._failing or self._disk_needed(nbytes) <= self.max_disk
+
+    def _full_message(self, nbytes: int) -> str:
+        if self._failing:
+            return f"disk queue {self.directory}: writing to disk fails, {self._unwritten_bytes} bytes wait in memory"
+        if self._unwritten_bytes + nbytes > self.max_memory:
+            return (f"disk queue {self.directory}: max_memory {self.max_memory} bytes reached by entries not yet "
+                    f"written ({self._unwritten_bytes} bytes), {nbytes} more do not fit")
+        return (f"disk queue {self.directory}: max_disk {self.max_disk} bytes reached "
+                f"({self._disk_needed(0)} in use or pending), {nbytes} more do not fit")
+
+    def _make_room(self, nbytes: int) -> None:
+        if self._failing and self.when_full == "refuse":
+            raise QueueFull(self._full_message(nbytes))
+        lineup = self._lineup
+        while len(lineup) and not self._fits(nbytes):
+            if self.when_full == "refuse" or not lineup.waiting:
+                raise QueueFull(self._full_message(nbytes))
+            slot = lineup.drop_oldest_waiting()
+            entry = slot.entry(None if slot.item is _ABSENT else slot.item)
+            self._finish(slot)
+            self._tell_drop(entry, "queue_full")
+
+    def _finish(self, slot: _Slot) -> None:
+        """An entry is done (acknowledged or dropped): let go of its memory, its pending write, its record."""
+        slot.done = True
+        self._release(slot)
+        if slot.segment is not None:
+            self._set_live(slot.segment, slot.segment.live - 1)
+        elif not slot.unwritable:
+            self._unwritten_bytes -= slot.nbytes
+            self._unwritten_count -= 1
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.item is not _ABSENT:
+            slot.item = _ABSENT
+            self._held_bytes -= slot.nbytes
+            self._evictable.pop(slot.seq, None)
+
+    def _evict(self) -> None:
+        """Drop written items of waiting entries from memory, newest first, until under max_memory."""
+        evictable = self._evictable
+        while self._held_bytes > self.max_memory and evictable:
+            _, slot = evictable.popitem()
+            slot.item = _ABSENT
+            self._held_bytes -= slot.nbytes
+
+    def _set_live(self, segment: Segment, live: int) -> None:
+        if segment.live == 0 and live > 0:
+            self._live_disk += segment.size
+        elif segment.live > 0 and live == 0:
+            self._live_disk -= segment.size
+        segment.live = live
+
+    def _set_size(self, segment: Segment, size: int) -> None:
+        if segment.live > 0:
+            self._live_disk += size - segment.size
+        segment.size = size
+
+    def _unreadable(self, slot: _Slot, problem: RecordUnreadable) -> None:
+        if problem.io:
+            self._report("read", str(problem))
+        self._lineup.finish_out(slot.seq)
+        self._finish(slot)
+        self._tell_drop(slot.entry(None), "corrupt")
+
+    def _tell_drop(self, entry: Entry[Any], reason: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(entry, reason)
+
+    def _report(self, kind: str, message: str) -> None:
+        """Tell `on_error` once per kind of problem until a cycle succeeds again."""
+        if kind in self._reported:
+            return
+        self._reported.add(kind)
+        if self._on_error is not None:
+            self._on_error(message)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The writer
+    # ----------------------------------------------------------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        """Cycles until close: when there is work, batch for sync_interval (or less, when asked), then one cycle.
+        A cancelled task (the loop ending without close, as at a kill) writes nothing more."""
+        while not self._stopping:
+            await self._work.wait()
+            try:
+                await asyncio.wait_for(self._now.wait(), self.sync_interval)
+            except TimeoutError:
+                pass
+            if self._stopping:
+                break
+            self._work.clear()
+            self._now.clear()
+            await self._cycle()
+
+    def _position(self) -> int:
+        first = self._lineup.first()
+        return self._next_seq if first is None else first.seq
+
+    async def _cycle(self, final: bool = False) -> None:
+        """Persist the position, delete finished segments, write pending entries, in that order (deleting
+        first keeps the files under max_disk; persisting first keeps seqs growing across restarts)."""
+        self._cycles_started += 1
+        number = self._cycles_started
+        batch = [slot for slot in self._pending if not slot.done]
+        self._pending = []
+        position = (self._position(), self._next_seq)
+        doomed = [segment for segment in self._segments.values() if segment.live == 0]
+        persist = (final or bool(doomed) or self._failing or self._persisted is None
+                   or position[0] != self._persisted[0])
+        if batch or persist:
+            records = [Pending(s.seq, s.item, s.created, s.nbytes, s.count) for s in batch]
+            try:
+                outcome = await asyncio.to_thread(self._cycle_in_thread, records, position if persist else None,
+                                                  doomed, final)
+            except Exception as error:  # a bug in here must not stop the writer: count it, retry next cycle
+                self._pending = batch + self._pending
+                self._report("writer", f"disk queue {self.directory}: writer cycle failed: {error!r}")
+                self._failing = True
+                self._end_cycle(number, ok=False)
+                return
+            ok = self._apply(batch, outcome)
+        else:
+            ok = not self._failing
+        self._end_cycle(number, ok)
+
+    def _cycle_in_thread(self, records: list[Pending], position: tuple[int, int] | None,
+                         doomed: list[Segment], final: bool) -> _CycleOutcome:
+        problems: list[tuple[str, str]] = []
+        persisted: tuple[int, int] | None = None
+        deleted: list[Segment] = []
+        if position is not None:
+            try:
+                write_position(self.directory, position[0], position[1], self._write)
+                persisted = position
+            except OSError as error:
+                problems.append(("position", f"cannot persist the position in {self.directory}: {error}"))
+        if persisted is not None:  # deleting a segment before next_seq is persisted could reuse its seqs
+            for segment in doomed:
+                try:
+                    self._appender.delete(segment)
+                    deleted.append(segment)
+                except OSError as error:
+                    problems.append(("delete", f"cannot delete {segment.path}: {error}"))
+        appended = self._appender.append(records)
+        if final:
+            self._appender.seal()
+        return _CycleOutcome(persisted, deleted, appended, problems)
+
+    def _apply(self, batch: list[_Slot], outcome: _CycleOutcome) -> bool:
+        """On the loop: take in what a cycle did to the files."""
+        if outcome.persisted is not None:
+            self._persisted = outcome.persisted
+        for segment in outcome.deleted:
+            segment.deleted = True
+            self._segments.pop(segment.first_seq, None)
+        appended = outcome.appended
+        for segment in appended.opened:
+            self._segments[segment.first_seq] = segment
+        for segment, size in appended.sizes.items():
+            self._set_size(segment, size)
+        handled: set[int] = set()
+        for index, segment, start, end in appended.placed:
+            slot = batch[index]
+            handled.add(index)
+            slot.segment, slot.index = segment, segment.add(start, end)
+            if slot.done:
+                continue  # acknowledged or dropped while being written: a dead record
+            self._unwritten_bytes -= slot.nbytes
+            self._unwritten_count -= 1
+            self._set_live(segment, segment.live + 1)
+            if slot.item is not _ABSENT:
+                if self._lineup.is_out(slot.seq):
+                    self._release(slot)  # the sender has it
+                else:
+                    self._evictable[slot.seq] = slot
+        for index, message in appended.unencodable:
+            slot = batch[index]
+            handled.add(index)
+            self._report("encode", f"disk queue {self.directory}: entry {slot.seq} cannot be encoded, it stays "
+                                   f"in memory only: {message}")
+            if not slot.done:
+                slot.unwritable = True
+                self._unwritten_bytes -= slot.nbytes
+                self._unwritten_count -= 1
+        failed = [slot for index, slot in enumerate(batch) if index not in handled and not slot.done]
+        self._pending = failed + self._pending
+        problems = list(outcome.problems)
+        if appended.error is not None:
+            problems.append(("write", appended.error))
+        for kind, message in problems:
+            self._report(kind, message)
+        # A segment that cannot be deleted is reported, not a reason to refuse data: nothing is at risk.
+        self._failing = any(kind != "delete" for kind, _ in problems)
+        if self._failing:
+            self._work.set()  # retry at the next cycle, even with nothing pending: the position write probes
+        else:
+            self._reported.difference_update({"write", "position", "writer"})
+        self._evict()
+        return not problems and not appended.unencodable
+
+    def _end_cycle(self, number: int, ok: bool) -> None:
+        waiting = []
+        for want, waiter in self._flush_waiters:
+            if want <= number:
+                if not waiter.done():
+                    waiter.set_result(ok)
+            else:
+                waiting.append((want, waiter))
+        self._flush_waiters = waiting
+        if waiting:
+            self._work.set()
+            self._now.set()
