@@ -175,10 +175,11 @@ class Scan:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[RecordHeader | None], int]:
-    """The sane records of one segment (recorded in `segment`), the broken ones, and the last sane seq. Reads
-    headers only. A header whose seq does not grow is counted and stepped over by its length; a wrong magic byte
-    or a length past the end of the file ends the walk (what follows cannot be located)."""
+def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[RecordHeader | None], int, int]:
+    """The sane records of one segment (recorded in `segment`), the broken ones, the last sane seq, and where the
+    readable part ends. Reads headers only. A header whose seq does not grow is counted and stepped over by its
+    length; a wrong magic byte or a length past the end of the file ends the walk (what follows cannot be
+    located)."""
     headers: list[RecordHeader] = []
     broken: list[RecordHeader | None] = []
     with open(segment.path, "rb", buffering=1 << 16) as file:
@@ -206,7 +207,7 @@ def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[Rec
             else:
                 broken.append(None)
             pos = end
-    return headers, broken, last_seq
+    return headers, broken, last_seq, pos
 
 
 def scan_directory(directory: Path, write: Write = os.write) -> Scan:
@@ -227,10 +228,16 @@ def scan_directory(directory: Path, write: Write = os.write) -> Scan:
     for first_seq, path in names:
         segment = Segment(first_seq, path)
         try:
-            headers, broken, last_seq = _walk(segment, last_seq)
+            headers, broken, last_seq, readable = _walk(segment, last_seq)
         except OSError as error:
             scan.problems.append(("read", f"cannot read segment {path}: {error}"))
             continue
+        if readable < segment.size:  # garbage after the last record: reported now, so cut it to report it once
+            try:
+                os.truncate(path, readable)
+                segment.size = readable
+            except OSError as error:
+                scan.problems.append(("write", f"cannot cut the torn tail of {path}: {error}"))
         keep = False
         for index, header in enumerate(headers):
             if header.seq >= scan.position:
