@@ -43,8 +43,10 @@ from exporters.sending.memory_queue import Lineup, check_get_bounds, check_when_
 from exporters.sending.queue import DropCallback, Entry, QueueFull, SegmentCodec, WhenFull
 from exporters.sending.segments import (
     HEADER,
+    MAX_DONE_RANGES,
     AppendOutcome,
     Pending,
+    Progress,
     RecordHeader,
     RecordUnreadable,
     Segment,
@@ -84,7 +86,7 @@ class _Slot:
 
 @dataclass
 class _CycleOutcome:
-    persisted: tuple[int, int] | None
+    persisted: Progress | None
     deleted: list[Segment]
     appended: AppendOutcome
     problems: list[tuple[str, str]]
@@ -150,7 +152,9 @@ class DiskQueue(Generic[T]):
         self._evictable: dict[int, _Slot] = {}  # written, held, waiting; in seq order, evicted from the end
         self._live_disk = 0  # sizes of segments with an entry not done
         self._next_seq = 0
-        self._persisted: tuple[int, int] | None = None
+        self._persisted: Progress | None = None
+        self._finished = 0  # entries done so far: the done ranges changed when this did
+        self._finished_persisted = -1
         self._failing = False
         self._reported: set[str] = set()
 
@@ -182,8 +186,8 @@ class DiskQueue(Generic[T]):
             self._set_live(segment, segment.live + 1)
         for header in scan.corrupt:
             self._tell_drop(_placeholder(header), "corrupt")
-        self._next_seq = scan.next_seq
-        self._persisted = (scan.position, scan.next_seq) if scan.persisted else None
+        self._next_seq = scan.progress.next_seq
+        self._persisted = scan.progress if scan.persisted else None
         self._task = asyncio.create_task(self._run_writer(), name=f"DiskQueue writer {self.directory}")
 
     async def flush(self) -> bool:
@@ -365,6 +369,7 @@ class DiskQueue(Generic[T]):
     def _finish(self, slot: _Slot) -> None:
         """An entry is done (acknowledged or dropped): let go of its memory, its pending write, its record."""
         slot.done = True
+        self._finished += 1
         self._release(slot)
         if slot.segment is not None:
             self._set_live(slot.segment, slot.segment.live - 1)
@@ -436,9 +441,9 @@ class DiskQueue(Generic[T]):
             self._now.clear()
             await self._cycle()
 
-    def _position(self) -> int:
-        first = self._lineup.first()
-        return self._next_seq if first is None else first.seq
+    def _progress(self) -> Progress:
+        position, done = self._lineup.done_ranges(self._next_seq, MAX_DONE_RANGES)
+        return Progress(position, self._next_seq, done)
 
     async def _cycle(self, final: bool = False) -> None:
         """Persist the position, delete finished segments, write pending entries, in that order (deleting
@@ -447,35 +452,37 @@ class DiskQueue(Generic[T]):
         number = self._cycles_started
         batch = [slot for slot in self._pending if not slot.done]
         self._pending = []
-        position = (self._position(), self._next_seq)
         doomed = [segment for segment in self._segments.values() if segment.live == 0]
+        finished = self._finished
         persist = (final or bool(doomed) or self._failing or self._persisted is None
-                   or position[0] != self._persisted[0])
+                   or finished != self._finished_persisted)
         if batch or persist:
             records = [Pending(s.seq, s.item, s.created, s.nbytes, s.count) for s in batch]
+            progress = self._progress() if persist else None
             try:
-                outcome = await asyncio.to_thread(self._cycle_in_thread, records, position if persist else None,
-                                                  doomed, final)
+                outcome = await asyncio.to_thread(self._cycle_in_thread, records, progress, doomed, final)
             except Exception as error:  # a bug in here must not stop the writer: count it, retry next cycle
                 self._pending = batch + self._pending
                 self._report("writer", f"disk queue {self.directory}: writer cycle failed: {error!r}")
                 self._failing = True
                 self._end_cycle(number, ok=False)
                 return
+            if outcome.persisted is not None:
+                self._finished_persisted = finished
             ok = self._apply(batch, outcome)
         else:
             ok = not self._failing
         self._end_cycle(number, ok)
 
-    def _cycle_in_thread(self, records: list[Pending], position: tuple[int, int] | None,
+    def _cycle_in_thread(self, records: list[Pending], progress: Progress | None,
                          doomed: list[Segment], final: bool) -> _CycleOutcome:
         problems: list[tuple[str, str]] = []
-        persisted: tuple[int, int] | None = None
+        persisted: Progress | None = None
         deleted: list[Segment] = []
-        if position is not None:
+        if progress is not None:
             try:
-                write_position(self.directory, position[0], position[1], self._write)
-                persisted = position
+                write_position(self.directory, progress, self._write)
+                persisted = progress
             except OSError as error:
                 problems.append(("position", f"cannot persist the position in {self.directory}: {error}"))
         if persisted is not None:  # deleting a segment before next_seq is persisted could reuse its seqs

@@ -121,6 +121,24 @@ class Lineup(Generic[S]):
             order.popleft()
         return live[order[0]] if order else None
 
+    def done_ranges(self, stop: int, limit: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """The first seq not finished (`stop` when none is), and at most `limit` half-open ranges of finished
+        seqs between it and `stop`: what a disk queue persists so that entries acknowledged out of order do not
+        come back after a restart. O(entries not finished)."""
+        seqs = iter(self._live)  # insertion order is seq order: `add` is called with growing seqs
+        first = next(seqs, stop)
+        ranges: list[tuple[int, int]] = []
+        after = first + 1
+        for seq in seqs:
+            if seq > after:
+                if len(ranges) == limit:
+                    return first, tuple(ranges)
+                ranges.append((after, seq))
+            after = seq + 1
+        if after < stop and len(ranges) < limit:
+            ranges.append((after, stop))
+        return first, tuple(ranges)
+
     def slots(self) -> list[S]:
         """Every entry not finished, in seq order."""
         return sorted(self._live.values(), key=lambda slot: slot.seq)

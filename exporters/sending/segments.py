@@ -9,8 +9,10 @@ Layout of a queue directory:
   so after a restart writing always starts a new segment, and never after garbage.
 - a record: a fixed header `HEADER` (magic/version byte, payload length, crc32, seq, created, nbytes, count)
   then the payload from the segment's `SegmentWriter`. The crc covers the other header fields and the payload.
-- `position.json`: `{"version": 1, "position": P, "next_seq": N}`: the first seq not acknowledged, and a seq
-  larger than any ever written (so seqs keep growing even when every segment was deleted). Replaced atomically.
+- `position.json`: `{"version": 1, "position": P, "next_seq": N, "done": [[a, b], ...]}`: the first seq not
+  acknowledged; a seq larger than any ever written (so seqs keep growing even when every segment was deleted);
+  half-open ranges of seqs above P that are done (acknowledged out of order, dropped, found corrupt), so that
+  only entries not done come back after a restart. Replaced atomically.
 
 Checks are split by cost: the scan at open reads headers only (magic, length within the file, seqs growing),
 which finds torn tails; the crc is verified when a record is read back, which every record after a restart is.
@@ -18,6 +20,7 @@ which finds torn tails; the crc is verified when a record is read back, which ev
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -105,24 +108,49 @@ class Segment:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_position(directory: Path) -> tuple[int | None, int, str | None]:
-    """(position, next_seq, problem): position None when the file is missing or unreadable; problem says why
-    when it exists but cannot be used."""
+MAX_DONE_RANGES = 10_000
+"""Done ranges kept in the position file at most; past that, the rest are sent again after a restart."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the position file holds: everything below `position` is done, and so is every seq in a `done`
+    range (half-open, sorted, above `position`); `next_seq` is above every seq ever handed to a put."""
+
+    position: int
+    next_seq: int
+    done: tuple[tuple[int, int], ...] = ()
+
+    def is_done(self, seq: int) -> bool:
+        if seq < self.position:
+            return True
+        index = bisect.bisect_right(self.done, (seq, _FAR)) - 1
+        return index >= 0 and self.done[index][0] <= seq < self.done[index][1]
+
+
+_FAR = 1 << 62
+
+
+def read_position(directory: Path) -> tuple[Progress | None, str | None]:
+    """The progress in the position file, and a problem when it exists but cannot be used (then None)."""
     path = directory / POSITION_FILE
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None, 0, None
+        return None, None
     except OSError as error:
-        return None, 0, f"cannot read {path}: {error}"
+        return None, f"cannot read {path}: {error}"
     try:
         doc = json.loads(raw)
         position, next_seq = int(doc["position"]), int(doc.get("next_seq", doc["position"]))
+        done = tuple((int(a), int(b)) for a, b in doc.get("done", ()))
         if position < 0 or next_seq < position:
             raise ValueError(f"position {position}, next_seq {next_seq}")
+        if any(a < position or b <= a for a, b in done) or list(done) != sorted(done):
+            raise ValueError(f"done ranges {done[:5]}...")
     except (ValueError, KeyError, TypeError) as error:
-        return None, 0, f"{path} is unreadable ({error!r})"
-    return position, next_seq, None
+        return None, f"{path} is unreadable ({error!r})"
+    return Progress(position, next_seq, done), None
 
 
 def fsync_directory(directory: Path) -> None:
@@ -142,10 +170,12 @@ def _write_all(write: Write, fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_position(directory: Path, position: int, next_seq: int, write: Write = os.write) -> None:
+def write_position(directory: Path, progress: Progress, write: Write = os.write) -> None:
     """Replace the position file atomically: write a temporary file, fsync, rename, fsync the directory."""
     tmp = directory / (POSITION_FILE + ".tmp")
-    data = json.dumps({"version": 1, "position": position, "next_seq": next_seq}).encode()
+    doc = {"version": 1, "position": progress.position, "next_seq": progress.next_seq,
+           "done": [list(r) for r in progress.done[:MAX_DONE_RANGES]]}
+    data = json.dumps(doc, separators=(",", ":")).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(write, fd, data)
@@ -163,12 +193,12 @@ def write_position(directory: Path, position: int, next_seq: int, write: Write =
 
 @dataclass
 class Scan:
-    """What a directory holds: segments with their records (entries to restore: `restored`, seq >= position),
-    records found broken (`corrupt`: the header when it is sane, else None), and problems for `on_error`."""
+    """What a directory holds: segments with their records (entries to restore: `restored`, not done by
+    `progress`), records found broken (`corrupt`: the header when it is sane, else None), and problems for
+    `on_error`. `persisted`: the position file holds `progress`."""
 
-    position: int
-    next_seq: int
-    persisted: bool
+    progress: Progress
+    persisted: bool = False
     segments: list[Segment] = field(default_factory=list)
     restored: list[tuple[Segment, int, RecordHeader]] = field(default_factory=list)
     corrupt: list[RecordHeader | None] = field(default_factory=list)
@@ -211,17 +241,18 @@ def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[Rec
 
 
 def scan_directory(directory: Path, write: Write = os.write) -> Scan:
-    """Read a queue directory (in a thread): the position, every segment's record headers. Persists the
+    """Read a queue directory (in a thread): the position file, every segment's record headers. Persists the
     position file when it changed or was missing, and only then deletes segments that hold nothing to send
     (so a seq is never handed out twice for different data). Missing or unreadable position file: start from
     the first record on disk, reported in `problems` (resend rather than lose)."""
     directory.mkdir(parents=True, exist_ok=True)
-    position, next_seq, problem = read_position(directory)
-    scan = Scan(position=position or 0, next_seq=next_seq, persisted=False)
+    stored, problem = read_position(directory)
+    progress = stored or Progress(0, 0)
+    scan = Scan(progress)
     if problem:
         scan.problems.append(("position", f"{problem}: starting from the first record on disk"))
     names = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _SEGMENT_NAME.match(p.name)))
-    if position is None and names and not problem:
+    if stored is None and names and not problem:
         scan.problems.append(("position", f"{directory / POSITION_FILE} is missing: starting from the first record on disk"))
     last_seq = -1
     removable: list[Segment] = []
@@ -240,20 +271,21 @@ def scan_directory(directory: Path, write: Write = os.write) -> Scan:
                 scan.problems.append(("write", f"cannot cut the torn tail of {path}: {error}"))
         keep = False
         for index, header in enumerate(headers):
-            if header.seq >= scan.position:
+            if not progress.is_done(header.seq):
                 scan.restored.append((segment, index, header))
                 keep = True
-        scan.corrupt.extend(h for h in broken if h is None or h.seq >= scan.position)
+        scan.corrupt.extend(h for h in broken if h is None or not progress.is_done(h.seq))
         for header in broken:
             if header is not None:
                 last_seq = max(last_seq, header.seq)
         scan.segments.append(segment)
         if not keep:
             removable.append(segment)
-    scan.next_seq = max(scan.next_seq, scan.position, last_seq + 1)
-    if (position, next_seq) != (scan.position, scan.next_seq) or problem:
+    next_seq = max(progress.next_seq, progress.position, last_seq + 1)
+    if stored is None or next_seq != stored.next_seq:
+        scan.progress = Progress(progress.position, next_seq, progress.done)
         try:
-            write_position(directory, scan.position, scan.next_seq, write)
+            write_position(directory, scan.progress, write)
         except OSError as error:
             scan.problems.append(("position", f"cannot write {directory / POSITION_FILE}: {error}"))
             return scan
