@@ -623,7 +623,7 @@ def test_an_entry_acknowledged_before_it_was_written_is_never_written(tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Property: every entry ends acknowledged exactly once, in order, across restarts
+# Property: every entry ends acknowledged once or dropped once, in order, across restarts and kills
 # ---------------------------------------------------------------------------------------------------------
 
 OPS = st.lists(
@@ -634,21 +634,27 @@ OPS = st.lists(
         st.tuples(st.just("nack"), st.integers(0, 20)),
         st.tuples(st.just("flush"), st.just(0)),
         st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.just("kill"), st.just(0)),
     ),
     max_size=40,
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPS)
-def test_every_entry_is_acknowledged_exactly_once_and_comes_out_in_order(ops: list[tuple[str, int]]) -> None:
+@given(OPS, st.sampled_from(["refuse", "drop_oldest"]))
+def test_every_entry_ends_acknowledged_once_or_dropped_once_and_comes_out_in_order(
+    ops: list[tuple[str, int]], when_full: str
+) -> None:
     """The model: `waiting` is what the queue must hand out next, in this order (new puts at the end, nacked
-    and restarted entries merged back by seq); acknowledged entries never come back. Small memory and segments
-    so that items are evicted and read back through the stateful codec, and segments rotate and go."""
+    and restarted entries merged back by seq, dropped ones taken out); acknowledged entries never come back.
+    A kill follows a flush, so what it loses is only what a flush would not have saved: nothing. Small memory,
+    disk and segments so that items are evicted and read back through the stateful codec, segments rotate and
+    go, and drop_oldest drops."""
 
     async def scenario(directory: Path) -> None:
         reports = Reports()
-        options = {"max_memory": 400, "segment_bytes": 300, "codec": SymbolCodec(), "reports": reports}
+        options = {"max_memory": 400, "max_disk": 3000, "segment_bytes": 300, "when_full": when_full,
+                   "codec": SymbolCodec(), "reports": reports}
         queue = await open_queue(directory, **options)
         put: dict[int, tuple[str, ...]] = {}
         waiting: list[int] = []
@@ -666,10 +672,15 @@ def test_every_entry_is_acknowledged_exactly_once_and_comes_out_in_order(ops: li
         for op, arg in ops:
             if op == "put":
                 item = words(len(put))
+                seen = len(reports.drops)
                 try:
                     entry = queue.put(item, arg, 1.0, 1)
                 except QueueFull:
+                    assert len(reports.drops) == seen  # a refused put drops nothing
                     continue
+                for seq, reason, _ in reports.drops[seen:]:
+                    assert reason == "queue_full" and when_full == "drop_oldest"
+                    waiting.remove(seq)  # only entries not handed out are dropped
                 assert entry.seq > max(put, default=-1)
                 put[entry.seq] = item
                 waiting.append(entry.seq)
@@ -685,8 +696,11 @@ def test_every_entry_is_acknowledged_exactly_once_and_comes_out_in_order(ops: li
                 waiting = sorted(waiting + [e.seq for e in back])
             elif op == "flush":
                 assert await queue.flush()
-            elif op == "restart":
-                await queue.close()
+            elif op in ("restart", "kill"):
+                if op == "restart":
+                    await queue.close()
+                else:
+                    assert await queue.flush()  # then abandoned, its writer idle for an hour
                 queue = await open_queue(directory, **options)
                 waiting = sorted(waiting + [e.seq for e in out])
                 out = []
@@ -703,8 +717,10 @@ def test_every_entry_is_acknowledged_exactly_once_and_comes_out_in_order(ops: li
                 acked[entry.seq] += 1
             out = []
         await queue.close()
-        assert acked == Counter(put.keys())
-        assert reports.drops == [] and reports.errors == []
+        dropped = Counter(seq for seq, _, _ in reports.drops)
+        assert acked + dropped == Counter(put.keys())
+        assert not set(acked) & set(dropped)
+        assert reports.errors == []
         queue = await open_queue(directory, **options)
         assert len(queue) == 0
         await queue.close()

@@ -200,6 +200,38 @@ def test_drop_oldest_refuses_when_everything_left_is_out_with_the_sender(kind: s
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_drop_oldest_drops_nothing_when_dropping_every_waiting_entry_would_not_make_room(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dropped: list[Entry[Any]] = []
+        async with opened(kind, tmp_path, max_memory=100, when_full="drop_oldest",
+                          on_drop=lambda entry, reason: dropped.append(entry)) as queue:
+            put(queue, "out", nbytes=80)
+            await queue.get(1, 1 << 20)
+            put(queue, "waiting", nbytes=10)
+            with pytest.raises(QueueFull):
+                put(queue, "too big", nbytes=30)
+            assert dropped == []
+            assert len(queue) == 2
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_item_larger_than_the_bound_does_not_empty_the_queue_under_drop_oldest(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dropped: list[Entry[Any]] = []
+        async with opened(kind, tmp_path, max_memory=100, when_full="drop_oldest",
+                          on_drop=lambda entry, reason: dropped.append(entry)) as queue:
+            put(queue, "a", nbytes=10)
+            with pytest.raises(QueueFull):
+                put(queue, "huge", nbytes=500)
+            assert dropped == []
+            assert items(await queue.get(10, 1 << 20)) == ["a"]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_close_wakes_waiting_getters_with_nothing(kind: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with opened(kind, tmp_path) as queue:

@@ -355,16 +355,34 @@ class DiskQueue(Generic[T]):
                 f"({self._disk_needed(0)} in use or pending), {nbytes} more do not fit")
 
     def _make_room(self, nbytes: int) -> None:
+        """Refuse, or drop the oldest waiting entries until `nbytes` fit. Nothing is dropped when dropping every
+        waiting entry would still not make room (entries out with the sender pin memory and segments, or the
+        item alone is larger than a bound): a put is refused rather than dropping data and refusing anyway."""
         if self._failing and self.when_full == "refuse":
             raise QueueFull(self._full_message(nbytes))
         lineup = self._lineup
-        while len(lineup) and not self._fits(nbytes):
-            if self.when_full == "refuse" or not lineup.waiting:
-                raise QueueFull(self._full_message(nbytes))
+        if not len(lineup) or self._fits(nbytes):
+            return
+        if self.when_full == "refuse" or not self._fits_without_waiting(nbytes):
+            raise QueueFull(self._full_message(nbytes))
+        while lineup.waiting and not self._fits(nbytes):
             slot = lineup.drop_oldest_waiting()
             entry = slot.entry(None if slot.item is _ABSENT else slot.item)
             self._finish(slot)
             self._tell_drop(entry, "queue_full")
+
+    def _fits_without_waiting(self, nbytes: int) -> bool:
+        """Whether `nbytes` would fit once every waiting entry is dropped: only entries out with the sender
+        would be left, with their unwritten bytes and the segments they keep. O(entries out)."""
+        out = list(self._lineup.out())
+        unwritten = [slot.nbytes for slot in out if slot.segment is None and not slot.unwritable]
+        if sum(unwritten) + nbytes > self.max_memory:
+            return False
+        if self._failing:
+            return True
+        pinned = {id(slot.segment): slot.segment.size for slot in out if slot.segment is not None}
+        disk = sum(pinned.values()) + sum(unwritten) + nbytes + HEADER.size * (len(unwritten) + 1)
+        return disk <= self.max_disk
 
     def _finish(self, slot: _Slot) -> None:
         """An entry is done (acknowledged or dropped): let go of its memory, its pending write, its record."""

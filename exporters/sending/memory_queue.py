@@ -139,9 +139,9 @@ class Lineup(Generic[S]):
             ranges.append((after, stop))
         return first, tuple(ranges)
 
-    def slots(self) -> list[S]:
-        """Every entry not finished, in seq order."""
-        return sorted(self._live.values(), key=lambda slot: slot.seq)
+    def out(self) -> Iterable[S]:
+        """The entries out with the sender (what dropping every waiting entry would leave)."""
+        return self._out.values()
 
     async def wait(self) -> None:
         """Until something waits to be handed out or the lineup is closed."""
@@ -170,9 +170,10 @@ class MemoryQueue(Generic[T]):
     sender holds included (they are alive until acknowledged, and come back on nack).
 
     When a put does not fit: `refuse` raises `QueueFull`; `drop_oldest` drops the oldest entries not handed out
-    until it fits, reporting each to `on_drop(entry, "queue_full")`, and raises `QueueFull` only when everything
-    left is out with the sender. An item larger than the whole bound is accepted when the queue is empty, so one
-    big item never wedges the pipeline. What is left at close is lost: the owner counts it (`len`)."""
+    until it fits, reporting each to `on_drop(entry, "queue_full")`, and raises `QueueFull` (dropping nothing)
+    when even dropping them all would not make room. An item larger than the whole bound is accepted when the
+    queue is empty, so one big item never wedges the pipeline (and never empties a queue under drop_oldest).
+    What is left at close is lost: the owner counts it (`len`)."""
 
     def __init__(self, max_memory: int, when_full: WhenFull = "refuse", on_drop: DropCallback[T] | None = None) -> None:
         if max_memory <= 0:
@@ -199,13 +200,18 @@ class MemoryQueue(Generic[T]):
         return entry
 
     def _make_room(self, nbytes: int) -> None:
+        """Refuse, or drop the oldest waiting entries until `nbytes` fit. Nothing is dropped when dropping every
+        waiting entry would still not make room (what is out with the sender fills the bound, or the item alone
+        is larger than it): a put is refused rather than dropping data and refusing anyway."""
         lineup = self._lineup
-        while self._bytes + nbytes > self.max_memory and len(lineup):
-            if self.when_full == "refuse" or not lineup.waiting:
-                raise QueueFull(
-                    f"memory queue full: {self._bytes} of max_memory {self.max_memory} bytes in use, "
-                    f"{nbytes} more do not fit"
-                )
+        if self._bytes + nbytes <= self.max_memory or not len(lineup):
+            return
+        if self.when_full == "refuse" or sum(e.nbytes for e in lineup.out()) + nbytes > self.max_memory:
+            raise QueueFull(
+                f"memory queue full: {self._bytes} of max_memory {self.max_memory} bytes in use, "
+                f"{nbytes} more do not fit"
+            )
+        while self._bytes + nbytes > self.max_memory and lineup.waiting:
             dropped = lineup.drop_oldest_waiting()
             self._bytes -= dropped.nbytes
             if self._on_drop is not None:
