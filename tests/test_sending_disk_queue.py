@@ -660,6 +660,7 @@ def test_every_entry_ends_acknowledged_once_or_dropped_once_and_comes_out_in_ord
         waiting: list[int] = []
         out: list[Entry[Any]] = []
         acked: Counter[int] = Counter()
+        abandoned: list[DiskQueue[Any]] = []
 
         async def take(count: int) -> None:
             got = await asyncio.wait_for(queue.get(count, 1 << 30), 10)
@@ -701,6 +702,7 @@ def test_every_entry_ends_acknowledged_once_or_dropped_once_and_comes_out_in_ord
                     await queue.close()
                 else:
                     assert await queue.flush()  # then abandoned, its writer idle for an hour
+                    abandoned.append(queue)  # referenced, so its task ends cancelled with the loop, not collected
                 queue = await open_queue(directory, **options)
                 waiting = sorted(waiting + [e.seq for e in out])
                 out = []

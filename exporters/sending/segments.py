@@ -212,16 +212,16 @@ def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[Rec
     located)."""
     headers: list[RecordHeader] = []
     broken: list[RecordHeader | None] = []
-    with open(segment.path, "rb", buffering=1 << 16) as file:
-        size = os.fstat(file.fileno()).st_size
+    fd = os.open(segment.path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
         segment.size = size
         pos = 0
         while pos < size:
             if size - pos < HEADER.size:
                 broken.append(None)  # torn inside a header
                 break
-            file.seek(pos)
-            header = unpack_header(file.read(HEADER.size))
+            header = unpack_header(os.pread(fd, HEADER.size, pos))
             if header is None:
                 broken.append(None)
                 break
@@ -237,6 +237,8 @@ def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[Rec
             else:
                 broken.append(None)
             pos = end
+    finally:
+        os.close(fd)
     return headers, broken, last_seq, pos
 
 
