@@ -553,6 +553,23 @@ def test_nacked_entries_are_held_again_and_evicted_if_memory_is_short(tmp_path: 
     run(scenario)
 
 
+def test_a_get_cancelled_while_reading_from_disk_leaves_its_entries_waiting(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = await open_queue(tmp_path)
+        put_all(queue, names(3))
+        await queue.close()
+        queue = await open_queue(tmp_path)  # every item is on disk only
+        getter = asyncio.create_task(queue.get(2, 1 << 30))
+        await asyncio.sleep(0)  # the getter took its entries and is reading them
+        getter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter
+        assert [e.seq for e in await drain(queue)] == [0, 1, 2]
+        await queue.close()
+
+    run(scenario)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A failing disk
 # ---------------------------------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ How it stays off the event loop: `put` only appends to memory and to a pending l
 persists the position (batched, never per ack), deletes segments whose entries are all done, then encodes,
 appends and fsyncs the pending entries. Reading back evicted items is another thread call.
 
+Durability: an entry is on disk after the cycle that follows its put (at most `sync_interval` later, or when
+`flush` returns); a crash before that loses it, and an entry acknowledged before its cycle is never written at
+all (a sender that keeps up costs no disk writes). What a crash keeps: the entries written, less those done
+by the last persisted state, which is the position (first seq not done) and the ranges of seqs done above it
+(acknowledged out of order, dropped, found corrupt), so an entry acknowledged before the last cycle is not sent
+again. Persisting the ranges walks the entries not done when acks came out of order: O(entries queued) once
+per cycle.
+
 Memory: an entry keeps its item in memory until written; once written, items of entries waiting to be handed
 out are evicted newest first (the head is sent soon) whenever the items held pass `max_memory`, and read back
 from disk when `get` reaches them. Entries not yet written cannot be evicted: when they alone fill
@@ -28,6 +36,14 @@ time, which is why `segment_bytes` is capped at a quarter of `max_disk`.
 Write errors (ENOSPC, EIO, anything): reported once per kind through `on_error` until a cycle succeeds again;
 the entries stay in memory and are retried at the next cycle; meanwhile `room()` is 0, so under `refuse` every
 put raises `QueueFull`, and under `drop_oldest` the queue keeps to `max_memory` by dropping the oldest.
+
+Broken files, found at `open` (torn tails, unreadable headers: the scan reads headers only) or when a record is
+read back (crc mismatch, a record the codec refuses): each is reported to `on_drop(entry, "corrupt")` and
+skipped. The entry carries the header's seq, sizes and count when the header is sane (magic byte, growing seq,
+sizes not negative), else seq -1 and count 0 (a header that cannot be read says nothing of what was lost; a
+wrong magic byte or length also hides the rest of its segment, reported as one such entry). A record whose crc
+fails is reported once it is read; should the process die before the next cycle persists that it is done, it
+is reported again after the restart.
 """
 
 from __future__ import annotations
@@ -171,8 +187,9 @@ class DiskQueue(Generic[T]):
     # ----------------------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Scan the directory (in a thread), restore every entry from the persisted position on (items stay on
-        disk until `get` reaches them), report broken records to `on_drop(..., "corrupt")`, start the writer."""
+        """Scan the directory (in a thread; created if missing), restore every entry not done by the persisted
+        state (items stay on disk until `get` reaches them), report broken records to `on_drop(..., "corrupt")`,
+        start the writer. Raises OSError only when the directory cannot be created or listed."""
         if self._task is not None or self._closed:
             raise RuntimeError(f"DiskQueue({self.directory}): open() once, before close()")
         scan = await asyncio.to_thread(scan_directory, self.directory, lambda fd, b: self._write(fd, b))
@@ -263,8 +280,12 @@ class DiskQueue(Generic[T]):
             read: dict[int, Any] = {}
             on_disk = [slot for slot in slots if slot.item is _ABSENT]
             if on_disk:
-                async with self._read_lock:
-                    items = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
+                try:
+                    async with self._read_lock:
+                        items = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
+                except BaseException:  # cancelled while reading: nobody got these, so they wait again
+                    self._lineup.put_back(slot.seq for slot in slots)
+                    raise
                 for slot, item in zip(on_disk, items):
                     if isinstance(item, RecordUnreadable):
                         self._unreadable(slot, item)
