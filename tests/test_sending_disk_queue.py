@@ -238,6 +238,26 @@ def test_a_killed_queue_restarts_from_what_was_persisted_last(tmp_path: Path) ->
     run(after_kill)
 
 
+def test_a_writer_cancelled_as_it_is_woken_stops(tmp_path: Path) -> None:
+    """What the loop's end does to a queue never closed (a kill, in tests): the writer must not outlive it."""
+
+    async def scenario() -> None:
+        for _ in range(20):  # the cancel lands at a different step of the wake-up each time
+            queue = await open_queue(tmp_path, max_memory=100)
+            writer = queue._task
+            assert writer is not None
+            for steps in range(_ % 4):
+                await asyncio.sleep(0)
+            queue.put(b"x" * 50, 50, 1.0, 1)  # past the write threshold: the writer is woken now
+            for steps in range(_ // 4):
+                await asyncio.sleep(0)
+            writer.cancel()
+            await asyncio.wait([writer], timeout=5)
+            assert writer.done()
+
+    run(scenario)
+
+
 def test_oldest_created_survives_a_restart(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = await open_queue(tmp_path)
@@ -565,6 +585,24 @@ def test_a_get_cancelled_while_reading_from_disk_leaves_its_entries_waiting(tmp_
         with pytest.raises(asyncio.CancelledError):
             await getter
         assert [e.seq for e in await drain(queue)] == [0, 1, 2]
+        await queue.close()
+
+    run(scenario)
+
+
+def test_an_entry_taken_by_a_get_is_not_evicted_while_the_get_reads_its_neighbours(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = await open_queue(tmp_path, max_memory=250)
+        items = names(4, size=100)
+        put_all(queue, items[:2])
+        await queue.flush()
+        put_all(queue, items[2:])
+        await queue.flush()  # 0 and 1 held, 2 and 3 evicted
+        await queue.get(1, 1 << 30)
+        getter = asyncio.create_task(queue.get(2, 1 << 30))  # 1 from memory, 2 from disk
+        await asyncio.sleep(0)  # the getter took both and is reading 2
+        queue.put(b"y" * 200, 200, 1.0, 1)  # memory is short again: something is evicted
+        assert [e.item for e in await getter] == items[1:3]
         await queue.close()
 
     run(scenario)

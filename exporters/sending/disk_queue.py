@@ -277,6 +277,8 @@ class DiskQueue(Generic[T]):
             slots = self._lineup.take(max_entries, max_bytes)
             if not slots:
                 return []
+            for slot in slots:  # out now: an eviction while we read the others must not take their items
+                self._evictable.pop(slot.seq, None)
             read: dict[int, Any] = {}
             on_disk = [slot for slot in slots if slot.item is _ABSENT]
             if on_disk:
@@ -284,7 +286,7 @@ class DiskQueue(Generic[T]):
                     async with self._read_lock:
                         items = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
                 except BaseException:  # cancelled while reading: nobody got these, so they wait again
-                    self._lineup.put_back(slot.seq for slot in slots)
+                    self._wait_again(self._lineup.put_back(slot.seq for slot in slots))
                     raise
                 for slot, item in zip(on_disk, items):
                     if isinstance(item, RecordUnreadable):
@@ -321,11 +323,15 @@ class DiskQueue(Generic[T]):
             if slot.item is _ABSENT:
                 slot.item = items[slot.seq]
                 self._held_bytes += slot.nbytes
-            if slot.segment is not None:
-                self._evictable[slot.seq] = slot
-        if back:
+        self._wait_again(back)
+
+    def _wait_again(self, back: list[_Slot]) -> None:
+        """Entries put back to wait: those written and held can be evicted again, in seq order with the rest."""
+        evictable = [slot for slot in back if slot.segment is not None and slot.item is not _ABSENT]
+        if evictable:
+            self._evictable.update((slot.seq, slot) for slot in evictable)
             self._evictable = dict(sorted(self._evictable.items()))
-            self._evict()
+        self._evict()
 
     def room(self) -> int:
         """Bytes that fit before `put` refuses or drops; 0 while writes fail or after close."""
@@ -470,8 +476,9 @@ class DiskQueue(Generic[T]):
         A cancelled task (the loop ending without close, as at a kill) writes nothing more."""
         while not self._stopping:
             await self._work.wait()
-            try:
-                await asyncio.wait_for(self._now.wait(), self.sync_interval)
+            try:  # not asyncio.wait_for: in 3.11 it swallows a cancel that comes as `_now` is set (a kill hangs)
+                async with asyncio.timeout(self.sync_interval):
+                    await self._now.wait()
             except TimeoutError:
                 pass
             if self._stopping:
