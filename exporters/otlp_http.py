@@ -173,7 +173,7 @@ class OtlpHttpTraceExporter:
         self._closed = True
 
     def _backlog(self) -> int:
-        return self._queue.count if hasattr(self._queue, "count") else 0
+        return self._queue.count
 
     def _outcome(self, entry: Entry[bytes], outcome: str, reason: str, answer: object) -> None:
         if outcome == "sent":

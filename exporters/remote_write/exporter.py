@@ -38,7 +38,9 @@ from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
+from exporters.remote_write.records import SampleBatchCodec
 from exporters.retry import RetryPolicy
+from exporters.sending.disk_queue import DiskQueue
 from exporters.sending.memory_queue import MemoryQueue
 from exporters.sending.queue import Entry, Queue, QueueFull, QueueSettings
 from exporters.sending.sender import Sender, SenderSettings
@@ -238,9 +240,6 @@ class RemoteWriteExporter:
         queue: Queue[SampleBatch]
         if settings.durable:
             assert settings.directory is not None
-            from exporters.remote_write.records import SampleBatchCodec  # TODO top-level once merged
-            from exporters.sending.disk_queue import DiskQueue
-
             disk = DiskQueue(settings.directory, SampleBatchCodec(), max_memory=settings.max_memory,
                              max_disk=settings.max_disk, when_full=settings.when_full,
                              on_drop=self._queue_dropped, on_error=self._queue_error)
@@ -250,14 +249,14 @@ class RemoteWriteExporter:
             queue = MemoryQueue(settings.max_memory, settings.when_full, on_drop=self._queue_dropped)
         self._queue = queue
         restored = len(queue)
-        self._queued_samples = queue.count if hasattr(queue, "count") else 0
+        self._queued_samples = queue.count
         if restored:
             logger.info("remote write %s: %d requests queued before the last stop will be sent first", self.name,
                         restored)
         self._sender = Sender(
             self.name, queue, deliver=self._connection.send, settings=self._sender_settings,
             on_outcome=self._outcome, backlog=lambda: self._queued_samples, group_of=self._group_of,
-            max_in_flight=self._max_in_flight, restored_below=queue.next_seq if hasattr(queue, "next_seq") else 0,
+            max_in_flight=self._max_in_flight, restored_below=queue.next_seq,
             clock=self._clock, wall_clock=self._wall_clock, sleep=self._sleep, meter=self._meter)
         await self._sender.start()
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"remote_write[{self.name}].flusher")

@@ -168,6 +168,7 @@ class DiskQueue(Generic[T]):
         self._evictable: dict[int, _Slot] = {}  # written, held, waiting; in seq order, evicted from the end
         self._live_disk = 0  # sizes of segments with an entry not done
         self._next_seq = 0
+        self._count = 0  # sum of `count` over entries not done
         self._persisted: Progress | None = None
         self._finished = 0  # entries done so far: the done ranges changed when this did
         self._finished_persisted = -1
@@ -200,6 +201,7 @@ class DiskQueue(Generic[T]):
         for segment, index, header in scan.restored:
             slot = _Slot(header.seq, header.nbytes, header.created, header.count, segment=segment, index=index)
             self._lineup.add(slot)
+            self._count += slot.count
             self._set_live(segment, segment.live + 1)
         for header in scan.corrupt:
             self._tell_drop(_placeholder(header), "corrupt")
@@ -257,6 +259,7 @@ class DiskQueue(Generic[T]):
         slot = _Slot(self._next_seq, nbytes, created, count, item=item)
         self._next_seq += 1
         self._lineup.add(slot)
+        self._count += count
         self._pending.append(slot)
         self._unwritten_bytes += nbytes
         self._unwritten_count += 1
@@ -359,6 +362,16 @@ class DiskQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._lineup)
 
+    @property
+    def count(self) -> int:
+        """Samples (or spans) in entries not acknowledged."""
+        return self._count
+
+    @property
+    def next_seq(self) -> int:
+        """The seq of the next put: entries below it handed out after `open` were put before the restart."""
+        return self._next_seq
+
     # ----------------------------------------------------------------------------------------------------------
     # Room, drops, memory
     # ----------------------------------------------------------------------------------------------------------
@@ -415,6 +428,7 @@ class DiskQueue(Generic[T]):
         """An entry is done (acknowledged or dropped): let go of its memory, its pending write, its record."""
         slot.done = True
         self._finished += 1
+        self._count -= slot.count
         self._release(slot)
         if slot.segment is not None:
             self._set_live(slot.segment, slot.segment.live - 1)

@@ -188,6 +188,7 @@ class MemoryQueue(Generic[T]):
         self._lineup: Lineup[Entry[T]] = Lineup()
         self._bytes = 0
         self._next_seq = 0
+        self._count = 0
 
     def put(self, item: T, nbytes: int, created: float, count: int) -> Entry[T]:
         """Append an item; see the class docstring for what happens when it does not fit."""
@@ -200,6 +201,7 @@ class MemoryQueue(Generic[T]):
         self._next_seq += 1
         self._lineup.add(entry)
         self._bytes += nbytes
+        self._count += count
         return entry
 
     def _make_room(self, nbytes: int) -> None:
@@ -217,6 +219,7 @@ class MemoryQueue(Generic[T]):
         while self._bytes + nbytes > self.max_memory and lineup.waiting:
             dropped = lineup.drop_oldest_waiting()
             self._bytes -= dropped.nbytes
+            self._count -= dropped.count
             if self._on_drop is not None:
                 self._on_drop(dropped, "queue_full")
 
@@ -231,6 +234,7 @@ class MemoryQueue(Generic[T]):
         for entry in entries:
             if self._lineup.finish_out(entry.seq) is not None:
                 self._bytes -= entry.nbytes
+                self._count -= entry.count
 
     def nack(self, entries: Sequence[Entry[T]]) -> None:
         """Hand these out again before anything newer."""
@@ -251,6 +255,15 @@ class MemoryQueue(Generic[T]):
         """`created` of the first entry not acknowledged (lowest seq); None when empty."""
         first = self._lineup.first()
         return None if first is None else first.created
+
+    @property
+    def count(self) -> int:
+        """Samples (or spans) in entries not acknowledged."""
+        return self._count
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
 
     def __len__(self) -> int:
         return len(self._lineup)
