@@ -68,7 +68,8 @@ def merged(parts: list[SampleBatch]) -> SampleBatch:
 def exporter(url: str, counters: Counters, protocol: str) -> RemoteWriteExporter:
     return RemoteWriteExporter(
         "e2e", url, {}, timeout=5.0, retry=FAST_RETRY, max_samples=10_000, max_bytes=4 << 20,
-        flush_interval=0.02, meter=counters.meter, protocol=protocol)
+        flush_interval=0.02, meter=counters.meter, protocol=protocol,
+        wall_clock=lambda: T0_MS / 1000 + 600.0)  # the samples are ten minutes old, within sample_age_limit
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
