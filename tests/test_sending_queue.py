@@ -307,6 +307,17 @@ def test_get_rejects_a_max_entries_below_one(kind: str, tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_memory_queue_keeps_nothing_of_entries_acknowledged() -> None:
+    async def scenario() -> None:
+        queue: MemoryQueue[bytes] = MemoryQueue(1 << 20)
+        for _ in range(1000):
+            put(queue, "a")
+            queue.ack(await queue.get(1, 1 << 20))
+        assert len(queue._lineup._order) == 0 and len(queue._lineup._live) == 0
+
+    run(scenario)
+
+
 def test_a_memory_queue_holds_nothing_on_disk() -> None:
     assert MemoryQueue(100).disk_bytes == 0
 

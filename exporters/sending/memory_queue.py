@@ -86,6 +86,7 @@ class Lineup(Generic[S]):
         """Forget the oldest entry not handed out (the caller checked there is one) and return it."""
         slot = self._ready.popleft()
         del self._live[slot.seq]
+        self._trim()
         if not self._ready:
             self._readable.clear()
         return slot
@@ -95,7 +96,14 @@ class Lineup(Generic[S]):
         slot = self._out.pop(seq, None)
         if slot is not None:
             del self._live[seq]
+            self._trim()
         return slot
+
+    def _trim(self) -> None:
+        """Forget finished seqs at the front of `_order`, so it holds no more than the span of live seqs."""
+        order, live = self._order, self._live
+        while order and order[0] not in live:
+            order.popleft()
 
     def put_back(self, seqs: Iterable[int]) -> list[S]:
         """Entries that are out wait again, merged into the front in seq order; returns those that were out."""
@@ -116,10 +124,8 @@ class Lineup(Generic[S]):
 
     def first(self) -> S | None:
         """The entry with the lowest seq not finished, out or waiting."""
-        order, live = self._order, self._live
-        while order and order[0] not in live:
-            order.popleft()
-        return live[order[0]] if order else None
+        self._trim()
+        return self._live[self._order[0]] if self._order else None
 
     def done_ranges(self, stop: int, limit: int) -> tuple[int, tuple[tuple[int, int], ...]]:
         """The first seq not finished (`stop` when none is), and at most `limit` half-open ranges of finished
