@@ -608,6 +608,23 @@ def test_an_entry_taken_by_a_get_is_not_evicted_while_the_get_reads_its_neighbou
     run(scenario)
 
 
+def test_an_entry_taken_by_a_get_keeps_its_item_when_it_is_written_while_the_get_reads(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = await open_queue(tmp_path)
+        queue.put(b"on disk", 7, 1.0, 1)
+        await queue.close()
+        queue = await open_queue(tmp_path)
+        queue.put(b"in memory", 9, 1.0, 1)
+        async with queue._read_lock:  # the getter takes both, then waits to read the first from disk
+            getter = asyncio.create_task(queue.get(2, 1 << 30))
+            await asyncio.sleep(0)
+            assert await queue.flush()  # meanwhile the second is written
+        assert [e.item for e in await getter] == [b"on disk", b"in memory"]
+        await queue.close()
+
+    run(scenario)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A failing disk
 # ---------------------------------------------------------------------------------------------------------

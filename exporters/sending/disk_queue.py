@@ -280,30 +280,29 @@ class DiskQueue(Generic[T]):
             slots = self._lineup.take(max_entries, max_bytes)
             if not slots:
                 return []
-            for slot in slots:  # out now: an eviction while we read the others must not take their items
+            # Out now: the items held are taken before any await, as an eviction or a write finished meanwhile
+            # lets go of what the queue holds of entries that are out.
+            items = {slot.seq: slot.item for slot in slots if slot.item is not _ABSENT}
+            for slot in slots:
                 self._evictable.pop(slot.seq, None)
-            read: dict[int, Any] = {}
-            on_disk = [slot for slot in slots if slot.item is _ABSENT]
+            on_disk = [slot for slot in slots if slot.seq not in items]
             if on_disk:
                 try:
                     async with self._read_lock:
-                        items = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
+                        read = await asyncio.to_thread(self._readers.read, [(s.segment, s.index) for s in on_disk])
                 except BaseException:  # cancelled while reading: nobody got these, so they wait again
                     self._wait_again(self._lineup.put_back(slot.seq for slot in slots))
                     raise
-                for slot, item in zip(on_disk, items):
+                for slot, item in zip(on_disk, read):
                     if isinstance(item, RecordUnreadable):
                         self._unreadable(slot, item)
                     else:
-                        read[slot.seq] = item
+                        items[slot.seq] = item
             entries: list[Entry[T]] = []
             for slot in slots:
                 if slot.done:
                     continue
-                if slot.item is _ABSENT:
-                    entries.append(slot.entry(read[slot.seq]))
-                    continue
-                entries.append(slot.entry(slot.item))
+                entries.append(slot.entry(items[slot.seq]))
                 if slot.segment is not None:  # written: the sender holds the item now
                     self._release(slot)
             if entries:
