@@ -8,8 +8,9 @@ Three phases per repeat, each on a fresh queue directory under `--dir` (the disk
   entries, as an owner that waits would), then one `flush`: everything appended and fsynced.
 - restart+read: a new queue on that directory: `open` (the header scan) then `get`/`ack` of every entry, each
   read back from disk with its crc checked; `close`.
-- live: a producer puts while a consumer gets and acknowledges (the sender keeps up: items are served from
-  memory while the writer appends in the background); ends when everything is acknowledged and flushed.
+- live: a producer puts while a consumer gets and acknowledges (the sender keeps up); ends when everything is
+  acknowledged and flushed. Entries acknowledged before the writer's next cycle are never written, so with the
+  default 1 s `sync_interval` this measures the queue's bookkeeping on the loop, not the disk.
 
 Reported: medians over `--repeats` of MB/s (item bytes / wall time) and CPU seconds per GB of the process
 (the loop and the writer/reader threads together), plus the open scan's time, and zlib.crc32's own speed on
