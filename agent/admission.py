@@ -30,7 +30,7 @@ class Refused(Exception):
 class Lease:
     """Bytes a receiver holds while it decodes and hands over one request; release exactly once."""
 
-    admission: "Admission"
+    admission: Admission
     nbytes: int
     signal: str = ""
     released: bool = False
@@ -46,7 +46,7 @@ class Lease:
             self.admission._held[self.signal] += nbytes - self.nbytes
             self.nbytes = nbytes
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,7 +32,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from exporters.errors import NetworkError, PermanentError, RetryableError, ThrottledError
+from exporters.errors import (
+    NetworkError,
+    PermanentError,
+    RetryableError,
+    ThrottledError,
+)
 from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, parse_retry_after
 from exporters.sending.memory_queue import MemoryQueue

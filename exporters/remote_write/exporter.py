@@ -23,22 +23,29 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from itertools import pairwise
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 from exporters.remote_write.batcher import Batcher
-from exporters.remote_write.connection import COMPACT_HANDSHAKE, VM_HANDSHAKE, Connection
+from exporters.remote_write.connection import (
+    COMPACT_HANDSHAKE,
+    VM_HANDSHAKE,
+    Connection,
+)
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.encoding import PROTOCOLS
 from exporters.remote_write.formats import new_encoder, protocols_for
+from exporters.remote_write.records import SampleBatchCodec
 from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
-from exporters.remote_write.records import SampleBatchCodec
 from exporters.retry import RetryPolicy
 from exporters.sending.disk_queue import DiskQueue
 from exporters.sending.memory_queue import MemoryQueue
@@ -469,7 +476,7 @@ def _parallel(requests: Sequence[tuple[SampleBatch, int]]) -> bool:
     batcher keeps each series whole and in one request unless it alone passes a limit, and then its pieces
     are neighbours. Native histograms and exemplars ride in the last request, after their series' samples
     (a receiver drops an exemplar whose series it lacks), so such a cut goes in order."""
-    for (a, _), (b, _) in zip(requests, requests[1:]):
+    for (a, _), (b, _) in pairwise(requests):
         if not (a.grouped and b.grouped) or a.histograms or a.exemplars or b.histograms or b.exemplars:
             return False
         if a.labels and b.labels and a.labels[-1] == b.labels[0]:

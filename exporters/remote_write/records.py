@@ -63,7 +63,13 @@ from typing import Any
 
 import zstandard
 
-from exporters.remote_write.series import Exemplar, Labels, Metadata, NativeHistogram, SampleBatch
+from exporters.remote_write.series import (
+    Exemplar,
+    Labels,
+    Metadata,
+    NativeHistogram,
+    SampleBatch,
+)
 
 VERSION = 1
 GROUPED = 0x01
@@ -477,7 +483,7 @@ class RecordReader:
 class _Head:
     """A record's fixed header, checked against the record's length."""
 
-    __slots__ = ("record", "flags", "defs_start", "data_start", "defs_raw", "data_raw")
+    __slots__ = ("data_raw", "data_start", "defs_raw", "defs_start", "flags", "record")
 
     def __init__(self, record: bytes) -> None:
         if len(record) < _HEAD.size:

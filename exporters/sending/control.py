@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Decision", "Window", "concurrency_decision", "batch_decision", "next_batch_samples", "next_concurrency"]
+__all__ = ["Decision", "Window", "batch_decision", "concurrency_decision", "next_batch_samples", "next_concurrency"]
 
 DRAIN_SECONDS = 20.0
 """A backlog should be gone within this long: it asks for backlog / DRAIN_SECONDS samples/s on top of the

@@ -56,7 +56,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from exporters.sending.memory_queue import Lineup, check_get_bounds, check_when_full
-from exporters.sending.queue import DropCallback, Entry, QueueFull, SegmentCodec, WhenFull
+from exporters.sending.queue import (
+    DropCallback,
+    Entry,
+    QueueFull,
+    SegmentCodec,
+    WhenFull,
+)
 from exporters.sending.segments import (
     HEADER,
     MAX_DONE_RANGES,

@@ -14,8 +14,8 @@ or left in the queue at shutdown (memory: lost and counted by the owner; disk: d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
 T = TypeVar("T")

@@ -36,7 +36,13 @@ from typing import Generic, TypeVar
 
 from opentelemetry import metrics
 
-from exporters.errors import Duplicate, NetworkError, PermanentError, RetryableError, ThrottledError
+from exporters.errors import (
+    Duplicate,
+    NetworkError,
+    PermanentError,
+    RetryableError,
+    ThrottledError,
+)
 from exporters.retry import RetryPolicy
 from exporters.sending.breaker import CircuitBreaker, TokenBucket
 from exporters.sending.control import Window, next_batch_samples, next_concurrency
