@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporters.sending.bytes_codec import BytesCodec
-from exporters.sending.disk_queue import DiskQueue
+from exporters.sending import disk_queue
+from exporters.sending.disk_queue import DiskQueue, QueueLocked
 from exporters.sending.queue import Entry, QueueFull
 from exporters.sending.segments import HEADER, POSITION_FILE
 
@@ -216,6 +217,28 @@ def test_seqs_keep_growing_across_restarts_after_every_segment_was_deleted(tmp_p
     run(scenario)
 
 
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queues abandoned in this process stand for killed processes, whose locks the kernel releases: each open
+    takes its own lock file descriptor without the exclusive flock."""
+    monkeypatch.setattr(disk_queue, "_lock_directory",
+                        lambda directory: (directory.mkdir(parents=True, exist_ok=True),
+                                           os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600))[1])
+
+
+def test_a_second_queue_on_a_directory_in_use_is_refused_and_may_open_it_once_the_first_closed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        first = await open_queue(tmp_path)
+        with pytest.raises(QueueLocked, match="in use by another process"):
+            await open_queue(tmp_path)
+        await first.close()
+        second = await open_queue(tmp_path)
+        await second.close()
+
+    run(scenario)
+
+
+@pytest.mark.usefixtures("kills")
 def test_a_killed_queue_restarts_from_what_was_persisted_last(tmp_path: Path) -> None:
     async def before_kill() -> None:
         queue = await open_queue(tmp_path)
@@ -238,6 +261,7 @@ def test_a_killed_queue_restarts_from_what_was_persisted_last(tmp_path: Path) ->
     run(after_kill)
 
 
+@pytest.mark.usefixtures("kills")
 def test_a_writer_cancelled_as_it_is_woken_stops(tmp_path: Path) -> None:
     """What the loop's end does to a queue never closed (a kill, in tests): the writer must not outlive it."""
 
@@ -712,7 +736,9 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.usefixtures("kills")
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(OPS, st.sampled_from(["refuse", "drop_oldest"]))
 def test_every_entry_ends_acknowledged_once_or_dropped_once_and_comes_out_in_order(
     ops: list[tuple[str, int]], when_full: str

@@ -49,6 +49,7 @@ is reported again after the restart.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,25 @@ def _placeholder(header: RecordHeader | None) -> Entry[Any]:
     return Entry(header.seq, None, header.nbytes, header.created, header.count)
 
 
+class QueueLocked(OSError):
+    """Another process holds the queue directory: two writers would corrupt it."""
+
+
+def _lock_directory(directory: Path) -> int:
+    """Create the directory and hold an exclusive flock on its `lock` file for as long as the queue is open; the
+    kernel releases it when the process dies, so a crash leaves nothing to clean up (VictoriaMetrics does
+    the same; without it a second agent with the same state_dir would interleave records)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise QueueLocked(f"the queue in {directory} is in use by another process (another agent with the same "
+                          f"state_dir?)") from None
+    return fd
+
+
 class DiskQueue(Generic[T]):
     """A `Queue[T]` in segment files under `directory`; see the module docstring. Build it, then
     `await open()`; `close()` is safe without `open` and twice. Entries not acknowledged at close (or at a
@@ -182,6 +202,7 @@ class DiskQueue(Generic[T]):
         self._reported: set[str] = set()
 
         self._task: asyncio.Task[None] | None = None
+        self._lock: int | None = None  # the directory's lock file, held from open to close
         self._work = asyncio.Event()  # something may need writing, persisting or deleting
         self._now = asyncio.Event()  # ... and it should not wait for sync_interval
         self._stopping = False
@@ -199,6 +220,7 @@ class DiskQueue(Generic[T]):
         start the writer. Raises OSError only when the directory cannot be created or listed."""
         if self._task is not None or self._closed:
             raise RuntimeError(f"DiskQueue({self.directory}): open() once, before close()")
+        self._lock = await asyncio.to_thread(_lock_directory, self.directory)
         scan = await asyncio.to_thread(scan_directory, self.directory, lambda fd, b: self._write(fd, b))
         for kind, message in scan.problems:
             self._report(kind, message)
@@ -236,6 +258,14 @@ class DiskQueue(Generic[T]):
         self._lineup.close()
         if self._task is None:
             return
+        try:
+            await self._close_files()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
+
+    async def _close_files(self) -> None:
         self._stopping = True
         self._work.set()
         self._now.set()
