@@ -94,8 +94,11 @@ class FileTraceExporter:
         """Write buffered lines at least every `flush_interval` seconds until shutdown."""
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that lands as the event
+                # fires, and the task would then outlive its loop.
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             await self._flush()
