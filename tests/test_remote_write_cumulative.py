@@ -526,14 +526,14 @@ def corrupt_first_record(path: Path) -> None:
 
 
 def write_log(path: Path, number: int, *payloads: bytes, header: dict | None = None) -> None:
-    from exporters.remote_write.cumulative import _pack
+    from exporters.remote_write.cumulative_files import _pack
 
     head = json.dumps(header or {"version": 2, "log": number}).encode()
     path.with_name(f"{path.name}.log-{number}").write_bytes(b"".join(_pack(p) for p in (head, *payloads)))
 
 
 def snapshot_with_a_wrong_trailer(path: Path) -> None:
-    from exporters.remote_write.cumulative import _pack
+    from exporters.remote_write.cumulative_files import _pack
 
     d2c = DeltaToCumulative(path, min_compact_bytes=1)
     run_sum(d2c, number(3, T0, T0 + S))
@@ -577,7 +577,7 @@ def test_state_files_that_cannot_be_trusted_are_set_aside_with_the_reason_and_th
 def write_version_1(path: Path, value: int) -> None:
     """What version 1 wrote: the whole state as one JSON document; here a stream counted to `value` over
     (T0, T0+S]."""
-    from exporters.remote_write.cumulative import _log_payloads, _parse_rows
+    from exporters.remote_write.cumulative_files import _log_payloads, _parse_rows
 
     scratch = path.with_name("scratch.json")
     d2c = DeltaToCumulative(scratch)
