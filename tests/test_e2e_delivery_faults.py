@@ -1,0 +1,276 @@
+"""End to end, the agent's delivery promises under the faults a node agent meets on its worst day (issue 8,
+"Done when"): the store down for a while, the agent killed with SIGKILL in the middle and a torn queue file,
+429 with a long Retry-After, a slow receiver, a rejected batch, and a full queue.
+
+Every test runs the agent as a subprocess sending remote write 1.0 to a real Prometheus 2.42 through
+`tests.rw_fault_proxy.FaultProxy`, which decodes every request (so it can say which samples Prometheus
+accepted, and whether one came twice or out of order) and fails on cue. A client posts OTLP/HTTP gauges, one
+point per series per step, each step with its own timestamp, and remembers the steps the agent answered 200
+for; what Prometheus holds is read back per series (`count_over_time`, and the raw samples) and compared
+with that. Waits poll for what must happen, with a deadline; nothing sleeps to prove that something did not.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import MetricsServiceStub
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporters.sending.segments import HEADER, read_position, unpack_header
+from tests.agent_process import AgentProcess, merge_config
+from tests.peers.prometheus import PrometheusServer
+from tests.rw_fault_proxy import Answer, Exchange, FaultProxy, Sample, answer_once
+
+EXPORTER = "prom"
+STEP_MS = 10  # timestamps of successive steps, so a test's samples fit in a few seconds of one series
+DEADLINE = 30.0  # seconds any single wait may take before the test fails
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The agent's config, its self-telemetry, its queue files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def agent_config(url: str, **exporter: object) -> dict:
+    """One remote-write exporter, rw1 (what the proxy decodes), short flushes and backoffs; `exporter` is
+    merged over its settings."""
+    base = {
+        "name": EXPORTER, "url": url, "protocol": "rw1",
+        "batch": {"flush_interval": "200ms"},
+        "sender": {"retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
+    }
+    return {
+        "exporters": {"remote_write": [merge_config(base, exporter)]},
+        "pipelines": {"metrics": {"exporters": [EXPORTER]}},
+        "shutdown_timeout": "3s",
+    }
+
+
+def telemetry(agent: AgentProcess, name: str, **labels: str) -> float:
+    """The sum of the agent's self-telemetry samples called `name` whose labels include `labels`."""
+    with urllib.request.urlopen(f"{agent.telemetry_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    if not found:
+        raise AssertionError(f"the agent does not export {name}{labels or ''}")
+    return sum(found)
+
+
+def dropped(agent: AgentProcess, reason: str | None = None) -> float:
+    labels = {"exporter": EXPORTER, **({"reason": reason} if reason else {})}
+    return telemetry(agent, "headwater_remote_write_samples_dropped_total", **labels)
+
+
+def sent(agent: AgentProcess) -> float:
+    return telemetry(agent, "headwater_remote_write_samples_sent_total", exporter=EXPORTER)
+
+
+def queue_dir(agent: AgentProcess) -> Path:
+    return agent.state_dir / "queue" / EXPORTER
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path
+    offset: int
+    length: int  # header and payload
+    seq: int
+    count: int
+
+
+def records_on_disk(directory: Path) -> list[Record]:
+    """Every whole record in the queue's segment files, oldest first (headers only)."""
+    records = []
+    for path in sorted(directory.glob("*.seg")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            header = unpack_header(data[offset:offset + HEADER.size])
+            end = offset + HEADER.size + (header.length if header else 0)
+            if header is None or end > len(data):
+                break
+            records.append(Record(path, offset, end - offset, header.seq, header.count))
+            offset = end
+    return records
+
+
+def samples_waiting_on_disk(directory: Path) -> int:
+    """Samples in records the persisted position says are not done: what a restart would send."""
+    progress, _ = read_position(directory)
+    return sum(r.count for r in records_on_disk(directory) if progress is None or not progress.is_done(r.seq))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+
+
+def restarted(agent: AgentProcess, **overrides: object) -> AgentProcess:
+    """Another agent process on the same state directory and ports (the client does not notice)."""
+    again = AgentProcess(agent.workdir, extra_config=agent.extra_config, **overrides)
+    again.grpc_port, again.http_port, again.telemetry_port = agent.grpc_port, agent.http_port, agent.telemetry_port
+    return again
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The client: OTLP gauges, one point per series per step
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GaugeClient:
+    """Posts `series` gauge points per step as OTLP/HTTP protobuf; step k's points are at start + k * STEP_MS
+    with value k. Remembers the steps the agent answered 200 for."""
+
+    metric: str
+    series: int
+    start_ms: int = field(default_factory=lambda: (int(time.time()) - 300) * 1000)
+    accepted: list[int] = field(default_factory=list)
+
+    def timestamp(self, step: int) -> int:
+        return self.start_ms + step * STEP_MS
+
+    def request(self, step: int) -> ExportMetricsServiceRequest:
+        points = [
+            NumberDataPoint(time_unix_nano=self.timestamp(step) * 10**6, as_double=float(step),
+                            attributes=[KeyValue(key="series", value=AnyValue(string_value=str(i)))])
+            for i in range(self.series)
+        ]
+        resource = Resource(attributes=[
+            KeyValue(key="service.name", value=AnyValue(string_value="faults")),
+            KeyValue(key="service.instance.id", value=AnyValue(string_value="node-1"))])
+        return ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[
+            ScopeMetrics(metrics=[Metric(name=self.metric, gauge=Gauge(data_points=points))])])])
+
+    def post(self, agent: AgentProcess, step: int) -> int:
+        """POST step `step`; the HTTP status (200 remembers the step)."""
+        request = urllib.request.Request(
+            f"{agent.http_url}/v1/metrics", data=self.request(step).SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        if status == 200:
+            self.accepted.append(step)
+        return status
+
+    def send(self, agent: AgentProcess, steps: Iterable[int], pause: float = 0.0) -> None:
+        """POST each step, `pause` seconds apart; each must be accepted."""
+        for step in steps:
+            status = self.post(agent, step)
+            assert status == 200, f"the agent answered {status} to step {step}"
+            if pause:
+                time.sleep(pause)
+
+    def expected(self, leave_out: Iterable[int] = ()) -> dict[str, list[int]]:
+        """Timestamps per series (the `series` label) of every accepted step, less `leave_out`."""
+        steps = sorted(set(self.accepted) - set(leave_out))
+        return {str(i): [self.timestamp(s) for s in steps] for i in range(self.series)}
+
+    def samples(self, steps: Iterable[int]) -> int:
+        return self.series * len(list(steps))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What Prometheus and the proxy saw
+# ---------------------------------------------------------------------------------------------------------
+
+
+def stored(prometheus: PrometheusServer, client: GaugeClient, total: int) -> dict[str, list[int]]:
+    """Wait until Prometheus counts `total` samples of the client's metric (`count_over_time`), then return
+    its raw samples' timestamps per series."""
+    expr = f'sum(count_over_time({client.metric}{{job="faults"}}[1h]))'
+    prometheus.wait_for_query(expr, lambda r: bool(r) and int(float(r[0]["value"][1])) >= total, timeout=DEADLINE)
+    counts = {s["metric"]["series"]: int(float(s["value"][1]))
+              for s in prometheus.query(f'count_over_time({client.metric}{{job="faults"}}[1h])')}
+    raw = {s["metric"]["series"]: [round(float(t) * 1000) for t, _ in s["values"]]
+           for s in prometheus.query(f'{client.metric}{{job="faults"}}[1h]')}
+    assert counts == {series: len(timestamps) for series, timestamps in raw.items()}
+    return raw
+
+
+def series_label(sample: Sample) -> str:
+    return dict(sample[0])["series"]
+
+
+def stored_exchanges(exchanges: Iterable[Exchange]) -> list[Exchange]:
+    return [e for e in exchanges if e.stored and e.samples]
+
+
+def assert_no_sample_twice(exchanges: Iterable[Exchange]) -> None:
+    """No (series, timestamp) in two requests Prometheus accepted."""
+    seen = Counter(sample for e in stored_exchanges(exchanges) for sample in e.samples)
+    twice = [sample for sample, n in seen.items() if n > 1]
+    assert not twice, f"{len(twice)} samples reached Prometheus twice, e.g. {twice[:3]}"
+
+
+def assert_in_order(exchanges: Iterable[Exchange]) -> None:
+    """Each series' timestamps only grow over the requests Prometheus accepted, in the order they arrived."""
+    last: dict = {}
+    for exchange in stored_exchanges(exchanges):
+        for series, timestamp in exchange.samples:
+            assert timestamp > last.get(series, -math.inf), (
+                f"series {dict(series)} went back from {last[series]} to {timestamp} in request #{exchange.index}")
+            last[series] = timestamp
+
+
+def assert_nothing_dropped(agent: AgentProcess) -> None:
+    assert dropped(agent) == 0, {r: dropped(agent, r) for r in ("rejected", "too_old", "queue_full", "corrupt", "error")}
+    assert telemetry(agent, "headwater_sender_dropped_samples_total", exporter=EXPORTER) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. The receiver is down for a while and comes back
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outage", ["connection-refused", "503"])
+def test_an_outage_of_the_receiver_loses_nothing_and_stores_each_sample_once(outage, prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        agent = start_agent(extra_config=agent_config(proxy.url))
+        client = GaugeClient(f"fault_outage_{outage.replace('-', '_')}", series=20)
+        client.send(agent, range(0, 10))
+        proxy.wait_for(lambda ex: sum(len(e.samples) for e in stored_exchanges(ex)) == client.samples(range(10)),
+                       DEADLINE, "the first steps delivered")
+
+        if outage == "503":
+            proxy.rule = lambda exchange: Answer(503, {}, b"unavailable for a while")
+        else:
+            proxy.down()
+        failures_before = telemetry(agent, "headwater_sender_retries_total", exporter=EXPORTER)
+        client.send(agent, range(10, 40), pause=0.02)  # accepted and queued while the store is away
+        wait_until(lambda: telemetry(agent, "headwater_sender_retries_total", exporter=EXPORTER) >= failures_before + 3,
+                   "the sender retried through the outage")
+        proxy.rule = None
+        proxy.up()
+        client.send(agent, range(40, 50), pause=0.02)
+
+        assert stored(prometheus, client, client.samples(client.accepted)) == client.expected()
+        assert_nothing_dropped(agent)
+        wait_until(lambda: sent(agent) == client.samples(range(50)), "every sample counted as sent")
+        assert_no_sample_twice(proxy.exchanges())
+        assert_in_order(proxy.exchanges())
