@@ -274,3 +274,141 @@ def test_an_outage_of_the_receiver_loses_nothing_and_stores_each_sample_once(out
         wait_until(lambda: sent(agent) == client.samples(range(50)), "every sample counted as sent")
         assert_no_sample_twice(proxy.exchanges())
         assert_in_order(proxy.exchanges())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. SIGKILL during the outage, then a torn tail
+# ---------------------------------------------------------------------------------------------------------
+
+
+def assert_resent_only_as_it_was(exchanges: list[Exchange], before: str, after: str) -> list[Exchange]:
+    """No sample twice among the requests Prometheus accepted within each phase; across them, a request of
+    phase `after` may carry samples Prometheus accepted in phase `before` only if it is that very request,
+    sent again as it was. Returns those resends."""
+    earlier = [e for e in exchanges if e.phase == before]
+    later = [e for e in exchanges if e.phase == after]
+    assert_no_sample_twice(earlier)
+    assert_no_sample_twice(later)
+    stored_before = {s for e in stored_exchanges(earlier) for s in e.samples}
+    requests_before = {tuple(e.samples) for e in stored_exchanges(earlier)}
+    resends = [e for e in later if stored_before.intersection(e.samples)]
+    for e in resends:
+        assert tuple(e.samples) in requests_before, (
+            f"request #{e.index} after the restart carries samples stored before it, but is not a request sent before")
+    return resends
+
+
+def test_a_sigkill_during_an_outage_loses_nothing_and_only_the_request_in_flight_comes_again(prometheus, tmp_path):
+    client = GaugeClient("fault_kill", series=20)
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        first = AgentProcess(tmp_path / "agent", extra_config=agent_config(proxy.url))
+        second = restarted(first)
+        third = restarted(first)
+        try:
+            first.start()
+            proxy.phase = "first"
+            client.send(first, range(0, 10))
+            wait_until(lambda: sent(first) == client.samples(range(10)), "the first steps delivered")
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(first)) == 0, "their position persisted")
+
+            # Prometheus stores the next request, but its answer never reaches the agent: in flight at the kill.
+            proxy.hold()
+            client.send(first, range(10, 30), pause=0.02)
+            proxy.wait_for(lambda ex: any(e.phase == "first" and e.stored and e.status is None for e in ex),
+                           DEADLINE, "a request stored with its answer held back")
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(first)) == client.samples(range(10, 30)),
+                       "every accepted step on disk")
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout=10)
+            proxy.down()
+
+            proxy.phase = "second"
+            second.start()
+            client.send(second, range(30, 40), pause=0.02)  # while the store is still away
+            proxy.up()
+            assert stored(prometheus, client, client.samples(range(40))) == client.expected()
+            wait_until(lambda: sent(second) == client.samples(range(10, 40)), "the second agent counted all as sent")
+            assert_nothing_dropped(second)
+            resends = assert_resent_only_as_it_was(proxy.exchanges(), "first", "second")
+            assert resends, "the request held at the kill was not sent again"
+            assert_in_order(e for e in proxy.exchanges() if e.phase == "second" and e not in resends)
+
+            # A torn tail: the newest record cut in the middle while no agent runs.
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(second)) == 0, "the second agent's position persisted")
+            proxy.down()
+            client.send(second, range(40, 45))
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(second)) == client.samples(range(40, 45)),
+                       "steps 40-44 on disk")
+            client.send(second, [45])  # alone in the newest record
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(second)) == client.samples(range(40, 46)),
+                       "step 45 on disk")
+            second.process.send_signal(signal.SIGKILL)
+            second.process.wait(timeout=10)
+            last = records_on_disk(queue_dir(second))[-1]
+            assert last.count == client.series
+            with open(last.path, "r+b") as segment:
+                segment.truncate(last.offset + HEADER.size + (last.length - HEADER.size) // 2)
+
+            proxy.phase = "third"
+            third.start()
+            proxy.up()
+            assert stored(prometheus, client, client.samples(range(45))) == client.expected(leave_out=[45])
+            assert dropped(third, "corrupt") == client.series
+            assert dropped(third) == client.series
+            client.send(third, [46])  # it keeps running: a new step goes through after the torn one
+            assert stored(prometheus, client, client.samples(range(45)) + client.series) == client.expected(leave_out=[45])
+            assert not assert_resent_only_as_it_was(proxy.exchanges(), "second", "third")
+            assert_in_order(e for e in proxy.exchanges() if e.phase == "third")
+            third.stop_cleanly()
+        finally:
+            for agent in (first, second, third):
+                agent.kill()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. 429 with a Retry-After longer than max_backoff
+# ---------------------------------------------------------------------------------------------------------
+
+PAUSE = 2  # seconds the receiver asks for: twice max_backoff
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_a_429_with_a_long_retry_after_holds_every_request_until_it_expires_and_loses_nothing(
+    form, prometheus, start_agent
+):
+    expires: list[float] = []
+
+    def retry_after() -> dict[str, str]:
+        if form == "seconds":
+            expires.append(time.time() + PAUSE)  # at the latest the agent reads the answer after this
+            return {"Retry-After": str(PAUSE)}
+        when = math.floor(time.time()) + PAUSE + 1  # whole seconds: between 2 and 3 s from now
+        expires.append(when)
+        return {"Retry-After": email.utils.formatdate(when, usegmt=True)}
+
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        agent = start_agent(extra_config=agent_config(proxy.url))
+        client = GaugeClient(f"fault_429_{form.replace('-', '_')}", series=20)
+        client.send(agent, range(0, 5), pause=0.05)
+        proxy.wait_for(lambda ex: len(stored_exchanges(ex)) >= 1, DEADLINE, "a first delivery")
+        proxy.rule = answer_once(429, retry_after, b"slow down")
+
+        step = 5
+        deadline = time.monotonic() + DEADLINE
+        while not expires or time.time() < expires[0] + 0.5:  # clients keep sending through the pause
+            assert time.monotonic() < deadline, "the proxy never answered 429"
+            client.send(agent, [step])
+            step += 1
+            time.sleep(0.05)
+
+        assert stored(prometheus, client, client.samples(client.accepted)) == client.expected()
+        exchanges = proxy.exchanges()
+        [throttled] = [e for e in exchanges if e.status == 429]
+        later = [e for e in exchanges if e.arrived > throttled.answered]
+        assert later, "nothing was sent after the 429"
+        early = [e for e in later if e.arrived < expires[0] - 0.01]  # 10 ms for the two clocks' readings
+        assert not early, f"{len(early)} requests came {expires[0] - early[0].arrived:.2f}s before the Retry-After expired"
+        assert_nothing_dropped(agent)
+        assert telemetry(agent, "headwater_sender_retries_total", exporter=EXPORTER, reason="throttled") >= 1
+        assert_no_sample_twice(exchanges)
+        assert_in_order(exchanges)
