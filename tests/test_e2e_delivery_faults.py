@@ -412,3 +412,81 @@ def test_a_429_with_a_long_retry_after_holds_every_request_until_it_expires_and_
         assert telemetry(agent, "headwater_sender_retries_total", exporter=EXPORTER, reason="throttled") >= 1
         assert_no_sample_twice(exchanges)
         assert_in_order(exchanges)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Slow receivers: concurrency follows what pays, series stay in order
+# ---------------------------------------------------------------------------------------------------------
+
+SLOW_SERIES = 800  # with batch.max_samples 100, each step is a cut of 8 requests that may go in parallel
+
+
+@dataclass(frozen=True)
+class Observed:
+    at: float
+    concurrency: float
+    backlog: float  # samples the agent accepted and has not counted as sent
+
+
+def drive(agent: AgentProcess, client: GaugeClient, steps: range, pause: float) -> list[Observed]:
+    """Send `steps` `pause` apart, then wait until the agent counts every sample as sent, reading the sender's
+    concurrency and the backlog every 0.1 s throughout."""
+    observed: list[Observed] = []
+    start = time.monotonic()
+
+    def observe() -> float:
+        backlog = client.samples(client.accepted) - sent(agent)
+        concurrency = telemetry(agent, "headwater_sender_concurrency", exporter=EXPORTER)
+        observed.append(Observed(time.monotonic() - start, concurrency, backlog))
+        return backlog
+
+    for step in steps:
+        client.send(agent, [step])
+        next_step = time.monotonic() + pause
+        while time.monotonic() < next_step:
+            observe()
+            time.sleep(0.1)
+    wait_until(lambda: observe() == 0, "the backlog drained", interval=0.1)
+    return observed
+
+
+def slow_config(url: str) -> dict:
+    return agent_config(url, batch={"max_samples": 100}, sender={"max_concurrency": 8})
+
+
+def assert_delivered_in_order(prometheus: PrometheusServer, proxy: FaultProxy, agent: AgentProcess,
+                              client: GaugeClient) -> None:
+    assert stored(prometheus, client, client.samples(client.accepted)) == client.expected()
+    assert_nothing_dropped(agent)  # Prometheus refused nothing as out of order
+    assert_no_sample_twice(proxy.exchanges())
+    assert_in_order(proxy.exchanges())
+
+
+def test_a_slow_but_parallel_receiver_draws_the_concurrency_above_one_while_a_backlog_waits(prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.latency = lambda in_flight: 0.2  # however many are in flight
+        agent = start_agent(extra_config=slow_config(proxy.url))
+        client = GaugeClient("fault_parallel", series=SLOW_SERIES)
+        observed = drive(agent, client, range(0, 8), pause=0.4)  # 1,600 samples/s, 500/s per request in flight
+
+        trace = [(round(o.at, 1), o.concurrency, o.backlog) for o in observed]
+        assert max(o.concurrency for o in observed if o.backlog > 0) >= 2, trace
+        assert max(e.in_flight for e in proxy.exchanges()) >= 2, "the proxy never had two requests at once"
+        assert_delivered_in_order(prometheus, proxy, agent, client)
+
+
+def test_a_receiver_whose_latency_grows_with_concurrency_makes_the_concurrency_fall_back(prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.latency = lambda in_flight: 0.1 * in_flight  # one request at a time, whatever is sent
+        agent = start_agent(extra_config=slow_config(proxy.url))
+        client = GaugeClient("fault_serial", series=SLOW_SERIES)
+        observed = drive(agent, client, range(0, 8), pause=0.4)
+
+        trace = [(round(o.at, 1), o.concurrency, o.backlog) for o in observed]
+        waiting = [o for o in observed if o.backlog > 0]
+        assert max(o.concurrency for o in waiting) <= 2, trace  # one step up at most, which did not pay...
+        raised = next((i for i, o in enumerate(waiting) if o.concurrency == 2), None)
+        assert raised is not None, trace
+        assert any(o.concurrency == 1 for o in waiting[raised:]), trace  # ...and was undone with work waiting
+        assert waiting[-1].concurrency <= 2, trace
+        assert_delivered_in_order(prometheus, proxy, agent, client)
