@@ -490,3 +490,34 @@ def test_a_receiver_whose_latency_grows_with_concurrency_makes_the_concurrency_f
         assert any(o.concurrency == 1 for o in waiting[raised:]), trace  # ...and was undone with work waiting
         assert waiting[-1].concurrency <= 2, trace
         assert_delivered_in_order(prometheus, proxy, agent, client)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. A batch rejected with 400
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_batch_rejected_with_400_is_dropped_and_counted_and_everything_else_arrives(prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.rule = answer_once(400, body=b"test: this batch is refused on purpose", after=2)
+        agent = start_agent(extra_config=agent_config(proxy.url))
+        client = GaugeClient("fault_rejected", series=20)
+        client.send(agent, range(0, 10), pause=0.25)  # one flush, so one request, per step
+
+        exchanges = proxy.wait_for(lambda ex: any(e.status == 400 for e in ex), DEADLINE, "the 400")
+        [rejected] = [e for e in exchanges if e.status == 400]
+        assert not rejected.forwarded
+        assert {series_label(s) for s in rejected.samples} == {str(i) for i in range(client.series)}
+        lost_steps = [s for s in client.accepted if client.timestamp(s) in {t for _, t in rejected.samples}]
+        assert len(rejected.samples) == client.samples(lost_steps)  # whole steps: one flush each
+
+        kept = client.expected(leave_out=lost_steps)
+        assert stored(prometheus, client, client.samples(client.accepted) - len(rejected.samples)) == kept
+        wait_until(lambda: dropped(agent, "rejected") == len(rejected.samples), "the rejected samples counted")
+        assert telemetry(agent, "headwater_sender_dropped_samples_total", exporter=EXPORTER, reason="rejected") == len(
+            rejected.samples)
+        assert dropped(agent) == len(rejected.samples)  # for that reason only
+        rejected_samples = set(rejected.samples)
+        assert not [e for e in proxy.exchanges() if e is not rejected and rejected_samples & set(e.samples)], (
+            "the rejected batch was sent again")
+        wait_until(lambda: sent(agent) == client.samples(client.accepted) - len(rejected.samples), "the rest sent")
