@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
@@ -33,6 +35,7 @@ from exporters.remote_write import rw1
 from exporters.remote_write.exporter import RemoteWriteExporter
 from exporters.remote_write.proto.remote_write_v1_pb2 import WriteRequest
 from exporters.retry import RetryPolicy
+from exporters.sending.queue import QueueSettings
 from exporters.sending.sender import SenderSettings
 from tests.peers.prometheus import free_port
 
@@ -459,6 +462,75 @@ def test_untranslatable_points_are_counted_as_dropped_with_their_reason() -> Non
 
     run(scenario)
     assert counters.value("samples_dropped", exporter="test", reason="unsupported_delta_temporality") == 1
+
+
+# -- a full queue -------------------------------------------------------------------------------------------
+
+
+def test_requests_cut_when_the_queue_is_full_under_refuse_wait_for_room_and_none_is_dropped() -> None:
+    # Receivers admit a request before they know what it translates to: what was admitted just before the
+    # queue filled up waits in memory (and the exporter reports full meanwhile), it is not dropped.
+    counters = Counters()
+
+    async def scenario() -> None:
+        async with Receiver(script=[(503, "down", {})] * 10_000) as receiver:
+            exp = exporter(receiver.url, counters, max_samples=2, max_bytes=100, flush_interval=0.02,
+                           queue=QueueSettings(max_memory=300, max_disk=0, when_full="refuse"))
+            await exp.start()
+            for start in range(0, 12, 2):  # a request of ~94 bytes each: the queue takes three
+                await exp.consume_metrics(gauge_request(2, start=start))
+                await asyncio.sleep(0.03)
+            assert counters.value("samples_dropped", reason="queue_full") == 0
+            assert exp.full
+            assert exp.queued_bytes > 300
+            receiver.script.clear()  # the receiver is back
+            await until(lambda: sum(receiver.sample_counts()) == 12)
+            assert not exp.full
+            await exp.shutdown(timeout=5)
+            timestamps = [s.timestamp for r in receiver.received for ts in r.request.timeseries for s in ts.samples]
+            assert timestamps == sorted(timestamps)  # in the order they were cut
+
+    run(scenario)
+    assert counters.value("samples_dropped") == 0
+    assert counters.value("samples_sent") == 12
+
+
+def test_an_empty_queue_is_never_full_even_when_its_bounds_are_smaller_than_a_request() -> None:
+    # queue.max_memory below batch.max_bytes: an empty queue still takes any request, so the receivers must
+    # not be told to refuse metrics (they were, for ever).
+    async def scenario() -> None:
+        async with Receiver() as receiver:
+            exp = exporter(receiver.url, max_bytes=4 << 20,
+                           queue=QueueSettings(max_memory=1 << 20, max_disk=0, when_full="refuse"))
+            await exp.start()
+            assert not exp.full
+            await exp.consume_metrics(gauge_request(3))
+            await exp.shutdown(timeout=5)
+            assert receiver.sample_counts() == [3]
+
+    run(scenario)
+
+
+def test_past_what_may_wait_the_oldest_waiting_are_dropped_and_what_waits_at_shutdown_is_failed() -> None:
+    counters = Counters()
+
+    async def scenario() -> None:
+        async with Receiver(script=[(503, "down", {})] * 1000) as receiver:
+            exp = exporter(receiver.url, counters, max_samples=2, max_bytes=100, flush_interval=0.02,
+                           queue=QueueSettings(max_memory=300, max_disk=0, when_full="refuse"))
+            await exp.start()
+            for start in range(0, 40, 2):
+                await exp.consume_metrics(gauge_request(2, start=start))
+                await asyncio.sleep(0.03)
+            assert exp.full
+            assert 0 < exp.queued_bytes <= 300 + 4 * 100 + 100  # the queue, what may wait, one more request
+            await exp.shutdown(timeout=0.1)
+            assert receiver.sample_counts() == []
+
+    run(scenario)
+    dropped, failed = counters.value("samples_dropped", reason="queue_full"), counters.value("samples_failed")
+    assert dropped > 0 and failed > 0
+    assert dropped + failed == 40  # every sample has its outcome
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------------

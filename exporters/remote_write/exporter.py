@@ -9,8 +9,9 @@ encodes each in the negotiated format (in a thread), posts it and says what the 
 (`connection`) -> the transport does the HTTP exchange (`transport`).
 
 Every sample ends in one counted outcome: sent, dropped (refused with a 4xx, older than
-`sample_age_limit`, not translatable, or dropped by a full queue under `drop_oldest`) or failed (a memory
-queue's entries left at shutdown). A disk queue's entries left at shutdown are sent after the next start.
+`sample_age_limit`, not translatable, or dropped by a full queue under `drop_oldest`, or under `refuse` past
+what may wait for room: SPILL_REQUESTS) or failed (a memory queue's entries left at shutdown, and requests
+still waiting for room then). A disk queue's entries left at shutdown are sent after the next start.
 
 Shutdown order: stop the flusher, cut the pending flush into the queue, let the sender drain it within the
 timeout, give back what is unfinished, close the queue (fsync, persist the send position), close the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import pairwise
 from urllib.parse import urlsplit
@@ -66,6 +68,11 @@ RESERVED_HEADERS = frozenset(
     )
 )
 PROTOCOL_CHOICES = (*PROTOCOLS, "auto")
+SPILL_REQUESTS = 4
+"""Under `when_full: refuse`, requests cut when the queue had no room wait in memory, up to this many
+`max_bytes` (what a flush may hold), instead of being dropped: receivers decide to admit a request before
+they know what it translates to, so a request admitted just before the queue filled up must still fit
+somewhere. The exporter reports `full` while any wait, so only requests admitted meanwhile join them."""
 COMPRESSION_CHOICES = ("auto", "snappy", "zstd")
 
 
@@ -164,6 +171,10 @@ class RemoteWriteExporter:
         self._queue: Queue[SampleBatch] | None = None
         self._sender: Sender[SampleBatch] | None = None
         self._groups: dict[int, int] = {}  # entry seq -> its cut, for cuts whose requests may go in parallel
+        # Requests cut but not queued yet, oldest first, with their cut's group (see SPILL_REQUESTS).
+        self._spilled: deque[tuple[SampleBatch, int, int]] = deque()
+        self._spilled_bytes = 0
+        self._spill_limit = SPILL_REQUESTS * max_bytes
         self._next_group = 0
         self._queued_samples = 0  # in the queue, not yet acknowledged (entries restored from disk included)
         self._syncing: asyncio.Task[None] | None = None
@@ -224,16 +235,22 @@ class RemoteWriteExporter:
 
     @property
     def queued_bytes(self) -> int:
-        """Estimated uncompressed bytes held in memory: the pending flush plus queued requests kept in memory."""
-        return self._batcher.nbytes + (self._queue.memory_bytes if self._queue is not None else 0)
+        """Estimated uncompressed bytes held in memory: the pending flush, requests waiting for room in the
+        queue, and queued requests kept in memory."""
+        return (self._batcher.nbytes + self._spilled_bytes
+                + (self._queue.memory_bytes if self._queue is not None else 0))
 
     @property
     def full(self) -> bool:
-        """Whether the queue cannot take the pending flush and one more request's worth: receivers then refuse
-        metrics with 429 / RESOURCE_EXHAUSTED (only under `when_full: refuse`; `drop_oldest` makes room)."""
+        """Whether requests wait for room in the queue, or it holds something and cannot take the pending flush
+        and one more request's worth: receivers then refuse metrics with 429 / RESOURCE_EXHAUSTED (only under
+        `when_full: refuse`; `drop_oldest` makes room). An empty queue takes any request, so it is never full,
+        even with bounds smaller than `max_bytes`."""
         if self._queue is None or self._queue_settings.when_full != "refuse":
             return False
-        return self._queue.room() < self._batcher.nbytes + self._batcher.max_bytes
+        if self._spilled:
+            return True
+        return len(self._queue) > 0 and self._queue.room() < self._batcher.nbytes + self._batcher.max_bytes
 
     @property
     def sender(self) -> Sender[SampleBatch] | None:
@@ -336,6 +353,9 @@ class RemoteWriteExporter:
         if self._sender is not None:
             await self._sender.stop(max(0.0, deadline - self._clock()))
         if self._queue is not None:
+            if self._queue_settings.durable:
+                self._queue_spilled(final=True)  # what the drain made room for is sent after the next start
+            self._fail_spilled()
             if not self._queue_settings.durable:
                 self._fail_queued()
             queue, self._queue = self._queue, None
@@ -365,28 +385,52 @@ class RemoteWriteExporter:
         if len(requests) > 1 and _parallel(requests):
             self._next_group += 1
             group = self._next_group
+        for batch, nbytes in requests:  # behind any that wait, so every series stays in order
+            self._spilled.append((batch, nbytes, group))
+            self._spilled_bytes += nbytes
+        self._queue_spilled()
+
+    def _queue_spilled(self, final: bool = False) -> None:
+        """Put the requests cut so far into the queue, oldest first, while it takes them. Under `refuse`, those
+        it has no room for wait (up to SPILL_REQUESTS requests' worth, or none when `final`) and are tried
+        again every flush_interval; the rest are dropped and counted (`queue_full`), as under `drop_oldest`
+        (where the queue dropped its oldest to make room, and a request it still refuses fits nowhere)."""
+        assert self._queue is not None
         now = self._wall_clock()
-        for batch, nbytes in requests:
-            created = _oldest(batch, now)
+        queued = False
+        while self._spilled:
+            batch, nbytes, group = self._spilled[0]
             try:
-                entry = self._queue.put(batch, nbytes, created, batch.samples)
+                entry = self._queue.put(batch, nbytes, _oldest(batch, now), batch.samples)
             except QueueFull as exc:
-                # Receivers refuse metrics once the queue is `full`; what was accepted before that is counted.
+                waits = self._queue_settings.when_full == "refuse" and not final
+                if waits and self._spilled_bytes <= self._spill_limit:
+                    break
+                self._spilled.popleft()
+                self._spilled_bytes -= nbytes
                 logger.error("remote write %s: queue full, %d samples dropped: %s", self.name, batch.samples, exc)
                 self._dropped.add(batch.samples, {**self._attributes, "reason": "queue_full"})
                 continue
+            self._spilled.popleft()
+            self._spilled_bytes -= nbytes
+            queued = True
             if group:
                 self._groups[entry.seq] = group
             self._queued_samples += entry.count
             if self._sender is not None:
                 self._sender.observe_put(entry.count)
-        if self._queue_settings.durable and (self._syncing is None or self._syncing.done()):
+        if queued and self._queue_settings.durable and (self._syncing is None or self._syncing.done()):
             # In the file within flush_interval of the answer to the client (plus this write).
             self._syncing = asyncio.create_task(self._queue.flush(), name=f"remote_write[{self.name}].sync")
 
     async def _flush_loop(self) -> None:
         while True:
+            if self._spilled:
+                self._queue_spilled()
             due = self._batcher.due()
+            if due is None and self._spilled:  # waiting for room: try again after an interval
+                await asyncio.sleep(self._flush_interval)
+                continue
             if due is None:
                 self._pending_started.clear()
                 await self._pending_started.wait()
@@ -439,6 +483,15 @@ class RemoteWriteExporter:
             metrics.Observation(1 if p == current else 0, {**self._attributes, "protocol": p})
             for p in self._protocols
         ]
+
+    def _fail_spilled(self) -> None:
+        """Requests still waiting for room at shutdown are lost: count them."""
+        count = sum(batch.samples for batch, _, _ in self._spilled)
+        if count:
+            logger.error("remote write %s: shut down with %d samples the full queue could not take", self.name, count)
+            self._failed.add(count, self._attributes)
+        self._spilled.clear()
+        self._spilled_bytes = 0
 
     def _fail_queued(self) -> None:
         """A memory queue's entries left at shutdown are lost: count them."""
