@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import math
-import os
+import random
 import signal
 import time
 import urllib.error
@@ -26,14 +26,27 @@ from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import MetricsServiceStub
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import (
+    MetricsServiceStub,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    Gauge,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporters.remote_write.exporter import SPILL_REQUESTS
 from exporters.sending.segments import HEADER, read_position, unpack_header
 from tests.agent_process import AgentProcess, merge_config
 from tests.peers.prometheus import PrometheusServer
@@ -141,8 +154,9 @@ def restarted(agent: AgentProcess, **overrides: object) -> AgentProcess:
 
 @dataclass
 class GaugeClient:
-    """Posts `series` gauge points per step as OTLP/HTTP protobuf; step k's points are at start + k * STEP_MS
-    with value k. Remembers the steps the agent answered 200 for."""
+    """Posts `series` gauge points per step as OTLP/HTTP protobuf; step k's points are at start + k * STEP_MS,
+    with values that do not repeat (so the queue's files grow as real data makes them). Remembers the steps
+    the agent answered 200 for."""
 
     metric: str
     series: int
@@ -154,7 +168,7 @@ class GaugeClient:
 
     def request(self, step: int) -> ExportMetricsServiceRequest:
         points = [
-            NumberDataPoint(time_unix_nano=self.timestamp(step) * 10**6, as_double=float(step),
+            NumberDataPoint(time_unix_nano=self.timestamp(step) * 10**6, as_double=random.Random(step << 20 | i).random(),
                             attributes=[KeyValue(key="series", value=AnyValue(string_value=str(i)))])
             for i in range(self.series)
         ]
@@ -163,6 +177,16 @@ class GaugeClient:
             KeyValue(key="service.instance.id", value=AnyValue(string_value="node-1"))])
         return ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[
             ScopeMetrics(metrics=[Metric(name=self.metric, gauge=Gauge(data_points=points))])])])
+
+    def post_grpc(self, agent: AgentProcess, step: int) -> grpc.StatusCode:
+        """Export step `step` over OTLP/gRPC; the status code (OK remembers the step)."""
+        with grpc.insecure_channel(agent.grpc_endpoint) as channel:
+            try:
+                MetricsServiceStub(channel).Export(self.request(step), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code()
+        self.accepted.append(step)
+        return grpc.StatusCode.OK
 
     def post(self, agent: AgentProcess, step: int) -> int:
         """POST step `step`; the HTTP status (200 remembers the step)."""
@@ -177,6 +201,16 @@ class GaugeClient:
         if status == 200:
             self.accepted.append(step)
         return status
+
+    def post_until_taken(self, agent: AgentProcess, step: int, timeout: float = DEADLINE) -> int:
+        """POST step `step` again while the agent answers 429 (as OTLP clients retry); the refusals."""
+        refusals, deadline = 0, time.monotonic() + timeout
+        while (status := self.post(agent, step)) != 200:
+            assert status == 429, f"the agent answered {status} to step {step}"
+            assert time.monotonic() < deadline, f"the agent refused step {step} for {timeout}s"
+            refusals += 1
+            time.sleep(0.05)
+        return refusals
 
     def send(self, agent: AgentProcess, steps: Iterable[int], pause: float = 0.0) -> None:
         """POST each step, `pause` seconds apart; each must be accepted."""
@@ -521,3 +555,100 @@ def test_a_batch_rejected_with_400_is_dropped_and_counted_and_everything_else_ar
         assert not [e for e in proxy.exchanges() if e is not rejected and rejected_samples & set(e.samples)], (
             "the rejected batch was sent again")
         wait_until(lambda: sent(agent) == client.samples(client.accepted) - len(rejected.samples), "the rest sent")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. The queue's bounds reached while the receiver is down
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_MEMORY = 64 << 10
+MAX_BYTES = 8 << 10  # batch.max_bytes: a request, and the margin the queue keeps before it reports full
+FULL_SERIES = 100  # a step is ~10 KB in memory (two requests), ~1 KB on disk
+
+
+def bounded_config(url: str, when_full: str) -> dict:
+    return agent_config(url, queue={"max_memory": MAX_MEMORY, "max_disk": "32KiB", "when_full": when_full},
+                        batch={"max_bytes": MAX_BYTES})
+
+
+def memory_bytes(agent: AgentProcess) -> float:
+    return telemetry(agent, "headwater_queue_bytes", exporter=EXPORTER, medium="memory")
+
+
+def post_traces(agent: AgentProcess) -> int:
+    request = urllib.request.Request(
+        f"{agent.http_url}/v1/traces", data=ExportTraceServiceRequest().SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def test_a_full_queue_under_refuse_makes_clients_retry_with_429_and_resource_exhausted_and_loses_nothing(
+    prometheus, start_agent
+):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.down()
+        agent = start_agent(extra_config=bounded_config(proxy.url, "refuse"))
+        client = GaugeClient("fault_refuse", series=FULL_SERIES)
+        memory: list[float] = []
+        step, refused_since, deadline = 0, None, time.monotonic() + DEADLINE
+        while refused_since is None or time.monotonic() - refused_since < 1.5:  # refused past a disk write cycle
+            assert time.monotonic() < deadline, f"the queue never filled up; {step} steps accepted"
+            status = client.post(agent, step)  # a client that retries a refused request until it is taken
+            memory.append(memory_bytes(agent))
+            if status == 200:
+                step, refused_since = step + 1, None
+            else:
+                assert status == 429, f"the agent answered {status} to a full queue"
+                refused_since = refused_since or time.monotonic()
+            time.sleep(0.02)
+
+        assert client.post_grpc(agent, step) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert post_traces(agent) == 200  # a metrics store that is down does not make the agent refuse traces
+        assert telemetry(agent, "headwater_admission_refused_requests_total", signal="metrics", reason="queue_full") > 0
+        assert dropped(agent) == 0, "the agent accepted samples and then dropped them"
+        # The queue's own bound, the pending flush (cut at four requests' worth) and what was admitted before
+        # the queue reported full (SPILL_REQUESTS requests' worth at most).
+        assert max(memory) <= MAX_MEMORY + 4 * MAX_BYTES + SPILL_REQUESTS * MAX_BYTES, max(memory)
+
+        proxy.up()
+        for later in range(step, step + 4):
+            client.post_until_taken(agent, later)
+        assert stored(prometheus, client, client.samples(client.accepted)) == client.expected()
+        assert_nothing_dropped(agent)
+        assert_no_sample_twice(proxy.exchanges())
+        assert_in_order(proxy.exchanges())
+
+
+def test_a_full_queue_under_drop_oldest_drops_and_counts_the_oldest_and_the_newest_arrive(prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.down()
+        agent = start_agent(extra_config=bounded_config(proxy.url, "drop_oldest"))
+        client = GaugeClient("fault_drop_oldest", series=FULL_SERIES)
+        memory: list[float] = []
+        step = 0
+        while dropped(agent, "queue_full") < client.samples(range(20)):  # well past the disk bound
+            assert step < 1000, "nothing was dropped"
+            client.send(agent, [step])  # never refused under drop_oldest
+            memory.append(memory_bytes(agent))
+            step += 1
+        client.send(agent, range(step, step + 5), pause=0.05)
+        assert max(memory) <= MAX_MEMORY + 4 * MAX_BYTES, max(memory)  # the queue's bound, the pending flush
+
+        proxy.up()
+        accepted = client.samples(client.accepted)
+        wait_until(lambda: sent(agent) + dropped(agent, "queue_full") == accepted, "every sample has its outcome")
+        lost = int(dropped(agent, "queue_full"))
+        held = stored(prometheus, client, accepted - lost)
+        expected = client.expected()
+        assert sum(len(t) for t in held.values()) == accepted - lost
+        newest = client.timestamp(client.accepted[-1])
+        for series, timestamps in expected.items():
+            kept = set(held.get(series, ()))
+            assert kept <= set(timestamps) and newest in kept, series
+            missing = [t for t in timestamps if t not in kept]
+            # What is missing is one run of the oldest waiting: only what was in flight (the head) is older.
+            assert not [t for t in kept if missing and missing[0] < t < missing[-1]], (series, missing)
+        assert lost > 0 and dropped(agent) == lost  # queue_full only
+        assert_no_sample_twice(proxy.exchanges())
+        assert_in_order(proxy.exchanges())
