@@ -169,8 +169,8 @@ class Sender(Generic[T]):
         self._errors = 0
         self._throttled = False
         self._latencies: list[float] = []
-        self._busy_since: float | None = None
-        self._busy = 0.0
+        self._changed_at = clock()  # when the number in flight last changed
+        self._busy = 0.0  # requests in flight integrated over time, this window
         self._in_flight = 0
         self._previous: Window | None = None
         self._backlog_before = 0
@@ -439,10 +439,9 @@ class Sender(Generic[T]):
 
     def _in_flight_change(self, delta: int) -> None:
         now = self._clock()
-        if self._in_flight and self._busy_since is not None:
-            self._busy += now - self._busy_since
+        self._busy += self._in_flight * (now - self._changed_at)
+        self._changed_at = now
         self._in_flight += delta
-        self._busy_since = now if self._in_flight else None
 
     # -- control ------------------------------------------------------------------------------------------
 
@@ -455,9 +454,8 @@ class Sender(Generic[T]):
         """Close the current control window and let the control laws set concurrency and batch size."""
         now = self._clock()
         duration = max(1e-9, now - self._window_start)
-        if self._in_flight and self._busy_since is not None:
-            self._busy += now - self._busy_since
-            self._busy_since = now
+        self._busy += self._in_flight * (now - self._changed_at)
+        self._changed_at = now
         latencies = sorted(self._latencies)
         backlog = self._backlog()
         window = Window(
@@ -471,7 +469,7 @@ class Sender(Generic[T]):
             backlog_growth=backlog - self._backlog_before,
             incoming=self._incoming,
             concurrency=self.concurrency,
-            busy=min(1.0, self._busy / duration),
+            busy=min(1.0, self._busy / (duration * self.concurrency)),  # how full the slots were
         )
         maximum = max(1, min(self._settings.max_concurrency, self._max_in_flight()))
         self.concurrency = next_concurrency(self.concurrency, window, self._previous, minimum=1, maximum=maximum)
