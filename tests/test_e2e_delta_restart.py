@@ -6,6 +6,8 @@ Needs `DeltaToCumulative` wired into the remote-write exporter (state under `sta
 
 from __future__ import annotations
 
+import signal
+
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
 from opentelemetry.sdk.metrics.export import (
@@ -106,3 +108,55 @@ def test_delta_counters_keep_their_totals_across_an_agent_restart(prometheus, st
     assert value(prometheus, f"queue_depth{{{SELECTOR}}}") == 7
     # Prometheus saw the counter only grow: no reset for rate() and increase() to paper over.
     assert value(prometheus, f"resets({a}[10m])") == 0
+
+
+def test_delta_counters_keep_their_totals_across_a_sigkill_while_their_samples_wait_on_disk(prometheus, tmp_path):
+    """The delta state and the queue agree after a crash: the state saved before the client was answered
+    covers exactly the points whose samples were queued, so the restarted agent neither resets the counter
+    nor adds a delta twice."""
+    from tests.rw_fault_proxy import FaultProxy
+    from tests.test_e2e_delivery_faults import agent_config, queue_dir, restarted, samples_waiting_on_disk, wait_until
+
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        first = AgentProcess(tmp_path / "agent", extra_config=agent_config(proxy.url))
+        second = restarted(first)
+        try:
+            first.start()
+            exporter = RecordingExporter(OTLPMetricExporter(
+                endpoint=first.http_url + "/v1/metrics", timeout=10, preferred_temporality=DELTA_PREFERENCE))
+            reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+            provider = MeterProvider(resource=Resource.create({"service.name": SERVICE,
+                                                               "service.instance.id": "node-1"}),
+                                     metric_readers=[reader])
+            jobs = provider.get_meter("e2e.delta", "1.0.0").create_counter("jobs.done", unit="{job}")
+            a = f'jobs_done_total{{{SELECTOR},queue="a"}}'
+
+            jobs.add(3, {"queue": "a"})
+            assert provider.force_flush(10_000)
+            prometheus.wait_for_query(f"{a} == 3", lambda r: len(r) == 1, timeout=20)
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(first)) == 0, "the 3 acknowledged on disk too")
+
+            proxy.down()  # the store is away: the next points wait in the queue file
+            jobs.add(4, {"queue": "a"})
+            assert provider.force_flush(10_000)
+            # The 7 and its target_info: on disk (a kill within flush_interval of the answer may lose them; the
+            # delta state would then still hold them, so the next point is 13 either way: no jump, no double).
+            wait_until(lambda: samples_waiting_on_disk(queue_dir(first)) == 2, "the 7 on disk")
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout=10)
+
+            second.start()  # same state directory and ports
+            jobs.add(6, {"queue": "a"})
+            assert provider.force_flush(10_000)
+            provider.shutdown()
+            proxy.up()
+            prometheus.wait_for_query(f"{a} == 13", lambda r: len(r) == 1, timeout=30)
+            second.stop_cleanly()
+        finally:
+            second.stop()
+            first.stop()
+    assert exporter.results == [MetricExportResult.SUCCESS] * 3, "the app's own exports failed"
+    assert value(prometheus, f"max_over_time({a}[10m])") == 13  # 3, 7, 13: never 10 (reset) or 20 (7 twice)
+    assert value(prometheus, f"resets({a}[10m])") == 0
+    [series] = prometheus.query(f"{a}[10m]")
+    assert [float(v) for _, v in series["values"]] == [3, 7, 13]
