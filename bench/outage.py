@@ -316,7 +316,8 @@ def run_once(repeat: int, args: argparse.Namespace, pinning: Pinning, workroot: 
         receiver, receiver_url = start_receiver(pinning, workdir)
         stack.callback(receiver.stop)
         proxy, announced = start("proxy", [*pinning.other(), sys.executable, str(BENCH_DIR / "outage_proxy.py"),
-                                           "--upstream", receiver_url], workdir, env=python_env(), announce=True)
+                                           "--upstream", receiver_url, "--latency", str(args.receiver_latency / 1000)],
+                        workdir, env=python_env(), announce=True)
         stack.callback(proxy.stop)
         control = f"http://127.0.0.1:{announced['control_port']}"
         config, http_port, telemetry_port = agent_config(
@@ -673,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the agent's sender.max_concurrency (0: its default)")
     parser.add_argument("--refuse-with", choices=["refuse", "503"], default="refuse",
                         help="how the proxy is away: connections refused, or 503 answers")
+    parser.add_argument("--receiver-latency", type=float, default=0.0,
+                        help="ms the proxy holds every request before forwarding it (a remote receiver: slow per "
+                             "request, parallel)")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the steady window")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of the steady-state window")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds of load after the backlog drained")
@@ -722,8 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     head = (f"outage bench, {len(done)} run(s), medians: {args.nodes} nodes x 523 series ({args.layout}), "
             f"{args.rate:,.0f} samples/s; flush {args.flush:g}s, {args.protocol}, outage {args.outage:g}s "
-            f"({args.refuse_with}), queue.max_memory {args.max_memory / 2**20:g} MiB" + ("; PROFILED" if args.profile
-                                                                                         else ""))
+            f"({args.refuse_with}), queue.max_memory {args.max_memory / 2**20:g} MiB"
+            + (f", receiver latency +{args.receiver_latency:g} ms" if args.receiver_latency else "")
+            + ("; PROFILED" if args.profile else ""))
     print(f"\n{head}\n{text}")
     result = {"benchmark": "outage", "started_at": started_at.isoformat(timespec="seconds"), "settings": settings,
               "environment": environment(pinning), "medians": medians, "table": text, "runs": runs}

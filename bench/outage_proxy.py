@@ -1,6 +1,6 @@
 """A remote-write proxy the outage benchmark switches off and on, and that times every sample it forwards.
 
-    python bench/outage_proxy.py --upstream http://127.0.0.1:9090 [--port 0] [--control-port 0]
+    python bench/outage_proxy.py --upstream http://127.0.0.1:9090 [--port 0] [--control-port 0] [--latency 0]
 
 Two listeners: the data port, where the sender writes (`POST /api/v1/write`, anything else too, forwarded as
 it came to `--upstream`), and the control port, which stays up whatever the data port does:
@@ -22,6 +22,10 @@ the bench can take percentiles over any window of sample times. Each request's r
 forwarded and answered, its status, bytes, samples, and its oldest and newest sample timestamp (ms): when
 the backlog of an outage was delivered is the last answer to a request holding a sample from before the
 receiver came back.
+
+`--latency` (seconds) holds every forwarded request that long before it goes on, each on its own (requests in
+parallel wait in parallel): a receiver across a network, slow per request but parallel, such as a remote
+Prometheus or a load balancer in front of several; the answer time, and so each sample's delay, includes it.
 
 It prints `{"port": N, "control_port": M}` on stdout once both listen.
 """
@@ -55,8 +59,9 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 class OutageProxy:
     """Forwards to one upstream, refuses on demand, and times what it forwards."""
 
-    def __init__(self, upstream: str, port: int) -> None:
+    def __init__(self, upstream: str, port: int, latency: float = 0.0) -> None:
         self.upstream = upstream.rstrip("/")
+        self.latency = latency
         self.port = port
         self.mode = "forward"
         self.session: aiohttp.ClientSession | None = None
@@ -104,6 +109,8 @@ class OutageProxy:
         concurrent = self.in_flight
         self.counters["max_in_flight"] = max(self.counters["max_in_flight"], self.in_flight)
         try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
             async with self.session.request(request.method, url, data=body or None, headers=headers,
                                             allow_redirects=False) as upstream:
                 answer = await upstream.read()
@@ -193,7 +200,7 @@ class OutageProxy:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    proxy = OutageProxy(args.upstream, args.port)
+    proxy = OutageProxy(args.upstream, args.port, args.latency)
     # auto_decompress=False both ways: bodies and answers pass byte for byte.
     proxy.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=120),
                                           connector=aiohttp.TCPConnector(limit=0))
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="the receiver's base URL, e.g. http://127.0.0.1:9090")
     parser.add_argument("--port", type=int, default=0, help="data port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--control-port", type=int, default=0, help="control port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every forwarded request is held first")
     asyncio.run(serve(parser.parse_args(argv)))
     return 0
 
