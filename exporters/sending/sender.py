@@ -172,6 +172,7 @@ class Sender(Generic[T]):
         self._changed_at = clock()  # when the number in flight last changed
         self._busy = 0.0  # requests in flight integrated over time, this window
         self._in_flight = 0
+        self._reading = False  # in the queue's get while entries wait: reading the next round back, not idle
         self._previous: Window | None = None
         self._backlog_before = 0
         self._incoming = 0
@@ -254,11 +255,15 @@ class Sender(Generic[T]):
         while not self._stop.is_set():
             width = max(1, min(self.concurrency, self._max_in_flight()))
             many = width * 64 if self._merge is not None else width
+            # Between rounds the sender holds no entry: any the queue counts are waiting, and this get only reads
+            # them back (from disk, after an outage), which is work for the slots, not a lack of it.
+            self._set_reading(len(self._queue) > 0)
             self._waiting = True
             try:
                 entries = await self._queue.get(max_entries=many, max_bytes=width * self._settings.batch_bytes)
             finally:
                 self._waiting = False
+                self._set_reading(False)
             if not entries:
                 return
             group = self._group_of(entries[0])
@@ -438,10 +443,20 @@ class Sender(Generic[T]):
         self._on_outcome(entry, "dropped", reason, None)
 
     def _in_flight_change(self, delta: int) -> None:
-        now = self._clock()
-        self._busy += self._in_flight * (now - self._changed_at)
-        self._changed_at = now
+        self._accrue_busy()
         self._in_flight += delta
+
+    def _set_reading(self, reading: bool) -> None:
+        self._accrue_busy()
+        self._reading = reading
+
+    def _accrue_busy(self) -> None:
+        """Integrate `Window.busy`: requests in flight over time; while the next round is read back (its entries
+        wait on disk) every slot counts as busy, since the sender is not idle for want of work."""
+        now = self._clock()
+        occupied = max(self._in_flight, self.concurrency) if self._reading else self._in_flight
+        self._busy += occupied * (now - self._changed_at)
+        self._changed_at = now
 
     # -- control ------------------------------------------------------------------------------------------
 
@@ -454,8 +469,7 @@ class Sender(Generic[T]):
         """Close the current control window and let the control laws set concurrency and batch size."""
         now = self._clock()
         duration = max(1e-9, now - self._window_start)
-        self._busy += self._in_flight * (now - self._changed_at)
-        self._changed_at = now
+        self._accrue_busy()
         latencies = sorted(self._latencies)
         backlog = self._backlog()
         window = Window(
