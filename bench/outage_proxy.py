@@ -12,8 +12,8 @@ it came to `--upstream`), and the control port, which stays up whatever the data
 - `GET /stats`: counters, every request's record and the delay histogram as JSON (`?records=N` returns
   the records from index N on, so a poller reads each once).
 
-For every request the receiver answered 2xx, the body (remote write 1.0: snappy + protobuf, decoded with
-`exporters.remote_write.rw1.decode`) is read for the timestamps of its samples, after the answer went back
+For every remote write 1.0 request (`X-Prometheus-Remote-Write-Version: 0.1.0`) the receiver answered 2xx, the
+body (snappy + protobuf, decoded with `exporters.remote_write.rw1.decode`) is read for the timestamps of its samples, after the answer went back
 to the sender so that reading it delays nothing. Each sample's delay is `answer time - sample timestamp`,
 where the answer time is when the receiver's answer reached the proxy and the timestamp (ms) is when the
 load generator sent the sample (`bench/outage_load.py` stamps samples with the wall time at send). Delays go
@@ -70,7 +70,8 @@ class OutageProxy:
         self.records: list[dict] = []
         self.delays: dict[int, collections.Counter] = {}
         self.counters = {"requests": 0, "answered_2xx": 0, "samples_accepted": 0, "refused_503": 0,
-                         "cut_off": 0, "upstream_errors": 0, "errors": 0, "decode_errors": 0, "last_error": "",
+                         "cut_off": 0, "upstream_errors": 0, "errors": 0, "decode_errors": 0, "undecoded_2xx": 0,
+                         "other_errors": 0, "last_error": "",
                          "max_in_flight": 0, "mode_changes": []}
         self.in_flight = 0
 
@@ -127,15 +128,20 @@ class OutageProxy:
                   "in_flight": concurrent, "samples": 0}
         if 200 <= status < 300:
             self.counters["answered_2xx"] += 1
-        if 200 <= status < 300 and body and request.method == "POST":
+        rw1_body = request.headers.get("X-Prometheus-Remote-Write-Version", "").startswith("0.1")
+        if 200 <= status < 300 and body and request.method == "POST" and not rw1_body:
+            self.counters["undecoded_2xx"] += 1  # another format (negotiation tries rw2 first): not timed
+        if 200 <= status < 300 and body and request.method == "POST" and rw1_body:
             # After the answer is on its way: reading the body must not add to the sender's latency. The
             # record is published once read, so a poller never sees it without its samples.
             asyncio.get_running_loop().call_soon(self.account, record, body)
         else:
             self.records.append(record)
         if not 200 <= status < 300:
-            self.counters["errors"] += 1
-            self.counters["last_error"] = f"{status}: {answer[:300].decode(errors='replace')}"
+            # Writes refused are what the bench checks; other requests (negotiation's handshake GETs, which
+            # Prometheus answers 405) are counted apart.
+            self.counters["errors" if request.method == "POST" and body else "other_errors"] += 1
+            self.counters["last_error"] = f"{request.method} {status}: {answer[:300].decode(errors='replace')}"
         return web.Response(status=status, body=answer, headers=answer_headers)
 
     def account(self, record: dict, body: bytes) -> None:
