@@ -19,14 +19,17 @@ found by the tuple's identity (no hashing of eleven label pairs), and a series' 
 one `struct` call from a layout cached per timestamp sequence (a request's series share a few). Measured
 with `bench/encode_bench.py` on the node workload: 1.75 -> ~0.46 us per sample at five samples per series,
 1.44 -> ~0.92 at one.
+
+A label list sent before (a sender's series in the same order, flush after flush) skips all of that: its
+body's layout is remembered whole (`LabelCache.frames`, rw1_frames.py), and what is left is one `struct`
+call per sample. The paths below serve label lists seen for the first time, and requests with exemplars.
 """
 
 from __future__ import annotations
 
 import struct
 import sys
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import compress as selected
 from itertools import islice, pairwise, repeat
 from operator import add, eq, is_not, itemgetter
@@ -42,6 +45,11 @@ from exporters.remote_write.proto.remote_write_v1_pb2 import (
     WriteRequest,
 )
 from exporters.remote_write.proto.remote_write_v1_pb2 import Exemplar as ExemplarMessage
+from exporters.remote_write.rw1_frames import ONE_BYTE as _ONE_BYTE
+from exporters.remote_write.rw1_frames import TIMESERIES_HEADS as _TIMESERIES_HEADS
+from exporters.remote_write.rw1_frames import Frames
+from exporters.remote_write.rw1_frames import assign as _assign
+from exporters.remote_write.rw1_frames import varint as _varint
 from exporters.remote_write.series import (
     Exemplar,
     Labels,
@@ -142,15 +150,19 @@ class LabelCache:
     out one interned tuple per series: hashing an int instead of a tuple's pairs (~0.3 us for eleven labels)
     is most of what a cached series costs. Each entry holds its tuple, so the id cannot be reused while the
     entry lives.
+
+    `frames` remembers whole requests' layouts by label list (rw1_frames.py), so that a label list sent again
+    costs no lookup per series at all; bounded on its own, in samples.
     """
 
-    __slots__ = ("by_id", "entries", "max_bytes", "nbytes")
+    __slots__ = ("by_id", "entries", "frames", "max_bytes", "nbytes")
 
     def __init__(self, max_bytes: int = LABEL_CACHE_BYTES) -> None:
         self.entries: dict[Labels, bytes] = {}
         self.by_id: dict[int, tuple[Labels, bytes]] = {}
         self.nbytes = 0
         self.max_bytes = max_bytes
+        self.frames = Frames()
 
     def encoded(self, series: Labels) -> bytes:
         """TimeSeries field 1 (labels) for a label set, from the cache when it was sent before."""
@@ -192,23 +204,8 @@ def _key_size(series: Labels) -> int:
     )
 
 
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 _pack_double = struct.Struct("<d").pack
 _POSITIVE_ZERO = bytes(8)
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _ONE_BYTE[n] if n >= 0 else _varint(n & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_TIMESERIES_HEADS = [b"\x0a" + _varint(n) for n in range(4096)]  # WriteRequest field 1 tag and length
 
 
 def _sample_entries(stamp: int) -> tuple[bytes, bytes, bytes]:
@@ -302,37 +299,22 @@ def _single_in_columns(
     return pieces
 
 
-def _assign(target: list, indexes: Iterable[int], values: Iterable) -> None:
-    """target[i] = value for each pair, the loop run in C."""
-    deque(map(target.__setitem__, indexes, values), maxlen=0)
-
-
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
-def serialize(
+def _float_series(
     labels: Sequence[Labels],
     values: Sequence[float],
     timestamps: Sequence[int],
-    *,
-    histogram_labels: Sequence[Labels] = (),
-    histograms: Sequence[NativeHistogram] = (),
-    exemplar_labels: Sequence[Labels] = (),
-    exemplars: Sequence[Exemplar] = (),
-    cache: LabelCache | None = None,
-    grouped: bool = False,
-) -> bytes:
-    """`build_write_request(...).SerializeToString()`, without building the float samples' messages.
-
-    `cache`: the caller's encoded label sets, kept across calls (one per connection); without one, a
-    private cache lives for this call only. `grouped`: the float samples are already in the order this
-    function puts them in, each series a run of one label tuple object (`SampleBatch.grouped`), so the runs
-    are found by identity instead of by hashing every sample's label set again."""
-    if cache is None:
-        cache = LabelCache()
+    exemplars: Sequence[Exemplar],
+    exemplars_by_series: dict[Labels, list[int]],
+    cache: LabelCache,
+    grouped: bool,
+) -> list[bytes]:
+    """The pieces of the float samples' TimeSeries (with the exemplars attached to them, taken out of
+    `exemplars_by_series`), for a request without a frame (rw1_frames.py)."""
     _encoded_labels = cache.encoded
     out: list[bytes] = []
-    exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
     stamps: dict[int, tuple[bytes, bytes, bytes]] = {}  # a request's samples share few timestamps
     starts: list[int] | None = None
     if grouped:
@@ -404,6 +386,36 @@ def serialize(
                 arguments[1::2] = series_values
                 sample = pack(*arguments)
             emit(series, encoded, sample)
+    return out
+
+
+def serialize(
+    labels: Sequence[Labels],
+    values: Sequence[float],
+    timestamps: Sequence[int],
+    *,
+    histogram_labels: Sequence[Labels] = (),
+    histograms: Sequence[NativeHistogram] = (),
+    exemplar_labels: Sequence[Labels] = (),
+    exemplars: Sequence[Exemplar] = (),
+    cache: LabelCache | None = None,
+    grouped: bool = False,
+) -> bytes:
+    """`build_write_request(...).SerializeToString()`, without building the float samples' messages.
+
+    `cache`: the caller's encoded label sets, kept across calls (one per connection); without one, a
+    private cache lives for this call only. `grouped`: the float samples are already in the order this
+    function puts them in, each series a run of one label tuple object (`SampleBatch.grouped`), so the runs
+    are found by identity instead of by hashing every sample's label set again."""
+    if cache is None:
+        cache = LabelCache()
+    _encoded_labels = cache.encoded
+    exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
+    # A label list sent before (the usual case): its remembered layout, with no work per series.
+    framed = cache.frames.pieces(labels, values, timestamps, grouped, _encoded_labels) if not exemplars else None
+    out: list[bytes] = framed if framed is not None else _float_series(
+        labels, values, timestamps, exemplars, exemplars_by_series, cache, grouped
+    )
     for series, members in group_by_series(histogram_labels).items():
         ordered = sorted((histograms[i] for i in members), key=lambda h: h.timestamp)
         encoded = _encoded_labels(series)

@@ -1,0 +1,267 @@
+"""Remote write 1.0 bodies written from a request's remembered layout (`Frames`), and the byte-level pieces
+every rw1 writer shares (varints, TimeSeries heads, a timestamp's bytes).
+
+Why: a sender writes the same series in the same order request after request. A gateway's batcher cuts each
+flush of a node's decoded requests into the same label lists (the node's session tuples), and a node's cuts
+its own ticks the same way. Everything in an rw1 body but the values and the timestamps then repeats: which
+series start where, their encoded labels, their TimeSeries heads. A `Frame` keeps those bytes for one label
+list, in a list laid out as the body will be, so a request costs one `struct` call per sample (its Sample
+entry: tag, value, timestamp), a copy of the frame's list, and one join. Measured on a gateway's requests
+(node workload, 10 x 523 series, decoded from compact and cut by the gateway's batcher), rw1 `serialize` per
+sample, one core, in one process: ~0.43 -> ~0.21 us at one sample per series, ~0.57 -> ~0.35 at two.
+
+A frame is exact for any values and timestamps, with two conditions checked on every request: every
+timestamp's varint has the frame's length (true for millisecond times from 2004 to 2109), and the request's
+label list is the frame's, tuple for tuple (compared by identity in C: ~1 ns a sample). What changes with the
+values is where protobuf leaves a value out (+0.0: the Sample entry is 9 bytes shorter, and so is its
+TimeSeries); those positions are found per request and the heads of the runs holding them rewritten, and
+the result is kept for the next request, whose +0.0 samples are usually the same ones (counters that never
+moved), so it only needs to confirm them.
+
+A label list becomes a frame the second time it comes: one seen once costs only its copy, so a sender whose
+requests never repeat (a gateway whose nodes race each other into different cuts) pays almost nothing for it.
+Frames are bounded by the samples they cover (`FRAME_SAMPLES`, ~100 bytes each), the oldest dropped first.
+Their state is replaced whole, never changed in place, so concurrent encodes on one connection stay exact.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, compress, islice, repeat
+from operator import add, eq, is_not, mul, sub
+
+from exporters.remote_write.series import Labels
+
+ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint; a negative int64 as its two's complement (ten bytes), as protobuf writes it."""
+    if n < 0x80:
+        return ONE_BYTE[n] if n >= 0 else varint(n & 0xFFFFFFFFFFFFFFFF)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+TIMESERIES_HEADS = [b"\x0a" + varint(n) for n in range(4096)]
+"""WriteRequest field 1's tag and length, for TimeSeries shorter than 4096 bytes."""
+
+
+def head(size: int) -> bytes:
+    """WriteRequest field 1's tag and length for a TimeSeries of `size` bytes."""
+    return TIMESERIES_HEADS[size] if size < len(TIMESERIES_HEADS) else b"\x0a" + varint(size)
+
+
+def stamp_bytes(stamp: int) -> bytes:
+    """Sample field 2 (timestamp) as protobuf writes it: nothing for 0."""
+    return b"\x10" + varint(stamp) if stamp else b""
+
+
+def assign(target: list, indexes: Iterable[int], values: Iterable) -> None:
+    """target[i] = value for each pair, the loop run in C."""
+    deque(map(target.__setitem__, indexes, values), maxlen=0)
+
+
+FRAME_SAMPLES = 1 << 17
+"""Bound on the samples the frames of one `Frames` cover together (~100 bytes each: ~13 MiB at most)."""
+
+# Sample entry for a value that is not +0.0, by the length of its timestamp's bytes: TimeSeries field 2 tag
+# and length, Sample field 1 tag, the value, the timestamp's bytes.
+_ENTRY_PACKS = [struct.Struct(f"<3sd{size}s").pack for size in range(12)]
+
+
+class Frame:
+    """One label list's body layout: three pieces a sample, (TimeSeries head, encoded labels, Sample entry),
+    the first two empty but for the first sample of each series' run. `template` has the heads of a request
+    without +0.0 values; `last` is (the +0.0 positions of the last request, the template with those heads).
+
+    A run is a series' samples: `grouped` batches are in runs already (`SampleBatch.grouped`); a list of
+    distinct label sets is runs of one in any order."""
+
+    __slots__ = ("before", "ends", "every", "labels", "last", "single", "sizes", "stamp_size", "starts",
+                 "template", "zero_before")
+
+    def __init__(self, labels: Sequence[Labels], starts: Sequence[int], encoded: list[bytes], stamp_size: int):
+        n = len(labels)
+        self.labels = list(labels)
+        self.starts = starts
+        self.ends = [*islice(starts, 1, None), n]
+        self.single = len(starts) == n
+        runs = len(starts)
+        every = n // runs
+        uniform = n % runs == 0 and (self.single or list(starts) == list(range(0, n, every)))
+        self.every = every if uniform else 0  # every run this long
+        self.stamp_size = stamp_size
+        entry = 11 + stamp_size
+        self.sizes = list(map(add, map(len, encoded), map(mul, map(sub, self.ends, starts), repeat(entry))))
+        self.before = b"\x12" + ONE_BYTE[9 + stamp_size] + b"\x09"
+        self.zero_before = b"\x12" + ONE_BYTE[stamp_size]
+        template: list[bytes] = [b""] * (3 * n)
+        if self.every:
+            template[0 :: 3 * self.every] = map(head, self.sizes)
+            template[1 :: 3 * self.every] = encoded
+        else:
+            slots = list(map(mul, starts, repeat(3)))
+            assign(template, slots, map(head, self.sizes))
+            assign(template, map(add, slots, repeat(1)), encoded)
+        self.template = template
+        self.last: tuple[list[int], list[bytes]] = ([], template)
+
+    def pieces(self, values: Sequence[float], timestamps: Sequence[int]) -> list[bytes] | None:
+        """The body's pieces for these values and timestamps (of this frame's label list), to be joined; None
+        when a timestamp's varint is not of the frame's length."""
+        stamps = self._stamps(timestamps)
+        if stamps is None:
+            return None
+        entries = list(map(_ENTRY_PACKS[self.stamp_size], repeat(self.before), values, stamps))
+        zeros, template = self._zeros(values)
+        if zeros:  # +0.0: the entry without its value (tag, length, timestamp)
+            zero_before = self.zero_before
+            if isinstance(stamps, list):
+                zero_entries: Iterable[bytes] = map(zero_before.__add__, map(stamps.__getitem__, zeros))
+            else:
+                zero_entries = repeat(zero_before + stamp_bytes(timestamps[0]))
+            assign(entries, zeros, zero_entries)
+        pieces = template[:]
+        pieces[2::3] = entries
+        return pieces
+
+    def _stamps(self, timestamps: Sequence[int]) -> list[bytes] | repeat[bytes] | None:
+        """Each sample's timestamp bytes (one repeated when all are equal), or None when one is not of the
+        frame's length. A request has few distinct timestamps (a collection time per tick): each is converted
+        once."""
+        n = len(timestamps)
+        first = timestamps[0]
+        if timestamps.count(first) == n:
+            one = stamp_bytes(first)
+            return repeat(one) if len(one) == self.stamp_size else None
+        every = self.every
+        runs = n // every if every else 0
+        if every > 1 and all(timestamps[j::every].count(timestamps[j]) == runs for j in range(every)):
+            # The k-th sample of every series at the same time: the ticks of a flush, interleaved.
+            column: list[bytes] = [b""] * n
+            for j in range(every):
+                one = stamp_bytes(timestamps[j])
+                if len(one) != self.stamp_size:
+                    return None
+                column[j::every] = repeat(one, runs)
+            return column
+        by_stamp = {stamp: stamp_bytes(stamp) for stamp in dict.fromkeys(timestamps)}
+        if any(len(one) != self.stamp_size for one in by_stamp.values()):
+            return None
+        return list(map(by_stamp.__getitem__, timestamps))
+
+    def _zeros(self, values: Sequence[float]) -> tuple[list[int], list[bytes]]:
+        """The positions of the +0.0 values (protobuf leaves them out) and the template for them; the last
+        request's are confirmed rather than searched for again when as many values are zero."""
+        known, template = self.last
+        count = values.count(0.0)  # +0.0 and -0.0
+        if not count:
+            return [], self.template
+        if count == len(known) and list(map(values.__getitem__, known)).count(0.0) == count:
+            zeros = known
+        else:
+            zeros = list(compress(range(len(values)), map(eq, values, repeat(0.0))))
+        if struct.pack(f"<{len(zeros)}d", *map(values.__getitem__, zeros)) != bytes(8 * len(zeros)):
+            zeros = [i for i in zeros if struct.pack("<d", values[i]) == bytes(8)]  # -0.0 is written
+        if zeros is not known and zeros != known:
+            template = self._with_zeros(zeros)
+            self.last = (zeros, template)
+        return zeros, template
+
+    def _with_zeros(self, zeros: list[int]) -> list[bytes]:
+        """The template with the heads of the runs holding these +0.0 samples, each 9 bytes shorter."""
+        template = self.template[:]
+        if not zeros:
+            return template
+        if self.single:
+            runs: Iterable[int] = zeros
+            shrink: Iterable[int] = repeat(9)
+        else:
+            flags = [0] * len(self.labels)
+            assign(flags, zeros, repeat(1))
+            totals = list(accumulate(flags, initial=0))
+            per_run = list(map(sub, map(totals.__getitem__, self.ends), map(totals.__getitem__, self.starts)))
+            runs = list(compress(range(len(per_run)), per_run))
+            shrink = map(mul, compress(per_run, per_run), repeat(9))
+        sizes = map(sub, map(self.sizes.__getitem__, runs), shrink)
+        assign(template, map(mul, map(self.starts.__getitem__, runs), repeat(3)), map(head, sizes))
+        return template
+
+
+class Frames:
+    """The frames of one connection (one encoder), by label list; see the module docstring."""
+
+    __slots__ = ("frames", "max_samples", "samples")
+
+    def __init__(self, max_samples: int = FRAME_SAMPLES) -> None:
+        # By (ids of the first and last label tuples, length): a Frame, or the label list seen once (a list).
+        self.frames: dict[tuple[int, int, int], Frame | list[Labels]] = {}
+        self.samples = 0
+        self.max_samples = max_samples
+
+    def pieces(
+        self,
+        labels: Sequence[Labels],
+        values: Sequence[float],
+        timestamps: Sequence[int],
+        grouped: bool,
+        encoded: Callable[[Labels], bytes],
+    ) -> list[bytes] | None:
+        """The body's pieces from this label list's frame; None when it has none yet (the caller writes the
+        body another way) or the frame cannot write this request. `encoded`: a label set's encoding."""
+        n = len(labels)
+        if not n or n > self.max_samples:
+            return None
+        key = (id(labels[0]), id(labels[-1]), n)
+        frame = self.frames.get(key)
+        if frame is None or not _same(frame, labels):
+            self._keep(key, list(labels))  # seen once
+            return None
+        if not isinstance(frame, Frame):
+            frame = _frame(labels, timestamps, grouped, encoded)
+            if frame is None:
+                return None
+            self.frames[key] = frame
+        if not (grouped or frame.single):
+            return None  # an ungrouped batch with runs: its samples may not be in time order
+        return frame.pieces(values, timestamps)
+
+    def _keep(self, key: tuple[int, int, int], labels: list[Labels]) -> None:
+        old = self.frames.pop(key, None)
+        if old is not None:
+            self.samples -= len(old.labels if isinstance(old, Frame) else old)
+        while self.frames and self.samples + len(labels) > self.max_samples:
+            oldest = self.frames.pop(next(iter(self.frames)))
+            self.samples -= len(oldest.labels if isinstance(oldest, Frame) else oldest)
+        self.frames[key] = labels
+        self.samples += len(labels)
+
+
+def _same(frame: Frame | list[Labels], labels: Sequence[Labels]) -> bool:
+    known = frame.labels if isinstance(frame, Frame) else frame
+    return known == labels if isinstance(labels, list) else known == list(labels)
+
+
+def _frame(
+    labels: Sequence[Labels], timestamps: Sequence[int], grouped: bool, encoded: Callable[[Labels], bytes]
+) -> Frame | None:
+    """A frame for this label list: its runs are where the tuple object changes when `grouped`, else every
+    label set must be distinct (runs of one); None otherwise."""
+    n = len(labels)
+    if grouped:
+        starts: Sequence[int] = [0, *compress(range(1, n), map(is_not, labels, islice(labels, 1, None)))]
+        if len(starts) == n:
+            starts = range(n)
+    elif len(dict.fromkeys(labels)) == n:
+        starts = range(n)
+    else:
+        return None
+    heads = labels if len(starts) == n else list(map(labels.__getitem__, starts))
+    return Frame(labels, starts, list(map(encoded, heads)), len(stamp_bytes(timestamps[0])))

@@ -1,0 +1,182 @@
+"""Remote write 1.0 bodies written from a remembered request layout (rw1_frames.py): byte for byte what
+protobuf writes, request after request, whatever the values and timestamps do."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporters.remote_write import rw1
+from exporters.remote_write.rw1_frames import Frame, Frames
+from exporters.remote_write.series import STALE_NAN
+from tests.series_strategies import NAN_PAYLOAD, SPECIAL_FLOATS, copied, label_sets
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Values that change a body's layout (+0.0 is left out; -0.0 is not) or must keep their bits.
+values_ = st.one_of(
+    st.sampled_from((0.0, -0.0, STALE_NAN, NAN_PAYLOAD, float("inf"), float("-inf"), 1.0)),
+    st.sampled_from(SPECIAL_FLOATS),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+NOW = 1_700_000_000_000
+
+
+def expected(labels: list, values: list[float], stamps: list[int]) -> bytes:
+    return rw1.build_write_request(labels, values, stamps).SerializeToString()
+
+
+def frame_of(cache: rw1.LabelCache) -> list[Frame]:
+    return [f for f in cache.frames.frames.values() if isinstance(f, Frame)]
+
+
+@st.composite
+def requests(draw: Any) -> tuple[list[tuple[list, list[float], list[int]]], bool]:
+    """Requests of one label list (a fresh list object each time, the same tuples), as a batcher cuts them
+    flush after flush: grouped runs of 1-3 samples per series in time order, or (not grouped) distinct series
+    in any order. Timestamps mostly now-like with the same varint length, sometimes anything in int64."""
+    series = draw(st.lists(label_sets(), min_size=1, max_size=6, unique=True))
+    grouped = draw(st.booleans())
+    runs = [draw(st.integers(1, 3)) if grouped else 1 for _ in series]
+    labels = [s for s, run in zip(series, runs) for _ in range(run)]
+    out = []
+    start = NOW
+    for _ in range(draw(st.integers(2, 5))):
+        wild = draw(st.integers(0, 4)) == 0
+        stamps: list[int] = []
+        for run in runs:
+            if wild:
+                stamps += sorted(draw(st.lists(st.one_of(INT64, st.sampled_from((0, -1, -(2**63)))),
+                                               min_size=run, max_size=run)))
+            else:
+                stamps += [start + 1000 * j + draw(st.sampled_from((0, 0, 3))) for j in range(run)]
+        start += 1000 * max(runs)
+        out.append((list(labels), [draw(values_) for _ in labels], stamps))
+    return out, grouped
+
+
+@PROPERTY
+@given(requests())
+def test_a_label_list_sent_again_is_written_exactly_as_protobuf_writes_it(drawn: tuple) -> None:
+    sent, grouped = drawn
+    cache = rw1.LabelCache()
+    for labels, values, stamps in sent:
+        assert rw1.serialize(labels, values, stamps, cache=cache, grouped=grouped) == expected(labels, values, stamps)
+    assert frame_of(cache), "the second request of a label list builds its frame"
+
+
+@PROPERTY
+@given(st.lists(st.lists(st.sampled_from((0.0, -0.0, 1.5, STALE_NAN)), min_size=6, max_size=6), min_size=3, max_size=8))
+def test_zeros_coming_and_going_change_only_those_series_heads(rows: list[list[float]]) -> None:
+    a, b, c = (("__name__", "a"),), (("__name__", "b"), ("x", "y")), (("__name__", "c"),)
+    cache = rw1.LabelCache()
+    for tick, row in enumerate(rows):
+        labels = [a, a, b, b, c, c]
+        stamps = [NOW + 2000 * tick, NOW + 2000 * tick + 1000] * 3
+        assert rw1.serialize(labels, row, stamps, cache=cache, grouped=True) == expected(labels, row, stamps)
+
+
+def test_each_sample_keeps_its_own_timestamp_when_a_request_has_several() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    for tick in range(4):
+        base = NOW + 5000 * tick
+        for stamps in ([base, base + 1000, base, base + 1000], [base, base + 7, base + 3, base + 1000]):
+            labels, values = [a, a, b, b], [0.0, 1.0, 2.0, 0.0]
+            assert rw1.serialize(labels, values, stamps, cache=cache, grouped=True) == expected(labels, values, stamps)
+    assert frame_of(cache)
+
+
+def test_a_timestamp_of_another_length_is_written_without_the_frame() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    for stamps in ([NOW, NOW], [NOW, NOW], [0, NOW], [-5, -5], [NOW, 127], [NOW + 1, NOW + 1]):
+        labels, values = [a, b], [1.0, 0.0]
+        assert rw1.serialize(labels, values, stamps, cache=cache) == expected(labels, values, stamps)
+
+
+def test_series_longer_than_the_head_table_get_their_length_written_in_full() -> None:
+    long = (("__name__", "m"), ("v", "x" * 5000))
+    short = (("__name__", "s"),)
+    cache = rw1.LabelCache()
+    for tick in range(3):
+        labels, values, stamps = [long, short], [float(tick), 0.0], [NOW + tick, NOW + tick]
+        assert rw1.serialize(labels, values, stamps, cache=cache) == expected(labels, values, stamps)
+    assert frame_of(cache)
+
+
+def test_a_label_list_that_differs_inside_is_not_taken_for_the_remembered_one() -> None:
+    a, b, c, d = ((("__name__", n),) for n in "abcd")
+    cache = rw1.LabelCache()
+    for middle in (b, b, c, c, copied(c), b):
+        labels, values, stamps = [a, middle, d], [1.0, 2.0, 3.0], [NOW] * 3
+        assert rw1.serialize(labels, values, stamps, cache=cache) == expected(labels, values, stamps)
+
+
+def test_an_ungrouped_batch_with_repeated_series_is_grouped_by_the_general_path() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    for _ in range(3):
+        labels, values, stamps = [a, b, a], [1.0, 2.0, 3.0], [NOW + 5, NOW, NOW]
+        assert rw1.serialize(labels, values, stamps, cache=cache) == expected(labels, values, stamps)
+    assert not frame_of(cache)
+    for grouped, stamps in ((True, [NOW, NOW + 1, NOW]), (True, [NOW, NOW + 1, NOW]), (False, [NOW + 1, NOW, NOW])):
+        # The same list not grouped (a's samples out of time order): the frame built from it grouped must not
+        # be used, or a's samples would be written in the wrong order.
+        labels, values = [a, a, b], [1.0, 2.0, 3.0]
+        assert rw1.serialize(labels, values, stamps, cache=cache, grouped=grouped) == expected(labels, values, stamps)
+    assert frame_of(cache)
+
+
+def test_frames_are_bounded_by_the_samples_they_cover_and_the_oldest_go_first() -> None:
+    frames = Frames(max_samples=10)
+    series = [(("__name__", f"m{i}"),) for i in range(12)]
+    encoded = rw1.LabelCache().encoded
+    for start in (0, 4, 8):
+        labels = series[start:start + 4]
+        for _ in range(2):
+            frames.pieces(labels, [1.0] * 4, [NOW] * 4, False, encoded)
+    assert frames.samples <= 10
+    assert [key[2] for key in frames.frames] == [4, 4]
+    assert frames.pieces(series, [1.0] * 12, [NOW] * 12, False, encoded) is None  # larger than the bound
+
+
+def test_concurrent_encodes_of_one_label_list_stay_exact() -> None:
+    series = [(("__name__", f"m{i}"), ("i", str(i))) for i in range(200)]
+    cache = rw1.LabelCache()
+    bodies: list[tuple[bytes, bytes]] = []
+    errors: list[BaseException] = []
+
+    def encode(worker: int) -> None:
+        try:
+            for tick in range(40):
+                values = [0.0 if (i + tick + worker) % 3 == 0 else float(i) for i in range(200)]
+                stamps = [NOW + tick] * 200
+                body = rw1.serialize(list(series), values, stamps, cache=cache)
+                bodies.append((body, expected(series, values, stamps)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=encode, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(body == want for body, want in bodies)
+
+
+def test_negative_zero_and_nan_payloads_keep_their_bits() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    for values in ([0.0, 0.0], [-0.0, 0.0], [0.0, -0.0], [STALE_NAN, NAN_PAYLOAD], [0.0, 0.0], [-0.0, -0.0]):
+        labels, stamps = [a, b], [NOW, NOW]
+        body = rw1.serialize(labels, values, stamps, cache=cache)
+        assert body == expected(labels, values, stamps)
+    decoded = rw1.WriteRequest.FromString(body)
+    assert [struct.pack("<d", ts.samples[0].value) for ts in decoded.timeseries] == [struct.pack("<d", -0.0)] * 2
