@@ -27,6 +27,7 @@ Their state is replaced whole, never changed in place, so concurrent encodes on 
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, compress, islice, repeat
@@ -56,6 +57,14 @@ TIMESERIES_HEADS = [b"\x0a" + varint(n) for n in range(4096)]
 def head(size: int) -> bytes:
     """WriteRequest field 1's tag and length for a TimeSeries of `size` bytes."""
     return TIMESERIES_HEADS[size] if size < len(TIMESERIES_HEADS) else b"\x0a" + varint(size)
+
+
+def heads(sizes: list[int]) -> list[bytes]:
+    """`head` of each size, looked up in C unless a TimeSeries is 4096 bytes or longer."""
+    try:
+        return list(map(TIMESERIES_HEADS.__getitem__, sizes))
+    except IndexError:
+        return list(map(head, sizes))
 
 
 def stamp_bytes(stamp: int) -> bytes:
@@ -104,11 +113,11 @@ class Frame:
         self.zero_before = b"\x12" + ONE_BYTE[stamp_size]
         template: list[bytes] = [b""] * (3 * n)
         if self.every:
-            template[0 :: 3 * self.every] = map(head, self.sizes)
+            template[0 :: 3 * self.every] = heads(self.sizes)
             template[1 :: 3 * self.every] = encoded
         else:
             slots = list(map(mul, starts, repeat(3)))
-            assign(template, slots, map(head, self.sizes))
+            assign(template, slots, heads(self.sizes))
             assign(template, map(add, slots, repeat(1)), encoded)
         self.template = template
         self.last: tuple[list[int], list[bytes]] = ([], template)
@@ -158,22 +167,38 @@ class Frame:
         return list(map(by_stamp.__getitem__, timestamps))
 
     def _zeros(self, values: Sequence[float]) -> tuple[list[int], list[bytes]]:
-        """The positions of the +0.0 values (protobuf leaves them out) and the template for them; the last
-        request's are confirmed rather than searched for again when as many values are zero."""
+        """The positions of the +0.0 values (protobuf leaves them out) and the template for them.
+
+        The last request's zeros are mostly this one's (counters that never moved), so they are confirmed
+        first: if those still zero are all the zeros there are, nothing is searched. Only zeros that appear
+        elsewhere cost a search of every value."""
         known, template = self.last
         count = values.count(0.0)  # +0.0 and -0.0
         if not count:
             return [], self.template
-        if count == len(known) and list(map(values.__getitem__, known)).count(0.0) == count:
-            zeros = known
-        else:
-            zeros = list(compress(range(len(values)), map(eq, values, repeat(0.0))))
+        still = list(map(eq, map(values.__getitem__, known), repeat(0.0)))
+        kept = known if still.count(True) == len(known) else list(compress(known, still))
+        zeros = kept if len(kept) == count else list(compress(range(len(values)), map(eq, values, repeat(0.0))))
         if struct.pack(f"<{len(zeros)}d", *map(values.__getitem__, zeros)) != bytes(8 * len(zeros)):
             zeros = [i for i in zeros if struct.pack("<d", values[i]) == bytes(8)]  # -0.0 is written
         if zeros is not known and zeros != known:
-            template = self._with_zeros(zeros)
+            template = self._changed(known, template, zeros)
             self.last = (zeros, template)
         return zeros, template
+
+    def _changed(self, known: list[int], template: list[bytes], zeros: list[int]) -> list[bytes]:
+        """`template` (for the zeros at `known`) made the template for `zeros`: only the heads of the runs
+        where the two differ are rewritten, unless they are many."""
+        changed = set(known).symmetric_difference(zeros)
+        if len(changed) * 8 > len(self.starts):
+            return self._with_zeros(zeros)
+        template = template[:]
+        starts, ends, sizes = self.starts, self.ends, self.sizes
+        for position in changed:
+            run = bisect_right(starts, position) - 1
+            start, end = starts[run], ends[run]
+            template[3 * start] = head(sizes[run] - 9 * (bisect_left(zeros, end) - bisect_left(zeros, start)))
+        return template
 
     def _with_zeros(self, zeros: list[int]) -> list[bytes]:
         """The template with the heads of the runs holding these +0.0 samples, each 9 bytes shorter."""
@@ -190,8 +215,8 @@ class Frame:
             per_run = list(map(sub, map(totals.__getitem__, self.ends), map(totals.__getitem__, self.starts)))
             runs = list(compress(range(len(per_run)), per_run))
             shrink = map(mul, compress(per_run, per_run), repeat(9))
-        sizes = map(sub, map(self.sizes.__getitem__, runs), shrink)
-        assign(template, map(mul, map(self.starts.__getitem__, runs), repeat(3)), map(head, sizes))
+        sizes = list(map(sub, map(self.sizes.__getitem__, runs), shrink))
+        assign(template, map(mul, map(self.starts.__getitem__, runs), repeat(3)), heads(sizes))
         return template
 
 
