@@ -26,10 +26,12 @@ sample), and body bytes per sample in the steady state.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,13 +53,19 @@ FORMATS = ("compact", "rw2", "vm", "rw1")
 
 
 def flushes(
-    nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: bool = False, decoded: bool = False
+    nodes: int, per_request: int, count: int, pieces: int = 1, shuffle: bool = False, decoded: bool = False,
+    node_ticks: Sequence[int] = (),
 ) -> list[list[SampleBatch]]:
     """`count` flushes of `per_request` translated ticks each, as the exporter hands them to its batcher;
     `pieces` > 1 hands each tick over in that many batches (a gateway receives one request per node), in an
     order that changes from tick to tick if `shuffle` (as requests from many nodes race). `decoded`: each
     piece's ticks of a flush reach the batcher as a gateway gets them, through a node's batcher and compact
-    encoder and the gateway's decoder (`node_requests`), in an order that changes every flush if `shuffle`."""
+    encoder and the gateway's decoder (`node_requests`), in an order that changes every flush if `shuffle`;
+    each node's flushes take `node_ticks` ticks in turn (a flush of the gateway's ends one early; default: the
+    gateway's `per_request`), so with `per_request` 2 and `node_ticks` (1, 1, 2) a gateway's flush holds two of
+    each node's one-tick requests, then one flush of two ticks (two interleaved ticks, cut in two requests):
+    what a gateway gets at a 1 s flush on both sides, as the node's flushes catch one tick or two."""
+    cycle = itertools.cycle(node_ticks or (per_request,))
     rng = random.Random(7)
     workload = Workload(nodes, seed=1)
     cache = SeriesCache()
@@ -87,7 +95,12 @@ def flushes(
                 rng.shuffle(parts)
             ticks += parts
         if decoded:
-            ticks = node_requests(ticks, pieces, senders, sessions)
+            node_flushes, start = [], 0
+            while start < len(ticks):
+                step = next(cycle) * pieces  # the parts of one node flush
+                node_flushes.append(ticks[start:start + step])
+                start += step
+            ticks = [batch for parts in node_flushes for batch in node_requests(parts, pieces, senders, sessions)]
             if shuffle:
                 rng.shuffle(ticks)
         out.append(ticks)
@@ -186,13 +199,20 @@ def main(argv: list[str] | None = None) -> int:
         "--decoded", action="store_true",
         help="each piece is a node's flush as the gateway decodes it from compact requests (grouped batches)",
     )
+    parser.add_argument(
+        "--node-ticks", default="",
+        help="with --decoded: ticks per node flush, comma-separated, taken in turn (default: --per-request); "
+             "1,1,2 with --per-request 2 is a gateway whose 1 s flush holds two of a node's 1 s requests, or one "
+             "that caught two ticks",
+    )
     args = parser.parse_args(argv)
     print(
         f"{'stage':<10}{'ticks/flush':>12}{'samples/req':>12}{'samples/s (median)':>20}{'range':>24}"
         f"{'us/sample':>10}{'body B/sample':>15}"
     )
     for per_request in (int(p) for p in args.per_request.split(",")):
-        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces, args.shuffle, args.decoded)
+        ticks = flushes(args.nodes, per_request, args.flushes, args.pieces, args.shuffle, args.decoded,
+                        [int(t) for t in args.node_ticks.split(",") if t])
         requests = [batch for flush in ticks for batch in cut(flush, args.max_samples, args.max_bytes)]
         per_batch = statistics.median(b.samples for b in requests)
         stages = ["batcher", *filter(None, args.formats.split(","))]  # --formats "": the batcher only

@@ -275,3 +275,64 @@ def test_an_equal_series_in_a_new_tuple_is_not_taken_for_another_series() -> Non
     assert first.labels == [a] * 10 and first.timestamps == [1000 * i for i in range(10)]
     assert all(labels is first.labels[0] for labels in first.labels)
     assert second.labels == [b] * 5
+
+
+class Counted(tuple):
+    """A label set that counts how often it is hashed (what proving series distinct costs)."""
+
+    hashed = 0
+
+    def __hash__(self) -> int:
+        Counted.hashed += 1
+        return super().__hash__()
+
+
+def test_a_node_alternating_between_one_tick_and_two_per_request_is_proved_distinct_once_per_list() -> None:
+    # A node flushing every second as ticks arrive every second sends one tick per request, or two interleaved
+    # and cut in two when its flush caught two: three label lists of the same series, as a gateway decodes them.
+    series = [Counted((("__name__", "m"), ("i", str(i)))) for i in range(6)]
+    one_tick = SampleBatch(labels=list(series), values=[1.0] * 6, timestamps=[0] * 6, sizes=[10] * 6, grouped=True)
+
+    def two_ticks(part: list[Labels]) -> SampleBatch:
+        return SampleBatch(labels=[s for s in part for _ in range(2)], values=[1.0] * 2 * len(part),
+                           timestamps=[0, 1000] * len(part), sizes=[10] * 2 * len(part), grouped=True)
+
+    batcher = Batcher(max_samples=100, max_bytes=1 << 20, flush_interval=1.0)
+    for round_ in range(4):
+        if round_ == 2:
+            proved = Counted.hashed
+        for batch in (one_tick, two_ticks(series[:4]), two_ticks(series[4:])):
+            batcher.add(batch)
+            ((cut, _),) = batcher.cut()
+            assert cut.grouped and cut.labels == batch.labels
+    assert Counted.hashed == proved, "the label sets of lists remembered are not hashed again"
+
+
+def test_remembered_label_lists_are_bounded_and_a_forgotten_one_is_proved_again_correctly() -> None:
+    series = [(("__name__", "m"), ("i", str(i))) for i in range(80)]
+    lists = [series[start:start + 5] for start in range(0, 80, 5)]  # sixteen, more than two flushes' worth
+    batcher = Batcher(max_samples=10, max_bytes=1 << 20, flush_interval=1.0, hold_factor=2)
+    for round_ in range(3):
+        for index, part in enumerate(lists):
+            after = lists[(index + 1) % len(lists)]
+            for values, labels in ((1.0, part), (2.0, after)):
+                assert batcher.add(SampleBatch(labels=list(labels), values=[values] * 5, timestamps=[round_] * 5,
+                                               sizes=[10] * 5, grouped=True)) == []
+            requests = batcher.cut()
+            assert [s for batch, _ in requests for s in batch.labels] == part + after
+            assert all(batch.grouped for batch, _ in requests)
+            assert batcher._known_samples <= 2 * 20  # two flushes' worth (max_samples x hold_factor)
+
+
+def test_what_only_forgotten_label_lists_had_is_dropped() -> None:
+    series = [(("__name__", "m"), ("i", str(i))) for i in range(6000)]
+    lists = [series[start:start + 5] for start in range(0, 6000, 5)]
+    batcher = Batcher(max_samples=10, max_bytes=1 << 20, flush_interval=1.0, hold_factor=2)
+    for index in range(0, len(lists), 2):
+        for part in lists[index:index + 2]:
+            batcher.add(SampleBatch(labels=list(part), values=[1.0] * 5, timestamps=[0] * 5, sizes=[10] * 5,
+                                    grouped=True))
+        ((batch, _),) = batcher.cut()
+        assert batch.grouped and batch.labels == lists[index] + lists[index + 1]
+    assert len(batcher._tuples) <= 4 * 40 + 4096 + 5
+    assert len(batcher._apart) <= 4 * len(batcher._known) ** 2 + 64 + 1
