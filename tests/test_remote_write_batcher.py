@@ -261,7 +261,11 @@ def test_a_series_again_in_a_later_request_is_found_though_its_tuple_was_proved_
     batcher.add(node_request([a, b], 0))
     batcher.add(node_request([a], 5000))
     ((batch, _),) = batcher.cut()
-    assert not batch.grouped  # as it came: it fits in one request, but a's samples are in two runs
+    # a's two runs (one per request) put side by side, as one series, in time order
+    assert batch.grouped
+    assert batch.labels == [a] * 10 + [b] * 5
+    assert batch.timestamps == [1000 * i for i in range(10)] + [1000 * i for i in range(5)]
+    assert all(labels is a for labels in batch.labels[:10])
 
 
 def test_an_equal_series_in_a_new_tuple_is_not_taken_for_another_series() -> None:
@@ -336,3 +340,32 @@ def test_what_only_forgotten_label_lists_had_is_dropped() -> None:
         assert batch.grouped and batch.labels == lists[index] + lists[index + 1]
     assert len(batcher._tuples) <= 4 * 40 + 4096 + 5
     assert len(batcher._apart) <= 4 * len(batcher._known) ** 2 + 64 + 1
+
+
+def test_a_batch_marked_grouped_with_a_series_in_two_runs_is_cut_as_the_plain_algorithm_cuts_it() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    liar = SampleBatch(labels=[a, b, a], values=[1.0, 2.0, 3.0], timestamps=[0, 0, 1000], sizes=[10] * 3, grouped=True)
+    batcher = Batcher(max_samples=2, max_bytes=1 << 20, flush_interval=1.0)
+    batcher.add(liar)
+    expected = [(seen(batch), size) for batch, size in reference_cut(*pending_of([liar]), 2, 1 << 20)]
+    assert [(seen(batch), size) for batch, size in batcher.cut()] == expected
+
+
+def test_merges_of_overlapping_lists_are_remembered_for_the_last_few_combinations_only() -> None:
+    series = [(("__name__", "m"), ("i", str(i))) for i in range(24)]
+    batcher = Batcher(max_samples=100, max_bytes=1 << 20, flush_interval=1.0)
+    for round_ in range(2):
+        for start in range(12):  # twelve combinations: one tick of all, then two ticks of a part
+            part = series[start:start + 12]
+            one = SampleBatch(labels=list(series), values=[1.0] * 24, timestamps=[0] * 24, sizes=[10] * 24,
+                              grouped=True)
+            two = SampleBatch(labels=[s for s in part for _ in range(2)], values=[2.0] * 24,
+                              timestamps=[1000, 2000] * 12, sizes=[10] * 24, grouped=True)
+            batcher.add(one)
+            batcher.add(two)
+            ((batch, _),) = batcher.cut()
+            assert batch.grouped
+            expected = [s for s in series for _ in range(3 if s in part else 1)]
+            assert batch.labels == expected
+            assert batch.timestamps == [t for s in series for t in ((0, 1000, 2000) if s in part else (0,))]
+            assert len(batcher._merges) <= 8

@@ -40,8 +40,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, combinations, compress, pairwise, repeat
-from operator import add, and_, eq, is_not, le, lt, ne, sub
+from itertools import accumulate, chain, combinations, compress, islice, pairwise, repeat
+from operator import add, and_, eq, is_not, le, lt, ne, not_, sub
 
 from exporters.remote_write.series import Labels, SampleBatch
 
@@ -60,9 +60,42 @@ class _Runs:
         self.number = number
 
 
-def _key(labels: list[Labels]) -> tuple[int, int]:
-    """Where the runs of a label list are remembered: the id of its first tuple, and its length."""
-    return id(labels[0]), len(labels)
+class _Merge:
+    """How a flush of these remembered lists' batches is grouped: `order`, the flush's samples in grouped order
+    (indexes into the concatenation); `series`, where each series begins in it; `lasts` and `nexts`, the
+    samples that end one run and begin the next run of the same series, whose timestamps must not go back."""
+
+    __slots__ = ("lasts", "nexts", "order", "series")
+
+    def __init__(self, runs: list[_Runs]) -> None:
+        ids: list[int] = []
+        begins: list[int] = []
+        ends: list[int] = []
+        offset = 0
+        for batch in runs:
+            ids += batch.ids
+            begins += map(add, batch.starts, repeat(offset))
+            ends += map(add, islice(batch.starts, 1, None), repeat(offset))
+            offset += len(batch.labels)
+            ends.append(offset)
+        count = len(ids)
+        first = dict(zip(reversed(ids), range(count - 1, -1, -1)))  # each series' first run
+        keys = list(map(first.__getitem__, ids))
+        order = sorted(range(count), key=keys.__getitem__)  # stable: a series' runs in the order batches came
+        keys = list(map(keys.__getitem__, order))
+        begins = list(map(begins.__getitem__, order))
+        ends = list(map(ends.__getitem__, order))
+        follows = list(map(eq, keys[1:], keys))  # run i+1 continues the series of run i
+        self.lasts = list(compress(map(sub, ends, repeat(1)), follows))
+        self.nexts = list(compress(islice(begins, 1, None), follows))
+        self.order = list(chain.from_iterable(map(range, begins, ends)))
+        at = accumulate(map(sub, ends, begins), initial=0)  # where each run begins in the grouped order
+        self.series = list(compress(at, [True, *map(not_, follows)]))
+
+
+def _key(labels: list[Labels]) -> tuple[int, int, int]:
+    """Where the runs of a label list are remembered: the ids of its first and last tuples, and its length."""
+    return id(labels[0]), id(labels[-1]), len(labels)
 
 
 class Batcher:
@@ -112,10 +145,11 @@ class Batcher:
         # one tuple per label set (`_tuples`: each label set's tuple id, which also keeps the tuples and so their
         # ids alive), so two of them share a series exactly when they share a tuple id: `_apart` memoizes that
         # for pairs (by `_Runs.number`) as flushes meet them.
-        self._known: dict[tuple[int, int], _Runs] = {}
+        self._known: dict[tuple[int, int, int], _Runs] = {}
         self._known_samples = 0
         self._tuples: dict[Labels, int] = {}
         self._apart: dict[tuple[int, int], bool] = {}
+        self._merges: dict[tuple[int, ...], _Merge] = {}  # by the lists' numbers, least recently used first
         self._numbered = 0
 
     @property
@@ -174,6 +208,10 @@ class Batcher:
             requests = self._cut_repeated(pending, per_tick, len(pending.values) // per_tick)
             if requests is not None:
                 return requests
+        if runs:
+            requests = self._merge_runs(pending, runs)
+            if requests is not None:
+                return requests
         if fits:
             return [(pending, nbytes)]
         return self._split(pending)
@@ -204,6 +242,45 @@ class Batcher:
             starts += map(add, batch.starts, repeat(offset))
             offset += len(batch.labels)
         return self._slices(pending, starts)
+
+    def _merge_runs(self, pending: SampleBatch, runs: list[_Runs]) -> list[tuple[SampleBatch, int]] | None:
+        """The requests `_split` would cut from a flush of `grouped` batches (`runs`: theirs, in order, all still
+        remembered) whose series may be in several of them, as when a gateway's flush spans two of a node's;
+        None when a series' runs are not in time order one after the other, or a series alone passes a limit
+        (then `_split` groups sample by sample).
+
+        The runs, not the samples, are put in order (each series' runs side by side in the order the batches
+        came, series in order of first appearance; remembered lists agree on one tuple per label set, so a
+        series is one tuple id in all of them), and that order is kept for the same lists (`_Merge`): what is
+        left is a check of the timestamps where runs meet, one permutation of the columns and slices at series
+        boundaries. A 1 s gateway flush of a node's one-tick request and its next two-tick one (15,690 samples)
+        ~0.5 us a sample the first time, ~0.15 after, where `_split` takes ~1.0 (`bench/encode_bench.py
+        --decoded --per-request 3 --node-ticks 1,2 --formats ''`)."""
+        known = self._known
+        if any(known.get(_key(batch.labels)) is not batch for batch in runs):
+            return None
+        numbers = tuple(batch.number for batch in runs)
+        merge = self._merges.pop(numbers, None) or _Merge(runs)
+        self._merges[numbers] = merge  # used last
+        while len(self._merges) > 8:
+            del self._merges[next(iter(self._merges))]
+        stamps = pending.timestamps
+        if not all(map(le, map(stamps.__getitem__, merge.lasts), map(stamps.__getitem__, merge.nexts))):
+            return None
+        order = merge.order
+        grouped = SampleBatch(
+            labels=list(map(pending.labels.__getitem__, order)),
+            values=list(map(pending.values.__getitem__, order)),
+            timestamps=list(map(stamps.__getitem__, order)),
+            sizes=list(map(pending.sizes.__getitem__, order)),
+            histogram_labels=pending.histogram_labels, histograms=pending.histograms,
+            histogram_sizes=pending.histogram_sizes, exemplar_labels=pending.exemplar_labels,
+            exemplars=pending.exemplars, exemplar_sizes=pending.exemplar_sizes,
+            metadata=pending.metadata, grouped=True,
+        )
+        if pending.start_timestamps:
+            grouped.start_timestamps = list(map(pending.start_timestamps.__getitem__, order))
+        return self._slices(grouped, merge.series)
 
     def _slices(self, pending: SampleBatch, starts: list[int]) -> list[tuple[SampleBatch, int]] | None:
         """Whole runs of grouped `pending` (`starts`: where each begins) packed greedily into requests, each a
