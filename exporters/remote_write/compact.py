@@ -176,6 +176,29 @@ def running(column: Sequence[int], counts: Sequence[int], bases: Sequence[int], 
     return list(map(op, folded, chain.from_iterable(map(repeat, offsets, counts))))
 
 
+def _deltas_of_deltas(stamps: list[int], counts: Sequence[int], bases: Sequence[int]) -> list[int]:
+    """Each timestamp's delta of delta within its series (the first one's delta from the series' base, the
+    second one's delta from the first): what Request.timestamps holds.
+
+    When every series has the same number of samples (a node's ticks: one, or a flush's few), the k-th samples
+    of all series are strided slices, so both differences are one map per position rather than two shifted
+    copies of the whole column and two maps over it: ~70 -> ~30 ns a sample at two samples per series."""
+    if is_uniform(counts):
+        every = counts[0]
+        if every == 1:
+            return list(map(operator.sub, stamps, bases))
+        deltas: list[int] = [0] * len(stamps)
+        deltas[::every] = map(operator.sub, stamps[::every], bases)
+        for k in range(1, every):
+            deltas[k::every] = map(operator.sub, stamps[k::every], stamps[k - 1 :: every])
+        out = deltas[:]
+        for k in range(1, every):
+            out[k::every] = map(operator.sub, deltas[k::every], deltas[k - 1 :: every])
+        return out
+    deltas = list(map(operator.sub, stamps, shifted(stamps, counts, bases)))
+    return list(map(operator.sub, deltas, shifted(deltas, counts, [0] * len(counts))))
+
+
 def last_of_each(column: Sequence[int], counts: Sequence[int]) -> list[int]:
     """Each series' last element: what becomes its acknowledged state."""
     if is_uniform(counts):
@@ -454,7 +477,9 @@ class _Samples:
         self.sample_refs = refs
         if grouping is not None:
             grouped_stamps = grouping.apply(stamps)
-            if grouping.same is not None and any(
+            # A grouped batch's series are each in time order already (`SampleBatch.grouped`), and a grouping
+            # that keeps arrival order keeps it: only other batches are checked (~40 ns a sample).
+            if grouping.same is not None and not (batch.grouped and grouping.arrival) and any(
                 map(operator.and_, grouping.same, map(operator.lt, grouped_stamps[1:], grouped_stamps))
             ):
                 grouping = None
@@ -482,9 +507,7 @@ class _Samples:
         assert self.grouping is not None
         message.sample_series_ref_deltas.extend(self.grouping.ref_deltas)
         message.sample_counts.extend(counts)
-        stamps = self.stamps
-        deltas = list(map(operator.sub, stamps, shifted(stamps, counts, self._bases(session.last_ts))))
-        message.timestamps.extend(map(operator.sub, deltas, shifted(deltas, counts, [0] * len(counts))))
+        message.timestamps.extend(_deltas_of_deltas(self.stamps, counts, self._bases(session.last_ts)))
         if self.starts is not None:
             starts = self.starts
             message.start_timestamps.extend(
@@ -523,15 +546,18 @@ class _Samples:
 
 class _Grouping:
     """How a batch's samples become columns grouped per series: the permutation (None: as they are), each
-    group's series ref and sample count, and for each adjacent pair whether it is in the same series."""
+    group's series ref and sample count, and for each adjacent pair whether it is in the same series.
+    `arrival`: a series' samples keep the order they came in (the permutation was not sorted by time)."""
 
-    __slots__ = ("counts", "dense", "order", "ref_deltas", "refs", "same")
+    __slots__ = ("arrival", "counts", "dense", "order", "ref_deltas", "refs", "same")
 
-    def __init__(self, order: list[int] | None, refs: list[int], counts: list[int], same: list[bool] | None):
+    def __init__(self, order: list[int] | None, refs: list[int], counts: list[int], same: list[bool] | None,
+                 arrival: bool = True):
         self.order, self.refs, self.counts = order, refs, counts
         self.same = same if same is not None and any(same) else None  # None: one sample per series
         self.ref_deltas = [refs[0], *map(operator.sub, refs[1:], refs)]
         self.dense = refs[-1] == len(refs) - 1  # refs increase, so they are 0, 1, 2 ...
+        self.arrival = arrival
 
     def apply(self, column: Sequence[Any]) -> list[Any]:
         return list(column) if self.order is None else list(map(column.__getitem__, self.order))
@@ -549,13 +575,15 @@ class _Grouping:
         grouped = list(map(operator.floordiv, keys, repeat(n)))
         grouped_stamps = list(map(stamps.__getitem__, order))
         same = list(map(operator.eq, grouped[1:], grouped))
+        arrival = True
         if any(map(operator.and_, same, map(operator.lt, grouped_stamps[1:], grouped_stamps))):
             ordered = sorted(zip(refs, stamps, range(n)))
             grouped, _, order = map(list, zip(*ordered))
             same = list(map(operator.eq, grouped[1:], grouped))
+            arrival = False
         firsts = [0, *compress(range(1, n), map(operator.not_, same))]
         counts = list(map(operator.sub, firsts[1:] + [n], firsts))
-        return cls(order, list(map(grouped.__getitem__, firsts)), counts, same)
+        return cls(order, list(map(grouped.__getitem__, firsts)), counts, same, arrival)
 
 
 def _metadata(request: _Request, metadata: dict[str, Metadata]) -> bytes:
