@@ -3,6 +3,7 @@ protobuf writes, request after request, whatever the values and timestamps do.""
 
 from __future__ import annotations
 
+import random
 import struct
 import threading
 from typing import Any
@@ -180,3 +181,20 @@ def test_negative_zero_and_nan_payloads_keep_their_bits() -> None:
         assert body == expected(labels, values, stamps)
     decoded = rw1.WriteRequest.FromString(body)
     assert [struct.pack("<d", ts.samples[0].value) for ts in decoded.timeseries] == [struct.pack("<d", -0.0)] * 2
+
+
+def test_a_few_zeros_changing_among_many_series_are_written_exactly() -> None:
+    rng = random.Random(5)
+    series = [(("__name__", "m"), ("i", str(i))) for i in range(60)]
+    for runs in ([1] * 60, [3] * 60, [rng.randint(1, 3) for _ in range(60)]):
+        cache = rw1.LabelCache()
+        labels = [s for s, run in zip(series, runs) for _ in range(run)]
+        values = [0.0 if rng.random() < 0.3 else 1.5 for _ in labels]
+        for tick in range(12):
+            for _ in range(2):  # a zero comes or goes, sometimes as -0.0
+                i = rng.randrange(len(values))
+                values[i] = rng.choice((0.0, -0.0, 2.5)) if values[i] else 3.5
+            stamps = [NOW + 10_000 * tick + 1000 * k for run in runs for k in range(run)]
+            assert rw1.serialize(list(labels), values, stamps, cache=cache, grouped=True) == expected(
+                labels, values, stamps)
+        assert frame_of(cache)
