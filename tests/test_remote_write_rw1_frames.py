@@ -40,24 +40,34 @@ def frame_of(cache: rw1.LabelCache) -> list[Frame]:
 def requests(draw: Any) -> tuple[list[tuple[list, list[float], list[int]]], bool]:
     """Requests of one label list (a fresh list object each time, the same tuples), as a batcher cuts them
     flush after flush: grouped runs of 1-3 samples per series in time order, or (not grouped) distinct series
-    in any order. Timestamps mostly now-like with the same varint length, sometimes anything in int64."""
+    in any order. Timestamps mostly now-like with the same varint length (half the time the k-th samples of
+    all series at one time), sometimes anything in int64."""
+    runs_alike = draw(st.booleans())
     series = draw(st.lists(label_sets(), min_size=1, max_size=6, unique=True))
     grouped = draw(st.booleans())
-    runs = [draw(st.integers(1, 3)) if grouped else 1 for _ in series]
+    alike = draw(st.integers(1, 3))
+    runs = [(alike if runs_alike else draw(st.integers(1, 3))) if grouped else 1 for _ in series]
     labels = [s for s, run in zip(series, runs) for _ in range(run)]
     out = []
     start = NOW
     for _ in range(draw(st.integers(2, 5))):
         wild = draw(st.integers(0, 4)) == 0
+        # aligned: the k-th sample of every series at one time (a batcher's interleaved ticks)
+        jitter = [draw(st.sampled_from((0, 0, 3))) for _ in range(max(runs))] if draw(st.booleans()) else None
         stamps: list[int] = []
         for run in runs:
             if wild:
                 stamps += sorted(draw(st.lists(st.one_of(INT64, st.sampled_from((0, -1, -(2**63)))),
                                                min_size=run, max_size=run)))
+            elif jitter is not None:
+                stamps += [start + 1000 * j + jitter[j] for j in range(run)]
             else:
                 stamps += [start + 1000 * j + draw(st.sampled_from((0, 0, 3))) for j in range(run)]
         start += 1000 * max(runs)
-        out.append((list(labels), [draw(values_) for _ in labels], stamps))
+        # some series all +0.0 in a request (a counter that never moved), the others anything
+        values = [0.0 if draw(st.integers(0, 3)) == 0 else None for _ in series]
+        out.append((list(labels), [draw(values_) if values[i] is None else 0.0
+                                   for i, run in enumerate(runs) for _ in range(run)], stamps))
     return out, grouped
 
 

@@ -22,7 +22,8 @@ with `bench/encode_bench.py` on the node workload: 1.75 -> ~0.46 us per sample a
 
 A label list sent before (a sender's series in the same order, flush after flush) skips all of that: its
 body's layout is remembered whole (`LabelCache.frames`, rw1_frames.py), and what is left is one `struct`
-call per sample. The paths below serve label lists seen for the first time, and requests with exemplars.
+call per series (or per sample). The paths below serve label lists seen for the first time, and requests with
+exemplars.
 """
 
 from __future__ import annotations
