@@ -187,6 +187,13 @@ class LabelCache:
         self.nbytes += cost
         return encoded
 
+    def encoded_all(self, label_sets: Sequence[Labels]) -> list[bytes]:
+        """`encoded` of each label set, looked up in C when every one was seen before by identity."""
+        try:
+            return list(map(_second, map(self.by_id.__getitem__, map(id, label_sets))))
+        except KeyError:
+            return list(map(self.encoded, label_sets))
+
 
 def _encode_labels(series: Labels) -> bytes:
     parts = []
@@ -413,7 +420,7 @@ def serialize(
     _encoded_labels = cache.encoded
     exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
     # A label list sent before (the usual case): its remembered layout, with no work per series.
-    framed = cache.frames.pieces(labels, values, timestamps, grouped, _encoded_labels) if not exemplars else None
+    framed = cache.frames.pieces(labels, values, timestamps, grouped, cache.encoded_all) if not exemplars else None
     out: list[bytes] = framed if framed is not None else _float_series(
         labels, values, timestamps, exemplars, exemplars_by_series, cache, grouped
     )
