@@ -514,9 +514,11 @@ class _Samples:
                 map(operator.sub, starts, shifted(starts, counts, self._bases(session.last_start)))
             )
         bits = self.bits
+        bases = array("Q", self._bases(session.last_bits))
+        if len(bases) == len(bits):  # one sample per series: each is XOR'd with its series' last value
+            return xor_bytes(bits.tobytes(), bases.tobytes())
         previous = array("Q", (0,))
         previous += bits[:-1]
-        bases = array("Q", self._bases(session.last_bits))
         if is_uniform(counts):
             previous[:: counts[0]] = bases
         else:
