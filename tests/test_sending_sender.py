@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -398,3 +399,15 @@ def test_reading_waiting_entries_back_counts_as_busy_and_waiting_for_a_put_does_
         assert h.sender._previous.busy == pytest.approx(0.03)
         await h.sender.stop(0)
     run(scenario)
+
+
+def test_each_control_decision_is_logged_at_debug_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        h = harness(SenderSettings(retry=BACKOFF, control_interval=1e9))
+        h.put("a")
+        with caplog.at_level(logging.DEBUG, logger="headwater.exporters.sender"):
+            h.sender.adapt()
+        await h.sender.stop(0)
+    run(scenario)
+    assert any("concurrency 1 -> 1 (no-measurement)" in r.getMessage() and "batch 10000 -> 10000 (no-measurement)"
+               in r.getMessage() for r in caplog.records)

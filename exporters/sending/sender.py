@@ -45,7 +45,7 @@ from exporters.errors import (
 )
 from exporters.retry import RetryPolicy
 from exporters.sending.breaker import CircuitBreaker, TokenBucket
-from exporters.sending.control import Window, next_batch_samples, next_concurrency
+from exporters.sending.control import Window, batch_decision, concurrency_decision
 from exporters.sending.queue import Entry, Queue
 
 T = TypeVar("T")
@@ -486,10 +486,12 @@ class Sender(Generic[T]):
             busy=min(1.0, self._busy / (duration * self.concurrency)),  # how full the slots were
         )
         maximum = max(1, min(self._settings.max_concurrency, self._max_in_flight()))
-        self.concurrency = next_concurrency(self.concurrency, window, self._previous, minimum=1, maximum=maximum)
-        self.batch_samples = next_batch_samples(
-            self.batch_samples, window, minimum=self._settings.min_batch_samples,
-            maximum=self._settings.batch_samples, target_latency=self._settings.target_latency)
+        concurrency = concurrency_decision(self.concurrency, window, self._previous, minimum=1, maximum=maximum)
+        batch = batch_decision(self.batch_samples, window, minimum=self._settings.min_batch_samples,
+                               maximum=self._settings.batch_samples, target_latency=self._settings.target_latency)
+        logger.debug("sender %s: concurrency %d -> %d (%s), batch %d -> %d (%s); %r", self.name, self.concurrency,
+                     concurrency.value, concurrency.reason, self.batch_samples, batch.value, batch.reason, window)
+        self.concurrency, self.batch_samples = concurrency.value, batch.value
         self._previous = window
         self._window_start = now
         self._delivered = self._requests = self._errors = self._incoming = 0
