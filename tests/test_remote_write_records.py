@@ -363,3 +363,17 @@ def test_a_reference_to_an_undefined_label_set_says_so() -> None:
     body = records._DATA.pack(1, 1, 0, 1, 0, 2) + struct.pack("<IdqI", 7, 1.0, 5, 40)
     with pytest.raises(ValueError, match="label set index past the 0"):
         SampleBatchCodec().reader().decode(record_of(0, b"", body))
+
+
+def test_a_writer_remembers_one_object_per_label_set_however_many_equal_copies_it_is_given() -> None:
+    """Memory within a segment is bounded by its distinct series, not by how many equal tuples arrive."""
+    from exporters.remote_write.records import SampleBatchCodec
+    from exporters.remote_write.series import SampleBatch
+
+    writer = SampleBatchCodec().writer()
+    for flush in range(50):
+        copies = [tuple((("__name__", "m"), ("i", str(i)))) for i in range(20)]  # new objects every flush
+        copies = [tuple(list(c)) for c in copies]
+        writer.encode(SampleBatch(labels=copies, values=[float(flush)] * 20, timestamps=[flush] * 20,
+                                  sizes=[10] * 20))
+    assert len(writer._held) == 20
