@@ -9,13 +9,14 @@ at steady state, and whether every sample arrived.
 Why this shape: an agent is judged on its worst day (issue 8). A real Prometheus 2.42 stores what arrives;
 between it and the agent, `bench/outage_proxy.py` is the switch (during the outage the agent's connections
 are refused, or with `--refuse-with 503` answered 503) and the stopwatch (every sample it forwards is timed
-from its timestamp to Prometheus's 2xx). `bench/outage_load.py` pushes node-exporter-shaped OTLP, one
-request per simulated node, every sample stamped with the wall time at which it was sent, so that stopwatch
+from its timestamp to Prometheus's 2xx; `--receiver-latency` makes it a receiver across a network). The load,
+`bench/outage_load.py`, pushes node-exporter-shaped OTLP, every sample stamped with the wall time at which
+it was sent, so that stopwatch
 reads the delay from the agent receiving a sample to the receiver acknowledging it. The default load is the
 issue's "ten node-exporter-sized hosts' worth of series" (10 x 523 = 5,230 series) at 50,000 samples/s,
 so every series gets a sample every 0.105 s, each tick one request holding every node; `--nodes 96
 --layout per-node` spreads the same rate over 50,208 series at about one sample per second each, one request
-per node (see the README: the agent's translation does not keep up with that many series today).
+per node (see bench/README.md: the agent does not keep up with that many series today).
 
 One run, every process fresh:
 1. Prometheus 2.42 (`--web.enable-remote-write-receiver`, storage in a temporary directory), the proxy in
@@ -41,8 +42,9 @@ One run, every process fresh:
 Throughout, every `--sample-every` s: the agent's RSS (VmRSS) and CPU, its `headwater_queue_bytes{medium}`,
 `headwater_queue_oldest_age_seconds`, `headwater_sender_concurrency`, `headwater_sender_batch_samples`,
 and the CPU of Prometheus, the proxy and the generator (to tell whether the agent or its surroundings limit
-the catch-up). Peak memory is read against `queue.max_memory`: the queue gauge must stay at or under it, and
-the RSS growth over the steady state is shown beside it.
+the catch-up). Peak memory is read against `queue.max_memory`: the queue gauge, which counts the pending
+flush too, beside its steady-state peak (the pending flush at its largest) and their difference, and the RSS
+growth over the steady state.
 
 Pinning: the agent on the first core, everything else on the second (`--no-pin` to turn off), so that the
 agent's CPU is its own. The machine has two cores, so Prometheus, the proxy and the generator share one;
@@ -51,7 +53,8 @@ their CPU per phase is in the results.
 Output: a table (medians over `--repeats`, with the range) on stdout, every run's figures, timelines and
 settings in bench/results/outage-<time>.json; `--profile` adds py-spy collapsed stacks of the agent at steady
 state and during catch-up next to it (`python bench/profile_summary.py FILE`; profiled runs' CPU figures are
-not results). Exit status 2 when a run lost samples or Prometheus refused some, 1 when a run failed to run.
+not results). Exit status 2 when a run lost samples, sent some twice, Prometheus refused some or the backlog
+did not drain, 1 when a run failed to run.
 """
 
 from __future__ import annotations
