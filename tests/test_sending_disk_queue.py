@@ -528,6 +528,21 @@ def test_memory_stays_under_max_memory_and_evicted_items_are_read_back(tmp_path:
     run(scenario)
 
 
+def test_bytes_the_owner_reserves_evict_written_items_so_both_stay_within_max_memory(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = await open_queue(tmp_path, max_memory=1000, segment_bytes=700)
+        items = names(9, size=100)
+        put_all(queue, items)
+        await queue.flush()
+        queue.reserve(400)  # the exporter's pending flush grew
+        assert queue.memory_bytes + 400 <= 1000
+        queue.reserve(0)
+        assert [e.item for e in await drain(queue)] == items  # evicted items are read back
+        await queue.close()
+
+    run(scenario)
+
+
 def test_entries_not_yet_written_cannot_be_evicted_so_room_is_zero_when_they_fill_memory(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = await open_queue(tmp_path, max_memory=300)

@@ -213,7 +213,7 @@ class RemoteWriteExporter:
         meter.create_observable_gauge(
             "headwater_queue_bytes", unit="By", callbacks=[self._observe_queue_bytes],
             description="Bytes the endpoint's queue holds, by medium: memory (estimated uncompressed, the pending "
-            "flush included) and disk (segment files).")
+            "flush included; queue.max_memory bounds the sum) and disk (segment files).")
         meter.create_observable_gauge(
             "headwater_queue_oldest_age_seconds", unit="s", callbacks=[self._observe_oldest],
             description="Age of the oldest data the endpoint's queue holds; 0 when empty.")
@@ -375,6 +375,8 @@ class RemoteWriteExporter:
         self._enqueue(self._batcher.add(batch))
         if was_empty and self._batcher:
             self._pending_started.set()
+        if self._queue is not None:
+            self._queue.reserve(self._batcher.nbytes + self._spilled_bytes)
 
     def _enqueue(self, requests: list[tuple[SampleBatch, int]]) -> None:
         if not requests:
@@ -389,6 +391,7 @@ class RemoteWriteExporter:
             self._spilled.append((batch, nbytes, group))
             self._spilled_bytes += nbytes
         self._queue_spilled()
+        self._queue.reserve(self._batcher.nbytes + self._spilled_bytes)
 
     def _queue_spilled(self, final: bool = False) -> None:
         """Put the requests cut so far into the queue, oldest first, while it takes them. Under `refuse`, those

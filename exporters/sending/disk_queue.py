@@ -191,6 +191,7 @@ class DiskQueue(Generic[T]):
         self._unwritten_bytes = 0  # entries not done whose record is not on disk (pending or being written)
         self._unwritten_count = 0
         self._held_bytes = 0  # items the queue holds in memory
+        self._reserved = 0  # bytes the owner holds in memory outside the queue (see `reserve`)
         self._evictable: dict[int, _Slot] = {}  # written, held, waiting; in seq order, evicted from the end
         self._live_disk = 0  # sizes of segments with an entry not done
         self._next_seq = 0
@@ -379,6 +380,14 @@ class DiskQueue(Generic[T]):
         disk = self.max_disk - self._disk_needed(0)
         return max(0, min(memory, disk))
 
+    def reserve(self, nbytes: int) -> None:
+        """The owner holds `nbytes` in memory outside the queue (the exporter's pending flush): written items
+        are evicted until they and these fit in `max_memory`, so the endpoint's memory, not only the queue's,
+        stays within the bound (items not yet written cannot go until their write)."""
+        self._reserved = max(0, nbytes)
+        if self._held_bytes + self._reserved > self.max_memory:
+            self._evict()
+
     @property
     def memory_bytes(self) -> int:
         """Bytes (`nbytes`) of the items the queue holds in memory, not those handed out."""
@@ -478,9 +487,11 @@ class DiskQueue(Generic[T]):
             self._evictable.pop(slot.seq, None)
 
     def _evict(self) -> None:
-        """Drop written items of waiting entries from memory, newest first, until under max_memory."""
+        """Drop written items of waiting entries from memory, newest first, until they and the owner's reserved
+        bytes are under max_memory."""
         evictable = self._evictable
-        while self._held_bytes > self.max_memory and evictable:
+        limit = self.max_memory - self._reserved
+        while self._held_bytes > limit and evictable:
             _, slot = evictable.popitem()
             slot.item = _ABSENT
             self._held_bytes -= slot.nbytes

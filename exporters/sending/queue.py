@@ -70,6 +70,12 @@ class Queue(Protocol[T]):
         """Bytes that can still be put before `put` refuses or drops (counting both bounds)."""
         ...
 
+    def reserve(self, nbytes: int) -> None:
+        """The owner holds `nbytes` in memory outside the queue (a pending flush, requests waiting for room):
+        a queue that can evict keeps what it holds plus these within `max_memory`, so one bound covers the
+        endpoint's memory. A memory-only queue cannot evict and ignores it."""
+        ...
+
     @property
     def memory_bytes(self) -> int: ...
 
