@@ -526,6 +526,19 @@ def test_a_slow_but_parallel_receiver_draws_the_concurrency_above_one_while_a_ba
         assert_delivered_in_order(prometheus, proxy, agent, client)
 
 
+def test_send_latency_is_exported_in_buckets_of_seconds(prometheus, start_agent):
+    with FaultProxy(prometheus.remote_write_url) as proxy:
+        proxy.latency = lambda in_flight: 0.2
+        agent = start_agent(extra_config=agent_config(proxy.url))
+        client = GaugeClient("fault_latency", series=10)
+        drive(agent, client, range(0, 2), pause=0.3)
+
+        answered = telemetry(agent, "headwater_sender_latency_seconds_count", exporter=EXPORTER)
+        assert answered > 0
+        assert telemetry(agent, "headwater_sender_latency_seconds_bucket", exporter=EXPORTER, le="0.1") == 0
+        assert telemetry(agent, "headwater_sender_latency_seconds_bucket", exporter=EXPORTER, le="1.0") == answered
+
+
 def test_a_receiver_whose_latency_grows_with_concurrency_makes_the_concurrency_fall_back(prometheus, start_agent):
     with FaultProxy(prometheus.remote_write_url) as proxy:
         proxy.latency = lambda in_flight: 0.1 * in_flight  # one request at a time, whatever is sent

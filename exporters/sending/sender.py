@@ -50,6 +50,8 @@ from exporters.sending.queue import Entry, Queue
 
 T = TypeVar("T")
 logger = logging.getLogger("headwater.exporters.sender")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Seconds: from a receiver next door to one that needs its whole timeout."""
 
 RETRY_REASONS = ("network", "server", "throttled")
 DROP_REASONS = ("rejected", "too_old", "error")
@@ -189,7 +191,10 @@ class Sender(Generic[T]):
             "too_old (older than sample_age_limit), error (a bug; logged with its traceback).")
         self._latency = meter.create_histogram(
             "headwater_sender_latency_seconds", unit="s",
-            description="Time from sending a request to its answer, for requests that got one.")
+            description="Time from sending a request to its answer, for requests that got one.",
+            # The SDK's default boundaries (0, 5, 10, ... 10000) are meant for milliseconds: in seconds every
+            # answer fell in the first bucket above 0.
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
         for reason in RETRY_REASONS:
             self._retries.add(0, {**self._attributes, "reason": reason})
         for reason in DROP_REASONS:
