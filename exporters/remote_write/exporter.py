@@ -70,7 +70,7 @@ RESERVED_HEADERS = frozenset(
 PROTOCOL_CHOICES = (*PROTOCOLS, "auto")
 SPILL_REQUESTS = 4
 WRITE_GRACE = 0.25
-"""Seconds, at most a tenth of `flush_interval`, that a cut request waits for its acknowledgement before the disk
+"""Seconds, at most a quarter of `flush_interval`, that a cut request waits for its acknowledgement before the disk
 queue writes it: a receiver that keeps up then costs no disk writes (writing every request at its cut took about
 half of the node agent's CPU in bench/remote_write.py). The batcher cuts that much before `flush_interval`, so
 what clients were answered 200 for is still in the file within `flush_interval` unless delivered."""
@@ -151,7 +151,7 @@ class RemoteWriteExporter:
         self._retry = retry
         self._clock = clock
         self._queue_settings = queue or QueueSettings()
-        self._write_grace = min(WRITE_GRACE, flush_interval / 10) if self._queue_settings.durable else 0.0
+        self._write_grace = min(WRITE_GRACE, flush_interval / 4) if self._queue_settings.durable else 0.0
         self._batcher = Batcher(max_samples, max_bytes, flush_interval - self._write_grace, clock)
         self._flush_interval = flush_interval
         self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers))

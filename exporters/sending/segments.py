@@ -422,6 +422,12 @@ class SegmentAppender:
         outcome.sizes[segment] = end
         return True
 
+    @property
+    def current(self) -> Segment | None:
+        """The segment the next append goes to, while it has room (read on the loop between cycles, which do
+        not overlap)."""
+        return self._current if self._durable < self._segment_bytes else None
+
     def seal(self) -> None:
         """No more appends to the current segment."""
         if self._fd >= 0:
