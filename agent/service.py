@@ -1,9 +1,10 @@
 """The composition root: builds exporters, pipelines, admission control and receivers from a Config, and runs
 them in order.
 
-Start order: exporters, then receivers, then the telemetry server reports ready.
-Shutdown order: not ready; receivers stop listening and finish in-flight requests; exporters deliver what
-they hold within what is left of `shutdown_timeout`; the telemetry server goes last.
+Start order: exporters, then receivers, then the telemetry server reports ready and systemd gets READY=1.
+Shutdown order: STOPPING=1 and not ready; receivers stop listening and finish in-flight requests; exporters
+deliver what they hold within what is left of `shutdown_timeout`; the telemetry server goes last.
+Under systemd (agent.notify) the watchdog is pinged from the event loop for the whole run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 from agent.admission import Admission
 from agent.config import Config
 from agent.logs import kv
+from agent.notify import Notifier, keep_watchdog, report_status
 from agent.pipeline import FanOut, MetricsFanOut
 from agent.sampling import SampledTraces, new_sampler, settings_from_config
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.span_metrics import SpanMetrics
+from agent.status_line import StatusLine, StatusSources
 from agent.telemetry import TelemetryServer, install_meter_provider
 from exporters.file import FileTraceExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
@@ -36,6 +39,9 @@ from exporters.sending.sender import SenderSettings
 from samplers.red import RedAggregator
 
 log = logging.getLogger("headwater.agent")
+
+# How often `systemctl status` gets a new STATUS= line: often enough to read rates, rare enough to cost nothing.
+STATUS_EVERY_SECONDS = 5.0
 
 
 def _policy(retry: Any) -> RetryPolicy:
@@ -90,9 +96,11 @@ def build_exporters(config: Config) -> dict[str, Any]:
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        """`notifier`: where systemd notifications go; default from NOTIFY_SOCKET (a no-op without it)."""
         install_meter_provider()
         self.config = config
+        self.notifier = Notifier.from_environment() if notifier is None else notifier
         self.exporters = build_exporters(config)
         self.admission = Admission(config.admission.max_inflight, config.admission.retry_after)
         p = config.pipelines
@@ -151,15 +159,30 @@ class Agent:
         self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
                           if config.telemetry.enabled else None)
         self._started: list[Any] = []
+        sampler = self.traces.sampler if self.traces is not None else None
+        self.status = StatusLine(StatusSources(
+            spans_in=(lambda: sampler.stats.spans_in) if sampler else None,
+            spans_kept=(lambda: sum(sampler.stats.kept_spans.values())) if sampler else None,
+            buffered_traces=(lambda: sampler.buffered_traces) if sampler else None,
+            buffered_bytes=(lambda: sampler.buffered_bytes) if sampler else None,
+            queued_bytes={name: (lambda e=e: e.queued_bytes) for name, e in self.exporters.items()}))
 
     def _reload_from(self, path: str | None) -> None:
         from agent.config import ConfigError, load_file
 
+        # systemd: RELOADING=1 before the file is read, READY=1 once the outcome (applied or refused) is known;
+        # neither while still starting, where READY=1 would come before the receivers listen.
+        notify = self._ready
+        if notify:
+            self.notifier.reloading()
         try:
             self.reload(load_file(path))
         except ConfigError as exc:
             log.error("config reload refused; keeping the running config",
                       **kv(problems=len(exc.issues), first=str(exc.issues[0]) if exc.issues else ""))
+        finally:
+            if notify:
+                self.notifier.ready(self.status.line(time.monotonic()))
 
     async def start(self) -> None:
         if self.telemetry is not None:
@@ -177,9 +200,13 @@ class Agent:
         log.info("started", **kv(exporters=",".join(self.exporters) or "none",
                                  traces=",".join(self.traces.exporter_names) if self.traces else "off",
                                  metrics=",".join(self.metrics.exporter_names) if self.metrics else "off"))
+        # Every receiver listens and every exporter runs: only now may systemd start what is ordered after us.
+        self.notifier.ready(self.status.line(time.monotonic()))
 
     async def shutdown(self) -> None:
         """Safe without start and safe twice."""
+        if self._started:
+            self.notifier.stopping()
         self._ready = False
         deadline = time.monotonic() + self.config.shutdown_timeout
         started, self._started = self._started, []
@@ -218,9 +245,22 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_from(config_path))
-        await self.start()
+        # The watchdog pings from this loop for the whole run, start and shutdown included: a slow drain is not
+        # a stuck loop (TimeoutStopSec bounds it), while a blocked loop stops the pings and gets us restarted.
+        watchdog = asyncio.create_task(keep_watchdog(self.notifier), name="systemd-watchdog")
+        status = asyncio.create_task(
+            report_status(self.notifier, lambda: self.status.line(time.monotonic()), STATUS_EVERY_SECONDS),
+            name="systemd-status")
         try:
-            await stop.wait()
-            log.info("stopping on signal")
+            await self.start()
+            try:
+                await stop.wait()
+                log.info("stopping on signal")
+            finally:
+                status.cancel()  # "stopping: ..." stays the status until exit
+                await self.shutdown()
         finally:
-            await self.shutdown()
+            for task in (status, watchdog):
+                task.cancel()
+            await asyncio.gather(status, watchdog, return_exceptions=True)
+            self.notifier.close()
