@@ -172,7 +172,7 @@ class Agent:
 
         # systemd: RELOADING=1 before the file is read, READY=1 once the outcome (applied or refused) is known;
         # neither while still starting, where READY=1 would come before the receivers listen.
-        notify = self._ready
+        notify = self._ready and self.notifier.enabled
         if notify:
             self.notifier.reloading()
         try:
@@ -201,7 +201,8 @@ class Agent:
                                  traces=",".join(self.traces.exporter_names) if self.traces else "off",
                                  metrics=",".join(self.metrics.exporter_names) if self.metrics else "off"))
         # Every receiver listens and every exporter runs: only now may systemd start what is ordered after us.
-        self.notifier.ready(self.status.line(time.monotonic()))
+        if self.notifier.enabled:
+            self.notifier.ready(self.status.line(time.monotonic()))
 
     async def shutdown(self) -> None:
         """Safe without start and safe twice."""
