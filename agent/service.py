@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.span_metrics import SpanMetrics
 from agent.status_line import StatusLine, StatusSources
 from agent.telemetry import TelemetryServer, install_meter_provider
-from exporters.file import FileTraceExporter
+from exporters.file import FileExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
@@ -61,8 +60,10 @@ def build_exporters(config: Config) -> dict[str, Any]:
             endpoint=ex.otlp.endpoint, headers=dict(ex.otlp.headers), compression=ex.otlp.compression,
             timeout=ex.otlp.timeout, retry=_policy(ex.otlp.retry))
     if ex.file is not None and "file" in wanted:
-        path = ex.file.path or os.path.join(config.state_dir, "traces.jsonl")
-        built["file"] = FileTraceExporter(Path(path))
+        # Relative paths land under state_dir, with the agent's other files.
+        state = Path(config.state_dir)
+        built["file"] = FileExporter(state / (ex.file.path or "traces.jsonl"),
+                                     state / (ex.file.metrics_path or "metrics.jsonl"))
     for rw in ex.remote_write:
         if rw.name in wanted:
             backoff = RetryPolicy(initial_backoff=rw.sender.retry.initial_backoff,

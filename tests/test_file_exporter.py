@@ -1,4 +1,5 @@
-"""The file exporter: one replayable OTLP/JSON line per request, on disk within the flush interval."""
+"""The file exporter: one replayable OTLP/JSON line per request (traces and metrics each in their file), on disk
+within the flush interval."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from exporters.file import FileTraceExporter
+from exporters.file import FileExporter
 from exporters.otlp_json import decode_json
 
 
@@ -37,10 +39,11 @@ def counter_values(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[
     return out
 
 
-def exporter_with_reader(path: Path, flush_interval: float = 3600.0) -> tuple[FileTraceExporter, InMemoryMetricReader]:
+def exporter_with_reader(path: Path, flush_interval: float = 3600.0,
+                         metrics_path: Path | None = None) -> tuple[FileExporter, InMemoryMetricReader]:
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return FileTraceExporter(path, flush_interval=flush_interval, meter=meter), reader
+    return FileExporter(path, metrics_path, flush_interval=flush_interval, meter=meter), reader
 
 
 async def wait_until(condition, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]
@@ -56,7 +59,7 @@ def test_a_consumed_request_becomes_one_json_line_that_decodes_to_the_same_reque
     request = traces()
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(path)
+        exporter = FileExporter(path)
         await exporter.start()
         await exporter.consume_traces(request)
         await exporter.shutdown(timeout=5)
@@ -71,7 +74,7 @@ def test_each_request_gets_its_own_line_in_order(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(path)
+        exporter = FileExporter(path)
         await exporter.start()
         for name in ("a", "b", "c"):
             await exporter.consume_traces(traces(name=name))
@@ -89,7 +92,7 @@ def test_lines_reach_the_file_within_the_flush_interval_without_shutdown(tmp_pat
     path = tmp_path / "traces.jsonl"
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(path, flush_interval=0.05)
+        exporter = FileExporter(path, flush_interval=0.05)
         await exporter.start()
         await exporter.consume_traces(traces())
         await wait_until(lambda: path.exists() and path.read_bytes().endswith(b"\n"), timeout=1.0)
@@ -101,7 +104,7 @@ def test_lines_reach_the_file_within_the_flush_interval_without_shutdown(tmp_pat
 
 def test_queued_bytes_counts_the_buffered_line(tmp_path: Path) -> None:
     async def scenario() -> None:
-        exporter = FileTraceExporter(tmp_path / "t.jsonl", flush_interval=3600)
+        exporter = FileExporter(tmp_path / "t.jsonl", flush_interval=3600)
         await exporter.start()
         await exporter.consume_traces(traces())
         assert exporter.queued_bytes > 0
@@ -130,7 +133,7 @@ def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "traces.jsonl"
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(path)
+        exporter = FileExporter(path)
         await exporter.start()
         await exporter.consume_traces(traces())
         await exporter.shutdown(timeout=5)
@@ -161,7 +164,7 @@ def test_shutdown_without_start_writes_what_was_consumed(tmp_path: Path) -> None
     path = tmp_path / "traces.jsonl"
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(path)
+        exporter = FileExporter(path)
         await exporter.consume_traces(traces())
         await exporter.shutdown(timeout=5)
 
@@ -171,10 +174,10 @@ def test_shutdown_without_start_writes_what_was_consumed(tmp_path: Path) -> None
 
 def test_shutdown_without_start_and_twice_is_safe(tmp_path: Path) -> None:
     async def scenario() -> None:
-        idle = FileTraceExporter(tmp_path / "idle.jsonl")
+        idle = FileExporter(tmp_path / "idle.jsonl")
         await idle.shutdown(timeout=1)
         await idle.shutdown(timeout=1)
-        started = FileTraceExporter(tmp_path / "started.jsonl")
+        started = FileExporter(tmp_path / "started.jsonl")
         await started.start()
         await started.shutdown(timeout=1)
         await started.shutdown(timeout=1)
@@ -201,7 +204,7 @@ def test_consume_never_mutates_the_request(tmp_path: Path) -> None:
     before = request.SerializeToString()
 
     async def scenario() -> None:
-        exporter = FileTraceExporter(tmp_path / "t.jsonl")
+        exporter = FileExporter(tmp_path / "t.jsonl")
         await exporter.start()
         await exporter.consume_traces(request)
         await exporter.shutdown(timeout=5)
@@ -212,4 +215,71 @@ def test_consume_never_mutates_the_request(tmp_path: Path) -> None:
 
 def test_a_non_positive_flush_interval_is_refused_naming_the_argument(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="flush_interval"):
-        FileTraceExporter(tmp_path / "t.jsonl", flush_interval=0)
+        FileExporter(tmp_path / "t.jsonl", flush_interval=0)
+
+
+def gauge_points(n_points: int = 3) -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    rm.resource.attributes.add(key="service.name").value.string_value = "web"
+    metric = rm.scope_metrics.add().metrics.add(name="queue.depth")
+    for i in range(n_points):
+        metric.gauge.data_points.add(time_unix_nano=10 + i, as_int=i)
+    return request
+
+
+def test_a_metrics_request_becomes_one_line_of_the_metrics_file_and_traces_stay_in_theirs(tmp_path: Path) -> None:
+    request = gauge_points()
+
+    async def scenario() -> None:
+        exporter, reader = exporter_with_reader(tmp_path / "traces.jsonl", metrics_path=tmp_path / "metrics.jsonl")
+        await exporter.start()
+        await exporter.consume_metrics(request)
+        await exporter.consume_traces(traces(n_spans=1))
+        await exporter.shutdown(timeout=5)
+        assert counter_values(reader) == {("headwater_exporter_sent_data_points", (("exporter", "file"),)): 3,
+                                          ("headwater_exporter_sent_spans", (("exporter", "file"),)): 1}
+
+    asyncio.run(scenario())
+    [line] = (tmp_path / "metrics.jsonl").read_bytes().splitlines()
+    assert decode_json(line, ExportMetricsServiceRequest) == request
+    assert len((tmp_path / "traces.jsonl").read_bytes().splitlines()) == 1
+
+
+def test_metrics_are_refused_without_a_metrics_path(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        exporter = FileExporter(tmp_path / "traces.jsonl")
+        with pytest.raises(RuntimeError, match="metrics_path"):
+            await exporter.consume_metrics(gauge_points())
+
+    asyncio.run(scenario())
+
+
+def test_what_shutdown_could_not_write_is_reported_as_dropped_per_unit(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+
+    async def scenario() -> None:
+        exporter = FileExporter(blocker / "traces.jsonl", blocker / "metrics.jsonl", flush_interval=3600)
+        await exporter.start()
+        await asyncio.sleep(0)  # the writer waits for its interval, as in a running agent
+        await exporter.consume_traces(traces(n_spans=2))
+        await exporter.consume_metrics(gauge_points(3))
+        await exporter.shutdown(timeout=5)
+        left = exporter.leftover()
+        assert left.dropped == {"spans": 2, "data points": 3}
+        assert left.lost
+
+    asyncio.run(scenario())
+
+
+def test_a_clean_shutdown_reports_nothing_left(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        exporter = FileExporter(tmp_path / "traces.jsonl", tmp_path / "metrics.jsonl")
+        await exporter.start()
+        await exporter.consume_traces(traces())
+        await exporter.consume_metrics(gauge_points())
+        await exporter.shutdown(timeout=5)
+        assert not exporter.leftover().lost
+
+    asyncio.run(scenario())
