@@ -54,4 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"headwater: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
+    from agent.shutdown_summary import EXIT_DROPPED
+
+    return EXIT_DROPPED if agent.dropped_at_shutdown else 0

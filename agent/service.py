@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent import shutdown_summary
 from agent.admission import Admission
 from agent.config import Config
 from agent.logs import kv
@@ -157,6 +158,7 @@ class Agent:
                 drain_timeout=config.shutdown_timeout / 2)
             self.receivers.append(self.gateway)
         self._ready = False
+        self.dropped_at_shutdown = False  # set by shutdown: `headwater run` then exits non-zero
         self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
                           if config.telemetry.enabled else None)
         self._started: list[Any] = []
@@ -224,6 +226,8 @@ class Agent:
         for exporter, result in zip(exporters, results):
             if isinstance(result, BaseException):
                 log.error("exporter shutdown failed", **kv(exporter=type(exporter).__name__, error=repr(result)))
+        self.dropped_at_shutdown |= shutdown_summary.report(
+            {name: e.leftover() for name, e in self.exporters.items() if e in exporters and hasattr(e, "leftover")})
         if self.telemetry is not None:
             await self.telemetry.shutdown(1.0)
         log.info("stopped")

@@ -38,6 +38,7 @@ from exporters.errors import (
     RetryableError,
     ThrottledError,
 )
+from exporters.leftover import Leftover
 from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, parse_retry_after
 from exporters.sending.memory_queue import MemoryQueue
@@ -118,6 +119,7 @@ class OtlpHttpTraceExporter:
         self._started = False
         self._closing = False
         self._closed = False
+        self._lost_at_shutdown = 0
         self._session: aiohttp.ClientSession | None = None
         self._sent, self._failed = span_counters(meter)
 
@@ -171,11 +173,17 @@ class OtlpHttpTraceExporter:
         if left:
             reason = "shutdown_timeout" if self._started else "not_started"
             self._drop(left, reason, "still queued at shutdown")
+            self._lost_at_shutdown = left
         await self._queue.close()
         self._queue = MemoryQueue(1, "refuse")  # what was left is counted; nothing more is taken
         if self._session is not None:
             await self._session.close()
         self._closed = True
+
+    def leftover(self) -> Leftover:
+        """After shutdown: spans still queued when it ended (the queue lives in memory: they are lost)."""
+        return Leftover(dropped={"spans": self._lost_at_shutdown} if self._lost_at_shutdown else {},
+                        why=f"undelivered to {self.url} when shutdown_timeout ran out")
 
     def _backlog(self) -> int:
         return self._queue.count

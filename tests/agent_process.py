@@ -8,6 +8,8 @@
 Ports are picked free on 127.0.0.1. The agent's stdout and stderr go to `agent.log_path`; every failure
 (exit before ready, never ready, not stopping after SIGTERM) raises `AgentFailed` with the end of that log.
 `extra_config` is merged over the generated config (mappings recursively; a value of None removes a key).
+`base_config` (e.g. a shipped file, loaded as YAML) replaces the generated config; only its state_dir, the OTLP
+receivers' and the telemetry endpoints are set to this process's own, so the file is tested as users run it.
 """
 
 from __future__ import annotations
@@ -72,12 +74,13 @@ class AgentProcess:
         otlp_exporter_url: str | None = None,
         file_exporter: bool = True,
         extra_config: Mapping[str, Any] | None = None,
+        base_config: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         command_prefix: Sequence[str] = (),
         ready_timeout: float = 30.0,
         stop_timeout: float = 20.0,
     ) -> None:
-        if otlp_exporter_url is None and not file_exporter:
+        if otlp_exporter_url is None and not file_exporter and base_config is None:
             raise ValueError("AgentProcess needs otlp_exporter_url, file_exporter=True, or both")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +92,7 @@ class AgentProcess:
         self.otlp_exporter_url = otlp_exporter_url
         self.file_exporter = file_exporter
         self.extra_config = dict(extra_config or {})
+        self.base_config = base_config
         self.env = env
         self.command_prefix = list(command_prefix)
         self.ready_timeout = ready_timeout
@@ -115,6 +119,12 @@ class AgentProcess:
     # config
 
     def config(self) -> dict[str, Any]:
+        if self.base_config is not None:
+            own = {"state_dir": str(self.state_dir),
+                   "receivers": {"otlp": {"grpc": {"endpoint": self.grpc_endpoint},
+                                          "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}},
+                   "telemetry": {"endpoint": f"127.0.0.1:{self.telemetry_port}"}}
+            return merge_config(merge_config(self.base_config, own), self.extra_config)
         exporters: dict[str, Any] = {}
         if self.otlp_exporter_url is not None:
             exporters["otlp"] = {"endpoint": self.otlp_exporter_url, "compression": "none"}

@@ -101,6 +101,24 @@ def test_a_pipeline_naming_a_missing_exporter_is_an_error():
         "pipelines.traces.exporters[0]: expected the name of a traces exporter (none is configured under exporters), found 'otlp'"]
 
 
+def test_the_file_exporter_may_serve_the_metrics_pipeline():
+    config = load_text("exporters: {file: {}}\npipelines: {metrics: {exporters: [file]}}\n", env={})
+    assert config.pipelines.metrics.exporters == ("file",)
+
+
+def test_a_remote_write_exporter_may_not_be_named_file():
+    text = "exporters: {remote_write: [{name: file, url: 'http://127.0.0.1:9090/api/v1/write'}]}\n"
+    assert problems(text) == [
+        "exporters.remote_write[0].name: expected a name other than 'file', which names the file exporter in pipelines"]
+
+
+def test_a_gateway_refuses_the_file_exporter_in_its_metrics_pipeline():
+    text = ("receivers: {remote_write: {}}\nexporters: {file: {}}\n"
+            "pipelines: {metrics: {exporters: [file]}}\n")
+    [problem] = problems(text)
+    assert problem.startswith("pipelines.metrics.exporters: expected remote-write exporters only with receivers.remote_write")
+
+
 def test_all_problems_are_reported_at_once():
     text = "bogus: 1\ntelemetry: {log_level: loud}\nadmission: {max_inflight: lots}\n"
     assert len(problems(text)) == 3

@@ -189,6 +189,9 @@ def _check_references(config: Config) -> list[ConfigIssue]:
     for i, name in enumerate(names):
         if name in names[:i]:
             issues.append(ConfigIssue(f"exporters.remote_write[{i}].name", f"expected a unique name, found {name!r} twice"))
+        if name == "file":
+            issues.append(ConfigIssue(f"exporters.remote_write[{i}].name",
+                                      "expected a name other than 'file', which names the file exporter in pipelines"))
     allowed = {"rw1": ("snappy",), "rw2": ("snappy",), "vm": ("zstd",), "compact": ("snappy", "zstd")}
     for i, rw in enumerate(config.exporters.remote_write):
         if rw.protocol in allowed and rw.compression != "auto" and rw.compression not in allowed[rw.protocol]:
@@ -202,8 +205,15 @@ def _check_references(config: Config) -> list[ConfigIssue]:
     if gateway is not None and gateway.enabled and config.pipelines.metrics is None:
         issues.append(ConfigIssue("receivers.remote_write",
                                   "expected a metrics pipeline: the gateway forwards through its exporters"))
+    if gateway is not None and gateway.enabled and config.pipelines.metrics is not None \
+            and "file" in config.pipelines.metrics.exporters:
+        issues.append(ConfigIssue("pipelines.metrics.exporters",
+                                  "expected remote-write exporters only with receivers.remote_write: the gateway "
+                                  "forwards Prometheus series, which the file exporter does not write; found 'file'"))
     trace_exporters = [n for n in ("otlp", "file") if getattr(config.exporters, n) is not None]
-    pipelines = (("traces", config.pipelines.traces, trace_exporters), ("metrics", config.pipelines.metrics, names))
+    metric_exporters = names + (["file"] if config.exporters.file is not None else [])
+    pipelines = (("traces", config.pipelines.traces, trace_exporters),
+                 ("metrics", config.pipelines.metrics, metric_exporters))
     for signal, pipeline, available in pipelines:
         if pipeline is None:
             continue

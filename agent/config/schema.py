@@ -195,10 +195,14 @@ class OtlpExporterConfig:
 
 @dataclass(frozen=True)
 class FileExporterConfig:
-    """One OTLP JSON object per line; empty `path` means `<state_dir>/traces.jsonl`."""
+    """One OTLP JSON request per line: traces to `path` (empty: `<state_dir>/traces.jsonl`), metrics to
+    `metrics_path` (empty: `<state_dir>/metrics.jsonl`) when a metrics pipeline lists `file`. A relative
+    path is taken under `state_dir`, so an example config writes where the agent keeps its other files
+    whatever directory it was started from (a service's is `/`)."""
 
     __pydantic_config__ = _FORBID_UNKNOWN
     path: str = ""
+    metrics_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,8 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class PipelinesConfig:
-    """`traces` lists trace exporters (`otlp`, `file`); `metrics` lists remote-write exporters by name.
+    """`traces` lists trace exporters (`otlp`, `file`); `metrics` lists remote-write exporters by name, and
+    `file`.
     A signal without a pipeline is refused by the receivers (404 / UNIMPLEMENTED), never silently dropped."""
 
     __pydantic_config__ = _FORBID_UNKNOWN

@@ -12,6 +12,7 @@ Every sample ends in one counted outcome: sent, dropped (refused with a 4xx, old
 `sample_age_limit`, not translatable, or dropped by a full queue under `drop_oldest`, or under `refuse` past
 what may wait for room: SPILL_REQUESTS) or failed (a memory queue's entries left at shutdown, and requests
 still waiting for room then). A disk queue's entries left at shutdown are sent after the next start.
+`leftover()` tells the two apart for the agent's exit summary.
 
 Shutdown order: stop the flusher, cut the pending flush into the queue, let the sender drain it within the
 timeout, give back what is unfinished, close the queue (fsync, persist the send position), close the
@@ -48,6 +49,7 @@ from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
+from exporters.leftover import Leftover
 from exporters.retry import RetryPolicy
 from exporters.sending.disk_queue import DiskQueue
 from exporters.sending.memory_queue import MemoryQueue
@@ -186,6 +188,8 @@ class RemoteWriteExporter:
         self._syncing: asyncio.Task[None] | None = None
         self._started = False
         self._shut_down = False
+        self._lost_at_shutdown = 0  # samples shutdown could neither deliver nor keep on disk
+        self._kept_at_shutdown = 0  # samples left in the disk queue, sent after the next start
         self._flusher: asyncio.Task[None] | None = None
         self._warned_reasons: set[str] = set()
         self._meter = meter
@@ -364,17 +368,30 @@ class RemoteWriteExporter:
             self._fail_spilled()
             if not self._queue_settings.durable:
                 self._fail_queued()
+            else:
+                self._kept_at_shutdown = self._queued_samples
             if self._syncing is not None:
                 self._syncing.cancel()  # close writes and fsyncs what is left
             queue, self._queue = self._queue, None
             await queue.close()
         elif len(self._batcher):
             self._failed.add(len(self._batcher), self._attributes)  # never started: nowhere to keep them
+            self._lost_at_shutdown += len(self._batcher)
             self._batcher.cut()
         if self._delta is not None:
             await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
             await self._delta.drain()  # a compaction in flight, before another instance reads the files
         await self._connection.close()
+
+    def leftover(self) -> Leftover:
+        """After shutdown: samples lost (a memory queue's, or what no queue could take) and samples kept in the
+        disk queue for the next start."""
+        where = str(self._queue_settings.directory) if self._queue_settings.durable else ""
+        return Leftover(dropped={"samples": self._lost_at_shutdown} if self._lost_at_shutdown else {},
+                        kept={"samples": self._kept_at_shutdown} if self._kept_at_shutdown else {},
+                        why=f"undelivered to {self._url} when shutdown_timeout ran out"
+                        + ("" if self._queue_settings.durable else " (queue.max_disk: 0 keeps the queue in memory)"),
+                        kept_in=where)
 
     # -- batching ---------------------------------------------------------------------------------------
 
@@ -419,6 +436,8 @@ class RemoteWriteExporter:
                     break
                 self._spilled.popleft()
                 self._spilled_bytes -= nbytes
+                if final:
+                    self._lost_at_shutdown += batch.samples
                 logger.error("remote write %s: queue full, %d samples dropped: %s", self.name, batch.samples, exc)
                 self._dropped.add(batch.samples, {**self._attributes, "reason": "queue_full"})
                 continue
@@ -508,6 +527,7 @@ class RemoteWriteExporter:
         if count:
             logger.error("remote write %s: shut down with %d samples the full queue could not take", self.name, count)
             self._failed.add(count, self._attributes)
+            self._lost_at_shutdown += count
         self._spilled.clear()
         self._spilled_bytes = 0
 
@@ -517,6 +537,7 @@ class RemoteWriteExporter:
         if count:
             logger.error("remote write %s: shut down with %d samples undelivered", self.name, count)
             self._failed.add(count, self._attributes)
+            self._lost_at_shutdown += count
         self._queued_samples = 0
         self._batcher.cut()
 
