@@ -23,7 +23,8 @@ def test_the_shipped_default_config_loads():
     config = load_file(None, env={})
     assert config.receivers.otlp.http.endpoint == "127.0.0.1:4318"
     assert config.receivers.otlp.grpc.endpoint == "127.0.0.1:4317"
-    assert config.pipelines.metrics.exporters == ("prometheus",)
+    assert config.pipelines.metrics.exporters == ("file",)  # needs nothing else running
+    assert config.exporters.remote_write == ()
 
 
 def test_every_example_config_in_configs_loads():

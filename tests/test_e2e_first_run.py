@@ -81,6 +81,21 @@ def metric_points(path: Path) -> dict[str, list[dict]]:
     return points
 
 
+def test_the_default_config_runs_alone_and_writes_sdk_metrics_and_span_metrics_to_the_metrics_file(start_agent):
+    agent = start_agent(base_config=shipped("agent/default.yaml"))
+    record_metrics(agent, "shop")
+    send_traces(agent, "shop", traces=3, children=1)
+    agent.stop_cleanly()  # exit 0: nothing was left undelivered
+
+    points = metric_points(agent.state_dir / "metrics.jsonl")
+    orders = {p["attributes"][0]["value"]["stringValue"]: int(p["asInt"]) for p in points["orders"]}
+    assert orders == {"eu": 3, "us": 4, "ap": 5}
+    assert [p["asDouble"] for p in points["temperature"]] == [21.5]
+    assert sum(int(p["asInt"]) for p in points["traces.span.metrics.calls"]) == 6
+    quiet = [line for line in agent.log_text().splitlines() if "level=warning" in line or "level=error" in line]
+    assert quiet == []
+
+
 def dead_end_metrics(**queue) -> dict:
     """A metrics pipeline into a remote-write URL nobody listens on, and a shutdown too short to wait for it."""
     return {
@@ -118,3 +133,13 @@ def test_data_left_in_the_disk_queue_is_reported_as_kept_for_the_next_start_and_
     [line] = [line for line in log.splitlines() if "left data in the disk queue" in line]
     assert "exporter=nowhere" in line and re.search(r'kept="\d+ samples"', line)
     assert str(tmp_path / "agent" / "state" / "queue" / "nowhere") in line
+
+
+def test_gateway_otlp_example_forwards_every_span_and_keeps_its_copy_under_state_dir(otlp_sink, start_agent):
+    agent = start_agent(base_config=shipped("configs/gateway-otlp.yaml"),
+                        env={**os.environ, "UPSTREAM_OTLP": otlp_sink.url})
+    sent = send_traces(agent, "gateway", traces=100, children=2)  # at the default tiers' 5 %: about 15 spans
+    forwarded = otlp_sink.wait_for_span_ids(sent, timeout=30)
+    assert sorted(s.key for s in forwarded) == sorted(sent)  # each once
+    agent.stop_cleanly()
+    assert sorted(s.key for s in read_jsonl_spans(agent.state_dir / "traces.jsonl")) == sorted(sent)
