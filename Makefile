@@ -1,11 +1,12 @@
 # The two commands: `make run` (the agent on its default config) and `make test` (the whole suite, with the
 # real peers it needs: the OpenTelemetry SDKs, Node packages, Prometheus and VictoriaMetrics from Debian's packages).
+# `make demo`: Prometheus, the agent and an instrumented app together (demo/run.py); Ctrl-C stops them all.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test venv peers proto bench clean
+.PHONY: run demo test venv peers proto bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +17,14 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 run: venv
+	@echo "headwater is in $(BIN)/: '. $(BIN)/activate' puts it on PATH (or 'pipx install .' for your user)"
 	$(BIN)/headwater run $(if $(CONFIG),-c $(CONFIG))
+
+# Ports and the state directory: DEMO_PROMETHEUS_PORT, DEMO_OTLP_GRPC_PORT, DEMO_OTLP_HTTP_PORT,
+# DEMO_TELEMETRY_PORT, DEMO_STATE_DIR, DEMO_RATE (or `$(BIN)/python demo/run.py --help`).
+demo: venv
+	tests/peers/install-prometheus.sh
+	$(BIN)/python demo/run.py
 
 peers:
 	tests/peers/install-prometheus.sh
