@@ -38,7 +38,7 @@ a format the proxy does not decode (rw2, compact) is counted with the node agent
 `headwater_remote_write_samples_sent_total`, cross-checked against the gateway's forwarded rw1 traffic.
 The scrapers' synthetic series (`up`, `scrape_*`) stay in both bytes and samples, as they are part of what
 those senders ship; how many there were is reported. CPU per 1M samples = window CPU seconds / window samples
-x 1e6; "per extra 1M" first subtracts the idle CPU rate over the window, as MEASUREMENTS.md's figures do.
+x 1e6; "per extra 1M" first subtracts the idle CPU rate over the window, as the peers' published figures do.
 
 Output: a table on stdout and everything (settings, environment, every run's raw counters, the table) as JSON
 in bench/results/remote-write-<time>.json. Exit status 2 when a sender lost samples (the proxy saw far fewer

@@ -1,1 +1,1 @@
-"""Trace sampling: pure logic plus a clock (lands with the tail-sampling issue)."""
+"""Trace sampling: pure logic plus a clock; agent/sampling.py runs it (docs/architecture.md, "Traces")."""

@@ -1,7 +1,7 @@
 """The tail sampler: buffers spans by trace, decides each trace once, and emits the kept spans re-framed.
 
 Spans are held as their wire bytes in one flat list per trace, `[header..., group, span, span, group, span]`,
-never as parsed objects (see DESIGN.md: a parsed span keeps its whole request alive, and tracked containers
+never as parsed objects (see docs/architecture.md: a parsed span keeps its whole request alive, and tracked containers
 cost the cyclic GC). Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming
 threshold — is folded into the trace's header as spans arrive, so deciding reads no span again.
 

@@ -7,7 +7,7 @@
                 trace_id, span_id, parent, trace_state, name, kind, start, end, code = span_facts(span)
     body = frame_request(kept_groups)             # the inverse, for the spans that were kept
 
-The tail sampler buffers each span as its own encoded bytes (see DESIGN.md, "Traces"). This module is the
+The tail sampler buffers each span as its own encoded bytes (docs/architecture.md, "Traces"). This module is the
 only place that knows the encoding: it cuts a request into resource, scope and span bytes, reads the few span
 fields a decision needs, finds one attribute by key, and frames kept spans into a request again. It is the
 per-span hot path, so it is written for CPython speed: canonical layouts (fields in field-number order, as

@@ -1,7 +1,7 @@
 """The config file's shape: frozen dataclasses, one per section, validated by pydantic on load.
 
 Every field here is wired to behaviour; a key that belongs to later work is absent, so it is refused as
-unknown rather than accepted and ignored. Defaults follow DESIGN.md's sketch.
+unknown rather than accepted and ignored. Every key and default is in README.md's config reference.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Why it exists: between a node agent and a Headwater gateway nothing obliges us t
 `X-Headwater-Sequence`) keeps a symbol table and a series table on both sides, so after the first request a
 series costs nothing but its samples, and a sample costs a delta-of-delta timestamp and its value XOR'd with
 the series' previous one (proto/compact.proto states the exact rules). That is what takes a body from
-~14 B/sample (remote write 2.0 style) to ~1.5-3 (MEASUREMENTS.md, "Encodings of the same captured samples").
+~14 B/sample (remote write 2.0 style) to ~1.5 (README.md, "Remote write on the wire": 1.46 B/sample measured).
 
 State moves only on acknowledgement. `CompactEncoder.encode` builds a request against the *acknowledged*
 state and returns a `commit` that applies the request's definitions and last values; until it is called,
