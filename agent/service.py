@@ -27,7 +27,8 @@ from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.span_metrics import SpanMetrics
 from agent.status_line import StatusLine, StatusSources
-from agent.telemetry import TelemetryServer, install_meter_provider
+from agent.telemetry import TelemetryServer, collect_metrics, install_meter_provider
+from agent.telemetry_push import TelemetryPush
 from exporters.file import FileExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
@@ -54,6 +55,8 @@ def build_exporters(config: Config) -> dict[str, Any]:
     for pipeline in (config.pipelines.traces, config.pipelines.metrics):
         if pipeline is not None:
             wanted.update(pipeline.exporters)
+    if config.telemetry.remote_write:
+        wanted.add(config.telemetry.remote_write)  # the agent's own metrics go there, pipeline or not
     built: dict[str, Any] = {}
     ex = config.exporters
     if ex.otlp is not None and "otlp" in wanted:
@@ -132,6 +135,11 @@ class Agent:
             red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series)
             self.traces.sampler.span_observer = red  # every span, before any sampling decision
             self.span_metrics = SpanMetrics(red, self.metrics.consume, sm.flush_interval)
+        self.telemetry_push: TelemetryPush | None = None
+        if config.telemetry.remote_write:
+            name = config.telemetry.remote_write  # looked up at each push: the exporter may be rebuilt
+            self.telemetry_push = TelemetryPush(collect_metrics, lambda r: self.exporters[name].consume_metrics(r),
+                                                config.telemetry.remote_write_interval)
         consume_traces = self.traces.consume if self.traces else None
         consume_metrics = self.metrics.consume if self.metrics else None
         otlp = config.receivers.otlp
@@ -192,7 +200,7 @@ class Agent:
             await self.telemetry.start()
         try:
             # After the exporters they write to, before the receivers that feed them.
-            pipelines = [c for c in (self.traces, self.span_metrics) if c is not None]
+            pipelines = [c for c in (self.traces, self.span_metrics, self.telemetry_push) if c is not None]
             for component in [*self.exporters.values(), *pipelines, *self.receivers]:
                 await component.start()
                 self._started.append(component)
@@ -222,6 +230,8 @@ class Agent:
             await self.traces.shutdown(remaining())
         if self.span_metrics is not None and self.span_metrics in started:
             await self.span_metrics.shutdown(remaining())  # a final snapshot, before the exporters drain
+        if self.telemetry_push is not None and self.telemetry_push in started:
+            await self.telemetry_push.shutdown(remaining())  # the same for the agent's own metrics
         results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), return_exceptions=True)
         for exporter, result in zip(exporters, results):
             if isinstance(result, BaseException):

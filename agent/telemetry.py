@@ -2,37 +2,64 @@
 small HTTP server for /metrics, /healthz and /readyz.
 
 Components only use `opentelemetry.metrics.get_meter`; installing the SDK here is the one place that knows
-how the numbers leave the process.
+how the numbers leave the process: the Prometheus reader serves `/metrics`, and a second reader, collected
+only on demand (`collect_metrics`), feeds `telemetry.remote_write` (agent.telemetry_push). A reader nobody
+collects costs an extra aggregation per synchronous measurement (a few per request), and observable
+instruments are called only for the reader that collects.
+
+The resource's `service.instance.id` is the host name (a node runs one agent), unless
+`OTEL_RESOURCE_ATTRIBUTES` sets it: the SDK's default, a random UUID per process, would give remote-written
+series a new `instance` label at every restart.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from agent import __version__
 from agent.logs import kv
+from agent.process_metrics import register_process_metrics
 
 log = logging.getLogger("headwater.telemetry")
 _installed = False
+_on_demand: InMemoryMetricReader | None = None
 
 
 def install_meter_provider() -> None:
     """Install the SDK once per process (the API allows one global provider; tests may build many agents)."""
-    global _installed
+    global _installed, _on_demand
     if _installed:
         return
-    reader = PrometheusMetricReader()
-    resource = Resource.create({"service.name": "headwater", "service.version": __version__})
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader], resource=resource))
+    _on_demand = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader(), _on_demand],
+                                             resource=agent_resource()))
+    register_process_metrics(metrics.get_meter("headwater.process"))
     _installed = True
+
+
+def agent_resource() -> Resource:
+    """`service.name=headwater`, its version, and `service.instance.id` = the host name unless the
+    environment (`OTEL_RESOURCE_ATTRIBUTES`) names one."""
+    attributes = {"service.name": "headwater", "service.version": __version__}
+    if "service.instance.id" not in OTELResourceDetector().detect().attributes:
+        attributes["service.instance.id"] = socket.gethostname()
+    return Resource.create(attributes)
+
+
+def collect_metrics() -> MetricsData | None:
+    """Every instrument's current (cumulative) data, for pushing; None before `install_meter_provider`.
+    Runs the observable instruments' callbacks, so call it from the event loop like a /metrics scrape."""
+    return _on_demand.get_metrics_data() if _on_demand is not None else None
 
 
 class TelemetryServer:

@@ -120,6 +120,30 @@ def test_a_gateway_refuses_the_file_exporter_in_its_metrics_pipeline():
     assert problem.startswith("pipelines.metrics.exporters: expected remote-write exporters only with receivers.remote_write")
 
 
+def test_the_agent_writes_its_own_telemetry_through_a_named_remote_write_exporter_every_15s_by_default():
+    config = load_text("exporters: {remote_write: [{name: prom, url: 'http://h/w'}]}\ntelemetry: {remote_write: prom}\n")
+    assert config.telemetry.remote_write == "prom"
+    assert config.telemetry.remote_write_interval == 15.0
+    assert load_text("state_dir: /tmp/x\n").telemetry.remote_write == ""
+
+
+def test_telemetry_remote_write_naming_no_remote_write_exporter_is_an_error_listing_the_choices():
+    text = "exporters: {remote_write: [{name: prom, url: 'http://h/w'}]}\ntelemetry: {remote_write: mimir}\n"
+    assert problems(text) == [
+        "telemetry.remote_write: expected the name of a remote-write exporter (prom), found 'mimir'"]
+
+
+def test_telemetry_remote_write_naming_a_trace_exporter_is_an_error():
+    assert problems("exporters: {file: {}}\ntelemetry: {remote_write: file}\n") == [
+        "telemetry.remote_write: expected the name of a remote-write exporter (none is configured under "
+        "exporters.remote_write), found 'file', a trace exporter"]
+
+
+def test_a_telemetry_remote_write_interval_of_zero_is_refused():
+    [issue] = problems("telemetry: {remote_write_interval: 0s}\n")
+    assert issue.startswith("telemetry.remote_write_interval: expected a duration above 0")
+
+
 def test_all_problems_are_reported_at_once():
     text = "bogus: 1\ntelemetry: {log_level: loud}\nadmission: {max_inflight: lots}\n"
     assert len(problems(text)) == 3

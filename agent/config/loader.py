@@ -212,6 +212,12 @@ def _check_references(config: Config) -> list[ConfigIssue]:
                                   "forwards Prometheus series, which the file exporter does not write; found 'file'"))
     trace_exporters = [n for n in ("otlp", "file") if getattr(config.exporters, n) is not None]
     metric_exporters = names + (["file"] if config.exporters.file is not None else [])
+    target = config.telemetry.remote_write
+    if target and target not in names:
+        choice = ", ".join(names) if names else "none is configured under exporters.remote_write"
+        what = f"{target!r}, a trace exporter" if target in trace_exporters else repr(target)
+        issues.append(ConfigIssue("telemetry.remote_write",
+                                  f"expected the name of a remote-write exporter ({choice}), found {what}"))
     pipelines = (("traces", config.pipelines.traces, trace_exporters),
                  ("metrics", config.pipelines.metrics, metric_exporters))
     for signal, pipeline, available in pipelines:

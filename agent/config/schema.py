@@ -360,12 +360,16 @@ class PipelinesConfig:
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    """Self-telemetry: Prometheus text at `endpoint`/metrics, `/healthz`, `/readyz`; logs at `log_level`."""
+    """Self-telemetry: Prometheus text at `endpoint`/metrics, `/healthz`, `/readyz` (served while `enabled`);
+    logs at `log_level`. `remote_write` names a remote-write exporter that the agent's own metrics are also
+    written through, every `remote_write_interval`, so dashboards need no scrape job ("" = off)."""
 
     __pydantic_config__ = _FORBID_UNKNOWN
     enabled: bool = True
     endpoint: HostPort = "127.0.0.1:8888"
     log_level: LogLevel = "info"
+    remote_write: str = ""
+    remote_write_interval: Annotated[Duration, AfterValidator(_positive)] = 15.0
 
 
 @dataclass(frozen=True)
