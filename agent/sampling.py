@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry import metrics
@@ -18,7 +18,7 @@ from opentelemetry import metrics
 from agent.config.schema import SPAN_KINDS, SamplingConfig
 from agent.logs import kv
 from samplers.settings import Match, SamplingSettings, Tier
-from samplers.tail import Ingested, TailSampler
+from samplers.tail import DROP_REASONS, REASONS, Ingested, TailSampler
 
 log = logging.getLogger("headwater.sampling")
 
@@ -131,17 +131,25 @@ class SampledTraces:
         meter = metrics.get_meter("headwater.sampling")
         stats = self.sampler.stats
 
-        def table(name: str, attr: str) -> Callable[[Any], list[metrics.Observation]]:
-            return lambda _o: [metrics.Observation(v, {attr: k}) for k, v in getattr(stats, name).items()]
+        def table(name: str, attr: str, known: Callable[[], Iterable[str]]) -> Callable[[Any], list[metrics.Observation]]:
+            """Every key counted so far, and 0 for each `known` one not counted yet (a panel shows 0, not
+            "no data")."""
+            def observe(_o: Any) -> list[metrics.Observation]:
+                counts = getattr(stats, name)
+                return [metrics.Observation(counts.get(k, 0), {attr: k}) for k in dict.fromkeys([*known(), *counts])]
+            return observe
 
+        tiers = lambda: self.sampler.tier_names  # noqa: E731 - reload may rename tiers
         meter.create_observable_counter("headwater_sampling_traces_in", [lambda _o: [metrics.Observation(stats.traces_in)]])
         meter.create_observable_counter("headwater_sampling_spans_in", [lambda _o: [metrics.Observation(stats.spans_in)]])
-        meter.create_observable_counter("headwater_sampling_kept_traces", [table("kept_traces", "tier")])
-        meter.create_observable_counter("headwater_sampling_kept_spans", [table("kept_spans", "tier")])
-        meter.create_observable_counter("headwater_sampling_dropped_traces", [table("dropped_traces", "tier")])
-        meter.create_observable_counter("headwater_sampling_dropped_spans", [table("dropped_spans", "tier")])
-        meter.create_observable_counter("headwater_sampling_kept_spans_by_reason", [table("kept_by_reason", "reason")])
-        meter.create_observable_counter("headwater_sampling_dropped_spans_by_reason", [table("drops_by_reason", "reason")])
+        meter.create_observable_counter("headwater_sampling_kept_traces", [table("kept_traces", "tier", tiers)])
+        meter.create_observable_counter("headwater_sampling_kept_spans", [table("kept_spans", "tier", tiers)])
+        meter.create_observable_counter("headwater_sampling_dropped_traces", [table("dropped_traces", "tier", tiers)])
+        meter.create_observable_counter("headwater_sampling_dropped_spans", [table("dropped_spans", "tier", tiers)])
+        meter.create_observable_counter("headwater_sampling_kept_spans_by_reason",
+                                        [table("kept_by_reason", "reason", lambda: REASONS)])
+        meter.create_observable_counter("headwater_sampling_dropped_spans_by_reason",
+                                        [table("drops_by_reason", "reason", lambda: DROP_REASONS)])
         meter.create_observable_gauge("headwater_sampling_buffered_bytes", [lambda _o: [metrics.Observation(self.sampler.buffered_bytes)]], unit="By")
         meter.create_observable_gauge("headwater_sampling_buffered_traces", [lambda _o: [metrics.Observation(self.sampler.buffered_traces)]])
         meter.create_observable_gauge("headwater_sampling_decision_lag_seconds", [lambda _o: [metrics.Observation(stats.decision_lag_seconds)]], unit="s")

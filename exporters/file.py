@@ -114,7 +114,7 @@ class FileExporter:
         self.path = Path(traces_path)
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self.flush_interval = flush_interval
-        self._traces = _Lines(self.path, "spans", *span_counters(meter))
+        self._traces = _Lines(self.path, "spans", *span_counters(meter, "file", ("write_error",)))
         self._metrics = (_Lines(self.metrics_path, "data points", *_point_counters(meter))
                          if self.metrics_path is not None else None)
         self._files = [f for f in (self._traces, self._metrics) if f is not None]

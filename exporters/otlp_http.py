@@ -43,7 +43,7 @@ from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, parse_retry_after
 from exporters.sending.memory_queue import MemoryQueue
 from exporters.sending.queue import Entry, QueueFull
-from exporters.sending.sender import Sender, SenderSettings
+from exporters.sending.sender import DROP_REASONS, Sender, SenderSettings
 from exporters.span_counters import span_counters
 
 log = logging.getLogger("headwater.exporters.otlp")
@@ -121,7 +121,7 @@ class OtlpHttpTraceExporter:
         self._closed = False
         self._lost_at_shutdown = 0
         self._session: aiohttp.ClientSession | None = None
-        self._sent, self._failed = span_counters(meter)
+        self._sent, self._failed = span_counters(meter, "otlp", (*DROP_REASONS, "partial_success", "queue_full"))
 
     @property
     def queued_bytes(self) -> int:

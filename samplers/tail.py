@@ -49,6 +49,9 @@ TRACE_OVERHEAD = 480
 GROUP_OVERHEAD = 33 * 2 + 56
 
 REASONS = ("tier", "error", "http_5xx", "latency")
+# Why spans were dropped: not sampled (their tier's rate, shedding included), evicted past max_memory, or late
+# spans of a trace already dropped (every key of SamplerStats.drops_by_reason).
+DROP_REASONS = ("sampled", "memory_pressure", "late_span_of_dropped_trace")
 _SERVER = 2
 _STATUS_ERROR = 2
 _ZERO_SPAN_ID = bytes(8)

@@ -28,14 +28,16 @@ def traces(n_spans: int = 2, name: str = "GET /") -> ExportTraceServiceRequest:
 
 
 def counter_values(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
-    """Every counter point as {(name, sorted attributes): value}."""
+    """Every nonzero counter point as {(name, sorted attributes): value} (counters exported at 0 from the start
+    are left out)."""
     out: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
     data = reader.get_metrics_data()
     for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 for point in metric.data.data_points:
-                    out[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
+                    if point.value:
+                        out[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
     return out
 
 

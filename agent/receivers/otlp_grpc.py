@@ -53,6 +53,12 @@ class OtlpGrpcReceiver:
         self._accepted = meter.create_counter("headwater_receiver_accepted_items", description="Spans or data points accepted")
         self._refused_items = meter.create_counter("headwater_receiver_refused_items", description="Spans or data points refused (partial success)")
         self._refused = meter.create_counter("headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+        for name in self._consumers:  # 0 from the start
+            attrs = {"signal": name, "transport": "grpc"}
+            self._accepted.add(0, attrs)
+            self._refused_items.add(0, attrs)
+            for status in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+                self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._server is not None:

@@ -68,6 +68,12 @@ class OtlpHttpReceiver:
         self._accepted = meter.create_counter("headwater_receiver_accepted_items", description="Spans or data points accepted")
         self._refused_items = meter.create_counter("headwater_receiver_refused_items", description="Spans or data points refused (partial success)")
         self._refused = meter.create_counter("headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+        for name in (n for n, consume in self._consumers.items() if consume is not None):  # 0 from the start
+            attrs = {"signal": name, "transport": "http"}
+            self._accepted.add(0, attrs)
+            self._refused_items.add(0, attrs)
+            for status in ("400", "413", "415", "429"):
+                self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._runner is not None:

@@ -83,6 +83,10 @@ class RemoteWriteReceiver:
             "headwater_receiver_refused_requests", description="Requests refused whole, by reason")
         self._requests = meter.create_counter(
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
+        attrs = {"signal": "metrics", "transport": "remote_write"}
+        self._accepted.add(0, attrs)  # 0 from the start
+        for status in ("400", "409", "413", "415", "429"):
+            self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._runner is not None:
