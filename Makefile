@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run demo test venv peers proto bench clean
+.PHONY: run demo test venv peers proto dashboards bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: venv peers
 proto: venv
 	PYTHON=$(BIN)/python agent/receivers/proto/generate.sh
 	PYTHON=$(BIN)/python exporters/remote_write/proto/generate.sh
+
+# Writes configs/grafana/*.json from configs/grafana/dashboards.py (tests/test_dashboards.py checks they agree).
+dashboards:
+	$(PYTHON) configs/grafana/dashboards.py
 
 bench: venv peers
 	$(BIN)/python bench/ingest.py
