@@ -13,7 +13,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from agent.config import load_text
 from agent.process_metrics import register_process_metrics, resident_bytes
+from agent.service import build_exporters
 from agent.telemetry import agent_resource
 from agent.telemetry_push import TelemetryPush
 from exporters.remote_write.translate import translate
@@ -158,3 +160,10 @@ def test_process_cpu_and_resident_memory_are_instruments_that_push_like_any_othe
     assert values["headwater_process_cpu_seconds_total"] > 0
     assert values["headwater_process_resident_memory_bytes"] > 10 << 20  # a Python process with the SDK loaded
     assert resident_bytes() > 10 << 20
+
+
+def test_the_exporter_telemetry_writes_through_is_built_even_when_no_pipeline_lists_it(tmp_path):
+    config = load_text(f"state_dir: {tmp_path}\n"
+                       "exporters: {remote_write: [{name: self, url: 'http://127.0.0.1:9/api/v1/write'}]}\n"
+                       "telemetry: {remote_write: self}\n", env={})
+    assert list(build_exporters(config)) == ["self"]
