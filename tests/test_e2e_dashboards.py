@@ -11,6 +11,7 @@ one filled with the earlier ones' values), every panel query is filled with them
   small PromQL tokenizer) that Prometheus does not have.
 - A panel query that returns nothing, or only NaN, fails with the panel's title and the filled query.
 - What the push wrote is what a scrape of /metrics shows: the same `headwater_*` names.
+- Before any traffic, every counter the agent's dashboard reads is already on /metrics, at 0.
 """
 
 from __future__ import annotations
@@ -201,3 +202,22 @@ def test_a_scrape_of_metrics_shows_the_same_headwater_series_names_as_the_push(r
     after = scrape()
     assert before <= pushed <= after, (f"only scraped: {sorted(before - pushed)}; "
                                        f"only pushed: {sorted(pushed - after)}")
+
+
+def test_every_counter_the_agent_dashboard_reads_is_on_metrics_at_0_before_any_traffic(prometheus, otlp_sink,
+                                                                                        start_agent):
+    config = agent_config(prometheus)
+    config["telemetry"]["remote_write_interval"] = "1h"  # no push yet either: nothing has happened
+    agent = start_agent(otlp_exporter_url=otlp_sink.url, extra_config=config)
+    with urllib.request.urlopen(agent.telemetry_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("headwater_"):
+            name, value = re.split(r"[{ ]", line, maxsplit=1)[0], float(line.rsplit(" ", 1)[1])
+            values[name] = values.get(name, 0.0) + value
+    counters = {m for _title, expr in queries(dashboards()["headwater-agent.json"]) for m in metric_names(expr)
+                if m.endswith("_total") and m != "headwater_process_cpu_seconds_total"}
+    missing = sorted(counters - set(values))
+    assert counters and not missing, f"not exported before traffic: {missing}"
+    assert {name: values[name] for name in counters if values[name]} == {}  # nothing happened yet
