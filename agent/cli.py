@@ -12,11 +12,13 @@ from agent import __version__
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headwater", description="Headwater telemetry agent")
+    parser.add_argument("--version", action="version", version=f"headwater {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent (default config without -c)")
     run.add_argument("-c", "--config", help="config file (YAML); default: the config shipped with the package")
-    validate = sub.add_parser("validate", help="check a config file and print every problem with its key path")
-    validate.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    validate = sub.add_parser("validate", help="check a config file (the one `run` uses without -c by default) "
+                              "and print every problem with its key path")
+    validate.add_argument("-c", "--config", help="config file (YAML); default: the config shipped with the package")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 1
     if args.command == "validate":
-        print(f"{args.config}: ok")
+        print(f"{args.config or '(default config)'}: ok")
         return 0
     from agent import logs
     from agent.service import Agent

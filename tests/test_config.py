@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import agent
 from agent.config import ConfigError, load_file, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,8 +151,9 @@ def test_all_problems_are_reported_at_once():
     assert len(problems(text)) == 3
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_validate_prints_each_problem_with_its_key_path_and_exits_1(tmp_path):
@@ -171,6 +174,26 @@ def test_validate_accepts_a_good_file(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_validate_without_c_checks_the_default_config_that_run_uses():
+    result = run_cli("validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "(default config): ok\n"
+
+
+def test_validate_without_c_reports_a_problem_in_the_default_config_at_its_key_path():
+    # The default takes its remote-write URL from the environment, so a bad value there is a bad default.
+    result = run_cli("validate", env={"HEADWATER_REMOTE_WRITE_URL": "ftp://nowhere"})
+    assert result.returncode == 1
+    assert "(default config): 1 problem(s)" in result.stderr
+    assert "exporters.remote_write[0].url: expected an http:// or https:// URL" in result.stderr
+
+
 def test_version_prints_the_version():
     result = run_cli("version")
     assert result.returncode == 0 and result.stdout.startswith("headwater ")
+
+
+def test_the_version_flag_prints_the_same_as_the_version_command():
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == run_cli("version").stdout == f"headwater {agent.__version__}\n"
