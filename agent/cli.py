@@ -1,10 +1,11 @@
-"""`headwater run | validate | version`."""
+"""`headwater run | validate | version` (and `headwater --version`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import os
 import sys
 
 from agent import __version__
@@ -43,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from agent import logs
     from agent.service import Agent
+    from agent.telemetry import describe_process
 
     logs.configure(config.telemetry.log_level)
+    describe_process(os.path.abspath(args.config) if args.config else "(default config)")
     # The trace buffer allocates one list per trace; at the default gen-0 threshold (700) the cyclic GC ran
     # every few requests and took ~12% of the agent's CPU in bench/ingest.py. Objects that live for the whole
     # run (modules, config, components) are frozen out of every collection.

@@ -1,5 +1,9 @@
 """Self-telemetry: the OpenTelemetry SDK that serves every component's counters as Prometheus text, and the
-small HTTP server for /metrics, /healthz and /readyz.
+small HTTP server for /metrics, /healthz, /readyz and /status.
+
+`/status` is JSON for `headwater status`: version, config file, start time and uptime, readiness, and the
+last warnings and errors (`logs.RECENT_PROBLEMS`, bounded in bytes). Log lines are text, not numbers, so they
+have no place in /metrics; the rest of what `headwater status` shows is read from /metrics.
 
 Components only use `opentelemetry.metrics.get_meter`; installing the SDK here is the one place that knows
 how the numbers leave the process: the Prometheus reader serves `/metrics`, and a second reader, collected
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from opentelemetry import metrics
@@ -27,12 +33,48 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from agent import __version__
-from agent.logs import kv
+from agent.logs import RECENT_PROBLEMS, kv
 from agent.process_metrics import register_process_metrics
 
 log = logging.getLogger("headwater.telemetry")
 _installed = False
 _on_demand: InMemoryMetricReader | None = None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What this process says about itself in `/status` and in `headwater_build_info` /
+    `headwater_start_time_seconds`."""
+
+    version: str
+    config: str | None  # the config file's absolute path, "(default config)", or None when not told
+    started_at: float  # seconds since the epoch
+
+
+_process = ProcessInfo(__version__, None, time.time())
+_described = False
+
+
+def describe_process(config: str, started_at: float | None = None) -> ProcessInfo:
+    """Say which config this process runs (the CLI calls it before the agent starts) and serve it as
+    `headwater_build_info{version, config} 1` beside `headwater_start_time_seconds`, so a dashboard can show
+    uptime and restarts and `headwater status` can name the file."""
+    global _process, _described
+    _process = replace(_process, config=config, started_at=time.time() if started_at is None else started_at)
+    if not _described:
+        install_meter_provider()
+        meter = metrics.get_meter("headwater.agent")
+        meter.create_observable_gauge(
+            "headwater_build_info", callbacks=[lambda _o: [metrics.Observation(
+                1, {"version": _process.version, "config": _process.config or ""})]],
+            description="Always 1; its labels say the version and the config file the agent runs "
+            "(\"(default config)\" for the one shipped in the package).")
+        meter.create_observable_gauge(
+            "headwater_start_time_seconds", unit="s",
+            callbacks=[lambda _o: [metrics.Observation(_process.started_at)]],
+            description="When the agent started, in seconds since the epoch (uptime = time() - this).")
+        _described = True
+    return _process
 
 
 def install_meter_provider() -> None:
@@ -77,6 +119,7 @@ class TelemetryServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
@@ -102,3 +145,11 @@ class TelemetryServer:
         if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: receivers or exporters are not started\n")
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        info, now = _process, time.time()
+        return web.json_response({
+            "version": info.version, "config": info.config, "started_at": info.started_at,
+            "uptime_seconds": max(0.0, now - info.started_at), "ready": bool(self._ready()),
+            "recent_problems": RECENT_PROBLEMS.entries(),
+        })
