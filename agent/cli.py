@@ -1,4 +1,4 @@
-"""`headwater run | validate | version` (and `headwater --version`)."""
+"""`headwater run | validate | status | version` (and `headwater --version`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file (the one `run` uses without -c by default) "
                               "and print every problem with its key path")
     validate.add_argument("-c", "--config", help="config file (YAML); default: the config shipped with the package")
+    status = sub.add_parser("status", help="show how the running agent is doing, from its telemetry endpoint")
+    status.add_argument("-c", "--config", help="the agent's config file: status reads telemetry.endpoint from it; "
+                        "default: the config shipped with the package")
+    status.add_argument("--endpoint", metavar="HOST:PORT", help="the agent's telemetry endpoint (overrides -c)")
+    status.add_argument("--json", action="store_true", help="print one JSON document for scripts")
+    status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between the two reads that per-second rates come from (default 1; 0: one "
+                        "read, no rates)")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="give up on an answer after this long (default 5)")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -29,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"headwater {__version__}")
         return 0
+    if args.command == "status":
+        from agent.status import main as status_main
+
+        return status_main(config=args.config, endpoint=args.endpoint, as_json=args.json, interval=args.interval,
+                           timeout=args.timeout)
     from agent.config import ConfigError, load_file
 
     try:
