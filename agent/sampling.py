@@ -140,22 +140,46 @@ class SampledTraces:
             return observe
 
         tiers = lambda: self.sampler.tier_names  # noqa: E731 - reload may rename tiers
-        meter.create_observable_counter("headwater_sampling_traces_in", [lambda _o: [metrics.Observation(stats.traces_in)]])
-        meter.create_observable_counter("headwater_sampling_spans_in", [lambda _o: [metrics.Observation(stats.spans_in)]])
-        meter.create_observable_counter("headwater_sampling_kept_traces", [table("kept_traces", "tier", tiers)])
-        meter.create_observable_counter("headwater_sampling_kept_spans", [table("kept_spans", "tier", tiers)])
-        meter.create_observable_counter("headwater_sampling_dropped_traces", [table("dropped_traces", "tier", tiers)])
-        meter.create_observable_counter("headwater_sampling_dropped_spans", [table("dropped_spans", "tier", tiers)])
-        meter.create_observable_counter("headwater_sampling_kept_spans_by_reason",
-                                        [table("kept_by_reason", "reason", lambda: REASONS)])
-        meter.create_observable_counter("headwater_sampling_dropped_spans_by_reason",
-                                        [table("drops_by_reason", "reason", lambda: DROP_REASONS)])
-        meter.create_observable_gauge("headwater_sampling_buffered_bytes", [lambda _o: [metrics.Observation(self.sampler.buffered_bytes)]], unit="By")
-        meter.create_observable_gauge("headwater_sampling_buffered_traces", [lambda _o: [metrics.Observation(self.sampler.buffered_traces)]])
-        meter.create_observable_gauge("headwater_sampling_decision_lag_seconds", [lambda _o: [metrics.Observation(stats.decision_lag_seconds)]], unit="s")
-        meter.create_observable_gauge("headwater_sampling_effective_rate",
-                                      [lambda _o: [metrics.Observation(r, {"tier": n}) for r, n in
-                                                   zip(self.sampler.effective_rates, self.sampler.tier_names)]])
+        def one(value: Callable[[], float]) -> Callable[[Any], list[metrics.Observation]]:
+            return lambda _o: [metrics.Observation(value())]
+
+        counters = (
+            ("headwater_sampling_traces_in", one(lambda: stats.traces_in), "{trace}",
+             "Traces the sampler started buffering (a trace counts once, at its first span)."),
+            ("headwater_sampling_spans_in", one(lambda: stats.spans_in), "{span}",
+             "Spans the sampler received, before any decision."),
+            ("headwater_sampling_kept_traces", table("kept_traces", "tier", tiers), "{trace}", "Traces kept, by tier."),
+            ("headwater_sampling_kept_spans", table("kept_spans", "tier", tiers), "{span}",
+             "Spans of kept traces, by tier (late spans of a kept trace are not counted here)."),
+            ("headwater_sampling_dropped_traces", table("dropped_traces", "tier", tiers), "{trace}",
+             "Traces dropped, by tier: not sampled, or shed under memory pressure."),
+            ("headwater_sampling_dropped_spans", table("dropped_spans", "tier", tiers), "{span}",
+             "Spans of dropped traces, by tier."),
+            ("headwater_sampling_kept_spans_by_reason", table("kept_by_reason", "reason", lambda: REASONS), "{span}",
+             "Spans kept, by why: tier (its tier's rate), error, http_5xx or latency (forced keeps)."),
+            ("headwater_sampling_dropped_spans_by_reason", table("drops_by_reason", "reason", lambda: DROP_REASONS), "{span}",
+             "Spans dropped, by why: sampled (not chosen at its tier's rate now, shedding included), "
+             "memory_pressure (past sampling.max_memory), late_span_of_dropped_trace (arrived after its trace "
+             "was dropped)."),
+        )
+        for name, callback, unit, description in counters:
+            meter.create_observable_counter(name, [callback], unit=unit, description=description)
+        meter.create_observable_gauge(
+            "headwater_sampling_buffered_bytes", [one(lambda: self.sampler.buffered_bytes)], unit="By",
+            description="Bytes of spans buffered while their traces wait for a decision (bounded by "
+            "sampling.max_memory).")
+        meter.create_observable_gauge(
+            "headwater_sampling_buffered_traces", [one(lambda: self.sampler.buffered_traces)], unit="{trace}",
+            description="Traces buffered, waiting for a decision.")
+        meter.create_observable_gauge(
+            "headwater_sampling_decision_lag_seconds", [one(lambda: stats.decision_lag_seconds)], unit="s",
+            description="How far past its due time the last decided trace was decided.")
+        meter.create_observable_gauge(
+            "headwater_sampling_effective_rate",
+            [lambda _o: [metrics.Observation(r, {"tier": n}) for r, n in
+                         zip(self.sampler.effective_rates, self.sampler.tier_names)]],
+            description="The rate each tier samples at now: its configured rate, as the max_spans_per_second "
+            "budget sets it, or 0 while the tier is shed because trace exporters are behind.")
 
 
 def new_sampler(config: SamplingConfig) -> TailSampler:

@@ -201,9 +201,14 @@ class SpanMetrics:
         meter = metrics.get_meter("headwater.span_metrics")
         red = self.aggregator
         meter.create_observable_gauge("headwater_span_metrics_series",
-                                      [lambda _o: [metrics.Observation(red.series_count)]])
+                                      [lambda _o: [metrics.Observation(red.series_count)]],
+                                      description="Span-metrics series held (bounded by span_metrics.max_series).")
         meter.create_observable_counter("headwater_span_metrics_overflow_spans",
-                                        [lambda _o: [metrics.Observation(red.overflow_spans)]])
+                                        [lambda _o: [metrics.Observation(red.overflow_spans)]], unit="{span}",
+                                        description="Spans counted into a service's otel_metric_overflow series "
+                                        "because span_metrics.max_series was reached.")
         meter.create_observable_counter("headwater_span_metrics_flushes",
                                         [lambda _o: [metrics.Observation(self.flushes, {"outcome": "ok"}),
-                                                     metrics.Observation(self.failed_flushes, {"outcome": "failed"})]])
+                                                     metrics.Observation(self.failed_flushes, {"outcome": "failed"})]],
+                                        description="Span-metrics snapshots handed to the metrics pipeline, by "
+                                        "outcome (ok, failed).")

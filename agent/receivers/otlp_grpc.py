@@ -50,9 +50,17 @@ class OtlpGrpcReceiver:
         self._server: grpc.aio.Server | None = None
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_grpc")
-        self._accepted = meter.create_counter("headwater_receiver_accepted_items", description="Spans or data points accepted")
-        self._refused_items = meter.create_counter("headwater_receiver_refused_items", description="Spans or data points refused (partial success)")
-        self._refused = meter.create_counter("headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+        self._accepted = meter.create_counter(
+            "headwater_receiver_accepted_items",
+            description="Spans or data points (samples, for the gateway) accepted, by signal and transport")
+        self._refused_items = meter.create_counter(
+            "headwater_receiver_refused_items",
+            description="Spans or data points refused inside requests otherwise accepted (partial success), by signal "
+            "and transport")
+        self._refused = meter.create_counter(
+            "headwater_receiver_refused_requests",
+            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
+            "status name)")
         for name in self._consumers:  # 0 from the start
             attrs = {"signal": name, "transport": "grpc"}
             self._accepted.add(0, attrs)

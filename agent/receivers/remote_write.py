@@ -78,9 +78,12 @@ class RemoteWriteReceiver:
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.remote_write")
         self._accepted = meter.create_counter(
-            "headwater_receiver_accepted_items", description="Spans or data points accepted")
+            "headwater_receiver_accepted_items",
+            description="Spans or data points (samples, for the gateway) accepted, by signal and transport")
         self._refused = meter.create_counter(
-            "headwater_receiver_refused_requests", description="Requests refused whole, by reason")
+            "headwater_receiver_refused_requests",
+            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
+            "status name)")
         self._requests = meter.create_counter(
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
