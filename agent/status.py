@@ -174,7 +174,7 @@ def summarize(status: Mapping[str, Any], first: Reading | None, second: Reading,
         },
         "refused": _refused(w),
         "sampling": _sampling(w),
-        "remote_write": [_remote_write(w, name)
+        "remote_write": [_remote_write(w, name, status.get("uptime_seconds"))
                          for name in second.label_values("headwater_remote_write_samples_sent_total", "exporter")],
         "trace_exporters": [_trace_exporter(w, name)
                             for name in second.label_values("headwater_exporter_sent_spans_total", "exporter")],
@@ -236,7 +236,9 @@ def _latency(w: _Window, exporter: str) -> dict[str, Any]:
     return {"mean_seconds": None, "over": None, "requests": 0}
 
 
-def _remote_write(w: _Window, exporter: str) -> dict[str, Any]:
+def _remote_write(w: _Window, exporter: str, uptime: float | None) -> dict[str, Any]:
+    """One endpoint. Samples leave once per flush (batch.flush_interval, 5 s by default), so a short window
+    often sees none: the average since start goes beside the window's rate."""
     r = w.second
     in_use = [labels.get("protocol") for labels, value in r.select("headwater_remote_write_protocol", exporter=exporter)
               if value == 1]
@@ -246,13 +248,14 @@ def _remote_write(w: _Window, exporter: str) -> dict[str, Any]:
     deltas = [w.delta("headwater_remote_write_requests_total", exporter=exporter, status=s) for s in failed_statuses]
     errors_rate = (None if w.first is None or not w.seconds
                    else sum(d or 0.0 for d in deltas) / w.seconds)
+    sent = w.counter("headwater_remote_write_samples_sent_total", exporter=exporter)
     return {
         "exporter": exporter,
         "protocol": in_use[0] if in_use else None,
         "queue": {"memory_bytes": r.total("headwater_queue_bytes", exporter=exporter, medium="memory"),
                   "disk_bytes": r.total("headwater_queue_bytes", exporter=exporter, medium="disk"),
                   "oldest_age_seconds": r.total("headwater_queue_oldest_age_seconds", exporter=exporter)},
-        "samples_sent": w.counter("headwater_remote_write_samples_sent_total", exporter=exporter),
+        "samples_sent": {**sent, "average_per_second": sent["total"] / uptime if uptime else None},
         "latency": _latency(w, exporter),
         "request_errors": {"total": errors_total, "per_second": errors_rate,
                            "by_status": {s: statuses[s] for s in failed_statuses}},
@@ -331,7 +334,7 @@ def _render_sampling(sampling: Mapping[str, Any]) -> list[str]:
     lines = [f"sampling    {'tier':<12}{'in/s':>10}{'kept/s':>10}{'rate':>8}{'in total':>14}{'kept total':>14}"]
     for t in sampling["tiers"]:
         lines.append(f"            {t['tier']:<12}{_rate(t['spans_in']['per_second']):>10}"
-                     f"{_rate(t['spans_kept']['per_second']):>10}{t['rate']:>8.3g}"
+                     f"{_rate(t['spans_kept']['per_second']):>10}{_ratio(t['rate']):>8}"
                      f"{_count(t['spans_in']['total']):>14}{_count(t['spans_kept']['total']):>14}")
     lines.append(f"            buffered {_count(sampling['buffered_traces'])} traces, "
                  f"{_bytes(sampling['buffered_bytes'])}; decision lag {_seconds(sampling['decision_lag_seconds'])}")
@@ -347,8 +350,11 @@ def _render_remote_write(rw: Mapping[str, Any]) -> list[str]:
     first = (f"  {rw['exporter']:<12}{rw['protocol'] or 'no format yet'}, queue {_bytes(q['memory_bytes'])} in memory + "
              f"{_bytes(q['disk_bytes'])} on disk, oldest {_seconds(q['oldest_age_seconds'])}, "
              f"concurrency {_count(rw['concurrency'])}{circuit}")
-    second = (f"  {'':<12}sent {_per_second(rw['samples_sent'], 'samples')}, "
-              f"latency {_latency_text(rw['latency'])}")
+    sent = rw["samples_sent"]
+    average = f": {_rate(sent['average_per_second'])}/s on average" if sent["average_per_second"] is not None else ""
+    sent_text = (f"{_rate(sent['per_second'])} samples/s ({_count(sent['total'])} since start{average})"
+                 if sent["per_second"] is not None else f"{_count(sent['total'])} samples since start{average}")
+    second = f"  {'':<12}sent {sent_text}, latency {_latency_text(rw['latency'])}"
     errors = rw["request_errors"]
     by_status = ", ".join(f"{k} {_count(v)}" for k, v in errors["by_status"].items() if v)
     dropped = {k: v for k, v in rw["samples_dropped"].items() if v}
@@ -389,6 +395,12 @@ def _rate(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if value >= 100 or value == 0 else f"{value:.1f}"
+
+
+def _ratio(value: float) -> str:
+    """At least two decimals (0.50, 1.00), more where the rate has them (0.005)."""
+    text = f"{value:.3g}"
+    return f"{value:.2f}" if "e" in text or len(text.partition(".")[2]) < 2 else text
 
 
 def _count(value: float) -> str:

@@ -120,8 +120,17 @@ def test_each_remote_write_endpoint_shows_protocol_queue_latency_and_errors():
     assert prom["samples_dropped"] == {"rejected": 3}
     screen = render(summary)
     assert "prom        rw1, queue 2.0 KiB in memory + 4.0 KiB on disk, oldest 4.5 s" in screen
-    assert "sent 2,500 samples/s (6,000 since start), latency 100 ms mean" in screen
+    assert "sent 2,500 samples/s (6,000 since start" in screen and "latency 100 ms mean" in screen
     assert "errors: requests 2.0/s (6 since start: 503 6), retries 6, samples dropped 3 (rejected 3)" in screen
+
+
+def test_samples_sent_show_the_average_since_start_beside_a_window_that_saw_no_flush():
+    # Remote write sends once per batch.flush_interval (5 s by default): a 1 s window often sees nothing.
+    summary = summarize(STATUS, endpoint_reading(1920, 0, 1.0, 10), endpoint_reading(1920, 0, 1.0, 10), 1.0,
+                        "127.0.0.1:8888")
+
+    assert summary["remote_write"][0]["samples_sent"] == {"total": 1920, "per_second": 0, "average_per_second": 10}
+    assert "sent 0 samples/s (1,920 since start: 10.0/s on average)" in render(summary)
 
 
 def test_latency_falls_back_to_the_mean_since_start_when_no_request_was_answered_in_the_window():
