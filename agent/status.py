@@ -141,18 +141,15 @@ class _Window:
         self.first, self.second, self.seconds = first, second, seconds
 
     def counter(self, name: str, **match: str) -> dict[str, float | None]:
-        now = self.second.total(name, **match)
-        return {"total": now, "per_second": self._rate(name, now, match)}
+        delta = self.delta(name, **match)
+        return {"total": self.second.total(name, **match),
+                "per_second": None if delta is None or not self.seconds else delta / self.seconds}
 
     def delta(self, name: str, **match: str) -> float | None:
         if self.first is None or not self.seconds:
             return None
         now, before = self.second.total(name, **match), self.first.total(name, **match)
         return now - before if now >= before else now  # a restart between the reads starts from 0
-
-    def _rate(self, name: str, now: float, match: Mapping[str, str]) -> float | None:
-        delta = self.delta(name, **match)
-        return None if delta is None or not self.seconds else delta / self.seconds
 
 
 def summarize(status: Mapping[str, Any], first: Reading | None, second: Reading, seconds: float | None,
@@ -176,30 +173,36 @@ def summarize(status: Mapping[str, Any], first: Reading | None, second: Reading,
         "sampling": _sampling(w),
         "remote_write": [_remote_write(w, name, status.get("uptime_seconds"))
                          for name in second.label_values("headwater_remote_write_samples_sent_total", "exporter")],
-        "trace_exporters": [_trace_exporter(w, name)
-                            for name in second.label_values("headwater_exporter_sent_spans_total", "exporter")],
+        "trace_exporters": [_trace_exporter(w, name) for name in dict.fromkeys(
+            [*second.label_values("headwater_exporter_sent_spans_total", "exporter"),
+             *second.label_values("headwater_exporter_failed_spans_total", "exporter")])],
         "recent_problems": list(status.get("recent_problems") or []),
     }
 
 
 def _refused(w: _Window) -> dict[str, list[dict[str, Any]]]:
-    requests = []
+    """Requests refused whole by (signal, reason), and items refused inside accepted requests by signal."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(signal: str, reason: str, counter: Mapping[str, float | None]) -> None:
+        row = rows.setdefault((signal, reason), {"signal": signal, "reason": reason, "total": 0.0,
+                                                 "per_second": None if counter["per_second"] is None else 0.0})
+        row["total"] += counter["total"] or 0.0
+        if row["per_second"] is not None:
+            row["per_second"] += counter["per_second"] or 0.0
+
     for labels, _value in w.second.select("headwater_admission_refused_requests_total"):
         signal, reason = labels.get("signal", ""), labels.get("reason", "")
-        requests.append({"signal": signal, "reason": reason, "by": "admission",
-                         **w.counter("headwater_admission_refused_requests_total", signal=signal, reason=reason)})
+        add(signal, reason, w.counter("headwater_admission_refused_requests_total", signal=signal, reason=reason))
     for labels, _value in w.second.select("headwater_receiver_refused_requests_total"):
         status = labels.get("status", "")
         reason = _RECEIVER_REASONS.get(status, f"status_{status}")
-        if reason is None:
-            continue
-        match = {k: labels[k] for k in ("signal", "transport", "status") if k in labels}
-        requests.append({"signal": labels.get("signal", ""), "reason": reason,
-                         "by": f"{labels.get('transport', '')} {status}".strip(),
-                         **w.counter("headwater_receiver_refused_requests_total", **match)})
+        if reason is not None:
+            match = {k: labels[k] for k in ("signal", "transport", "status") if k in labels}
+            add(labels.get("signal", ""), reason, w.counter("headwater_receiver_refused_requests_total", **match))
     items = [{"signal": signal, **w.counter("headwater_receiver_refused_items_total", signal=signal)}
              for signal in w.second.label_values("headwater_receiver_refused_items_total", "signal")]
-    return {"requests": requests, "items": items}
+    return {"requests": list(rows.values()), "items": items}
 
 
 def _sampling(w: _Window) -> dict[str, Any] | None:

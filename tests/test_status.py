@@ -162,8 +162,30 @@ def test_refusals_are_by_reason_and_admission_429s_are_not_counted_twice():
     }), None, "127.0.0.1:8888")
 
     reasons = {(r["signal"], r["reason"]): r["total"] for r in summary["refused"]["requests"]}
+    assert all(r["per_second"] is None for r in summary["refused"]["requests"])
     assert reasons == {("traces", "budget"): 4, ("metrics", "queue_full"): 0, ("metrics", "too_large"): 2}
     assert "refused     traces budget 4, metrics too_large 2, traces invalid items 9 since start" in render(summary)
+
+
+def test_the_same_reason_from_two_transports_is_one_row():
+    summary = summarize(STATUS, None, reading({
+        'headwater_receiver_refused_requests_total{signal="traces",status="400",transport="http"}': 2,
+        'headwater_receiver_refused_requests_total{signal="traces",status="INVALID_ARGUMENT",transport="grpc"}': 3,
+    }), None, "127.0.0.1:8888")
+
+    assert summary["refused"]["requests"] == [{"signal": "traces", "reason": "malformed", "total": 5,
+                                               "per_second": None}]
+
+
+def test_a_trace_exporter_that_has_only_failed_so_far_is_listed():
+    summary = summarize(STATUS, None, reading({
+        'headwater_exporter_sent_spans_total{exporter="file"}': 4,
+        'headwater_exporter_failed_spans_total{exporter="otlp",reason="rejected"}': 7,
+    }), None, "127.0.0.1:8888")
+
+    assert [(t["exporter"], t["spans_failed"]) for t in summary["trace_exporters"]] == [
+        ("file", {}), ("otlp", {"rejected": 7})]
+    assert "otlp        sent 0 spans since start, failed 7" in render(summary)
 
 
 def test_a_counter_that_went_down_between_the_reads_counts_from_zero():
