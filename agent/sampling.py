@@ -109,14 +109,8 @@ class SampledTraces:
             await asyncio.sleep(_TICK_SECONDS)
 
     def _shed_if_behind(self) -> None:
-        """Exporters holding over half their share: drop the lowest tier; over 80%: all tiers but P0."""
         backlog = self._backlog()
-        tiers = len(self.sampler.settings.tiers)
-        level = 0
-        if backlog > self._backlog_limit * 0.8:
-            level = tiers - 1
-        elif backlog > self._backlog_limit * 0.5:
-            level = 1
+        level = shed_level(backlog, self._backlog_limit, len(self.sampler.settings.tiers))
         if level != self.sampler.shed_tiers:
             log.warning("exporters are behind: shedding the lowest tiers" if level else "exporters caught up",
                         **kv(shed_tiers=level, backlog_bytes=backlog))
@@ -180,6 +174,17 @@ class SampledTraces:
                          zip(self.sampler.effective_rates, self.sampler.tier_names)]],
             description="The rate each tier samples at now: its configured rate, as the max_spans_per_second "
             "budget sets it, or 0 while the tier is shed because trace exporters are behind.")
+
+
+def shed_level(backlog: int, limit: int, tiers: int) -> int:
+    """How many of the lowest tiers to drop outright while trace exporters hold `backlog` bytes of their `limit`:
+    over half, the lowest; over 80 %, all but the first. The first tier (P0) is never shed, so a sampler with
+    one tier sheds nothing (it used to shed its only tier between 50 and 80 % and none above)."""
+    if backlog > limit * 0.8:
+        return max(0, tiers - 1)
+    if backlog > limit * 0.5:
+        return min(1, tiers - 1)
+    return 0
 
 
 def new_sampler(config: SamplingConfig) -> TailSampler:
