@@ -84,6 +84,11 @@ class Admission:
         """Refuse `signal` while `full()` says the exporter `name` cannot queue more."""
         self._full.setdefault(signal, []).append((name, full))
 
+    def clear_sources(self) -> None:
+        """Forget every queue and pressure source (a reload rebuilt the exporters and adds them again)."""
+        self._queued = {None: []}
+        self._full = {}
+
     def in_flight(self, signal: str | None = None) -> int:
         queued = self._queued.get(None, []) + (self._queued.get(signal, []) if signal is not None else [])
         held = self._held[signal] if signal is not None else sum(self._held.values())

@@ -44,17 +44,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return status_main(config=args.config, endpoint=args.endpoint, as_json=args.json, interval=args.interval,
                            timeout=args.timeout)
-    from agent.config import ConfigError, load_file
+    from agent.config import ConfigError, check_file
 
     try:
-        config = load_file(args.config)
+        checked = check_file(args.config)  # what a reload (SIGHUP) checks too
     except ConfigError as exc:
         where = exc.source or args.config or "(default config)"
         print(f"{where}: {len(exc.issues)} problem(s)", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
+    config = checked.config
     if args.command == "validate":
+        for warning in checked.warnings:
+            print(f"{args.config or '(default config)'}: warning: {warning}", file=sys.stderr)
         print(f"{args.config or '(default config)'}: ok")
         return 0
     from agent import logs

@@ -124,8 +124,13 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler, RECENT_PROBLEMS]
     root.setLevel(logging.WARNING)
-    logging.getLogger("headwater").setLevel(level.upper())
+    set_level(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """`telemetry.log_level` for every `headwater.*` logger; a reload calls it again."""
+    logging.getLogger("headwater").setLevel(level.upper())
 
 
 def kv(**fields: Any) -> dict[str, dict[str, Any]]:

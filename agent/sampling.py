@@ -62,6 +62,13 @@ class SampledTraces:
         self._stopping = False
         self._register_metrics()
 
+    def set_exporters(self, exporters: Sequence[tuple[str, Export]], backlog: Callable[[], int],
+                      backlog_limit: int) -> None:
+        """Hand kept spans to these from now on (a reload changed the trace exporters). Buffered traces stay."""
+        self._exporters = list(exporters)
+        self._backlog = backlog
+        self._backlog_limit = backlog_limit
+
     @property
     def exporter_names(self) -> list[str]:
         return [name for name, _ in self._exporters]

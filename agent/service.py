@@ -1,10 +1,19 @@
-"""The composition root: builds exporters, pipelines, admission control and receivers from a Config, and runs
-them in order.
+"""The composition root: builds exporters, pipelines, admission control and receivers from a Config (with
+`agent.build`), runs them in order, and applies a new config on SIGHUP.
 
-Start order: exporters, then receivers, then the telemetry server reports ready and systemd gets READY=1.
-Shutdown order: STOPPING=1 and not ready; receivers stop listening and finish in-flight requests; exporters
-deliver what they hold within what is left of `shutdown_timeout`; the telemetry server goes last.
-Under systemd (agent.notify) the watchdog is pinged from the event loop for the whole run.
+Start order: exporters, then the trace pipeline, span metrics and the telemetry push, then receivers; the
+telemetry server (started first) reports ready at the end and systemd gets READY=1.
+Shutdown order: STOPPING=1 and not ready; receivers stop listening and finish in-flight requests; the trace
+pipeline decides what it buffers; span metrics and the telemetry push flush; exporters deliver what they hold
+within what is left of `shutdown_timeout` (those a reload removed finish their delivery too); the telemetry
+server goes last. Under systemd (agent.notify) the watchdog is pinged from the event loop for the whole run,
+and a reload is framed by RELOADING=1 and READY=1.
+Reload order (`reload`; what applies live is in `agent.reload`): everything new is built first, so a config
+that cannot be built changes nothing; then, with the receivers held at the gate (`agent.gate`): the trace
+pipeline, if removed, decides what it buffers; remote-write exporters being replaced hand their queue over;
+new exporters start; the pipelines are rewired; OTLP exporters being replaced hand over what they queue. The
+gate opens; removed exporters deliver what they hold in the background; span metrics follow; listeners whose
+endpoint changed are rebound, the new socket bound before the old one closes.
 """
 
 from __future__ import annotations
@@ -13,30 +22,26 @@ import asyncio
 import logging
 import signal
 import time
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from agent import shutdown_summary
+from agent import logs, shutdown_summary
 from agent.admission import Admission
-from agent.config import Config
+from agent.build import build_exporter, build_exporters, build_gateway, build_grpc, build_http
+from agent.config import Config, ConfigError, check_file
+from agent.config.check import describe_tiers, tiers_source, warnings_for
+from agent.gate import Gate
 from agent.logs import kv
 from agent.notify import Notifier, keep_watchdog, report_status
 from agent.pipeline import FanOut, MetricsFanOut
+from agent.reload import LISTENERS, exporter_changes, exporter_specs, get_at, listens, replace_at
+from agent.reload import plan as reload_plan
 from agent.sampling import SampledTraces, new_sampler, settings_from_config
-from agent.receivers.otlp_grpc import OtlpGrpcReceiver
-from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.span_metrics import SpanMetrics
 from agent.status_line import StatusLine, StatusSources
 from agent.telemetry import TelemetryServer, collect_metrics, install_meter_provider
 from agent.telemetry_push import TelemetryPush
-from exporters.file import FileExporter
-from exporters.otlp_http import OtlpHttpTraceExporter
-from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
-from exporters.remote_write.translate import Limits
-from exporters.retry import RetryPolicy
-from exporters.sending.queue import QueueSettings
-from exporters.sending.sender import SenderSettings
 from samplers.red import RedAggregator
 
 log = logging.getLogger("headwater.agent")
@@ -45,175 +50,167 @@ log = logging.getLogger("headwater.agent")
 STATUS_EVERY_SECONDS = 5.0
 
 
-def _policy(retry: Any) -> RetryPolicy:
-    return RetryPolicy(initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff, max_elapsed=retry.max_elapsed)
-
-
-def build_exporters(config: Config) -> dict[str, Any]:
-    """Only exporters that a pipeline lists are built; the rest of the file is validated but idle."""
-    wanted = set()
-    for pipeline in (config.pipelines.traces, config.pipelines.metrics):
-        if pipeline is not None:
-            wanted.update(pipeline.exporters)
-    if config.telemetry.remote_write:
-        wanted.add(config.telemetry.remote_write)  # the agent's own metrics go there, pipeline or not
-    built: dict[str, Any] = {}
-    ex = config.exporters
-    if ex.otlp is not None and "otlp" in wanted:
-        built["otlp"] = OtlpHttpTraceExporter(
-            endpoint=ex.otlp.endpoint, headers=dict(ex.otlp.headers), compression=ex.otlp.compression,
-            timeout=ex.otlp.timeout, retry=_policy(ex.otlp.retry))
-    if ex.file is not None and "file" in wanted:
-        # Relative paths land under state_dir, with the agent's other files.
-        state = Path(config.state_dir)
-        built["file"] = FileExporter(state / (ex.file.path or "traces.jsonl"),
-                                     state / (ex.file.metrics_path or "metrics.jsonl"))
-    for rw in ex.remote_write:
-        if rw.name in wanted:
-            backoff = RetryPolicy(initial_backoff=rw.sender.retry.initial_backoff,
-                                  max_backoff=rw.sender.retry.max_backoff)
-            built[rw.name] = RemoteWriteExporter(
-                name=rw.name, url=rw.url, headers=dict(rw.headers), timeout=rw.sender.timeout,
-                retry=backoff, max_samples=rw.batch.max_samples, max_bytes=rw.batch.max_bytes,
-                flush_interval=rw.batch.flush_interval,
-                delta_to_cumulative=DeltaToCumulative(
-                    Path(config.state_dir) / "delta_to_cumulative" / f"{rw.name}.json"),
-                native_histograms=rw.native_histograms,
-                limits=Limits(max_label_name_length=rw.limits.max_label_name_length,
-                              max_label_value_length=rw.limits.max_label_value_length,
-                              max_labels_per_series=rw.limits.max_labels_per_series,
-                              max_series_per_metric=rw.limits.max_series_per_metric),
-                promote=rw.promote_resource_attributes, protocol=rw.protocol, compression=rw.compression,
-                compression_level=rw.compression_level,
-                queue=QueueSettings(max_memory=rw.queue.max_memory, max_disk=rw.queue.max_disk,
-                                    when_full=rw.queue.when_full,
-                                    directory=Path(config.state_dir) / "queue" / rw.name),
-                sender=SenderSettings(
-                    max_concurrency=rw.sender.max_concurrency, retry=backoff,
-                    sample_age_limit=rw.sender.sample_age_limit, max_bytes_per_second=rw.sender.max_bytes_per_second,
-                    batch_samples=rw.batch.max_samples, min_batch_samples=min(500, rw.batch.max_samples),
-                    batch_bytes=rw.batch.max_bytes))
-    configured = [n for n in ("otlp", "file") if getattr(ex, n) is not None] + [rw.name for rw in ex.remote_write]
-    for name in configured:
-        if name not in built:
-            log.warning("exporter configured but not used by any pipeline", **kv(exporter=name))
-    return built
-
-
 class Agent:
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         """`notifier`: where systemd notifications go; default from NOTIFY_SOCKET (a no-op without it)."""
         install_meter_provider()
         self.config = config
         self.notifier = Notifier.from_environment() if notifier is None else notifier
-        self.exporters = build_exporters(config)
+        self._gate = Gate()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self.exporters: dict[str, Any] = build_exporters(config)
+        self._specs = exporter_specs(config)  # what each running exporter was built from
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # removed by a reload, delivering what they hold
         self.admission = Admission(config.admission.max_inflight, config.admission.retry_after)
-        p = config.pipelines
-        for pipeline, kind in ((p.traces, "traces"), (p.metrics, "metrics")):
-            for name in pipeline.exporters if pipeline else ():
-                exporter = self.exporters[name]
+        self.traces: SampledTraces | None = None
+        self.metrics: MetricsFanOut | None = None
+        self.span_metrics: SpanMetrics | None = None
+        self._series: FanOut | None = None
+        self._traces_on = False
+        # What receivers and span metrics call: through the gate, to whatever pipeline is there at the time.
+        guard = self._gate.guard
+        self._consume_traces = guard(lambda data: self._pipeline("traces").consume(data))
+        self._consume_metrics = guard(lambda request: self._pipeline("metrics").consume(request))
+        self._metrics_wire = SimpleNamespace(
+            consume_wire=guard(lambda wire: self._pipeline("metrics").consume_wire(wire)),
+            consume_parsed=guard(lambda request, wire: self._pipeline("metrics").consume_parsed(request, wire)))
+        self._consume_series = guard(lambda batch: self._pipeline("series").consume(batch))
+        otlp = config.receivers.otlp
+        self.http = build_http(config, self.admission) if otlp.http.enabled else None
+        self.grpc = build_grpc(config, self.admission) if otlp.grpc.enabled else None
+        self.gateway = (build_gateway(config, self.admission, self._consume_series)
+                        if listens(config.receivers.remote_write) and config.pipelines.metrics else None)
+        self._wire(config)
+        if self._wants_span_metrics(config):
+            self._new_span_metrics(config)
+        self.telemetry_push = self._new_telemetry_push(config)
+        self._ready = False
+        self.dropped_at_shutdown = False  # set by shutdown (or a removed exporter): `headwater run` exits non-zero
+        self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
+                          if config.telemetry.enabled else None)
+        self._started: list[Any] = []
+        self.status = self._new_status_line()
+
+    @property
+    def receivers(self) -> list[Any]:
+        return [r for r in (self.http, self.grpc, self.gateway) if r is not None]
+
+    # -- wiring -----------------------------------------------------------------------------------------
+
+    def _pipeline(self, name: str) -> Any:
+        found = {"traces": self.traces if self._traces_on else None, "metrics": self.metrics,
+                 "series": self._series}[name]
+        if found is None:  # a call that waited at the gate while a reload removed the pipeline
+            raise RuntimeError(f"the {name} pipeline was removed by a config reload")
+        return found
+
+    def _wire(self, config: Config) -> None:
+        """Point the pipelines, admission control and receivers at `self.exporters` as `config` lists them.
+        Synchronous: nothing runs between its steps."""
+        p, exporters = config.pipelines, self.exporters
+        trace_names = [n for n in (p.traces.exporters if p.traces else ()) if n in exporters]
+        metric_names = [n for n in (p.metrics.exporters if p.metrics else ()) if n in exporters]
+        self.admission.clear_sources()
+        for kind, names in (("traces", trace_names), ("metrics", metric_names)):
+            for name in names:
+                exporter = exporters[name]
                 if hasattr(exporter, "full"):  # a queue that can refuse: pressure, not a share of the budget
                     self.admission.add_pressure(kind, name, lambda e=exporter: e.full)
                 else:
                     self.admission.add_queue(lambda e=exporter: e.queued_bytes, kind)
-        self.traces: SampledTraces | None = None
-        if p.traces:
-            trace_exporters = [self.exporters[n] for n in p.traces.exporters]
-            self.traces = SampledTraces(
-                new_sampler(config.sampling),
-                [(n, self.exporters[n].consume_traces) for n in p.traces.exporters],
-                backlog=lambda: sum(e.queued_bytes for e in trace_exporters),
-                backlog_limit=config.admission.max_inflight // 2)
+        self._traces_on = bool(trace_names)
+        if trace_names:
+            trace_exporters = [exporters[n] for n in trace_names]
+            consumers = [(n, exporters[n].consume_traces) for n in trace_names]
+            backlog = lambda: sum(e.queued_bytes for e in trace_exporters)  # noqa: E731
+            limit = config.admission.max_inflight // 2
+            if self.traces is None:
+                self.traces = SampledTraces(new_sampler(config.sampling), consumers, backlog=backlog,
+                                            backlog_limit=limit)
+            else:
+                self.traces.set_exporters(consumers, backlog, limit)
             # The sampler's buffer is bounded by sampling.max_memory and sheds on its own; only its pending
             # output counts as in flight.
             self.admission.add_queue(lambda: self.traces.sampler.pending_output_bytes, "traces")
-        self.metrics = (MetricsFanOut([(n, self.exporters[n]) for n in p.metrics.exporters])
-                        if p.metrics else None)
-        self.span_metrics: SpanMetrics | None = None
-        if self.traces is not None and self.metrics is not None and p.metrics.span_metrics:
-            sm = config.span_metrics
-            red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series)
-            self.traces.sampler.span_observer = red  # every span, before any sampling decision
-            self.span_metrics = SpanMetrics(red, self.metrics.consume, sm.flush_interval)
-        self.telemetry_push: TelemetryPush | None = None
-        if config.telemetry.remote_write:
-            name = config.telemetry.remote_write  # looked up at each push: the exporter may be rebuilt
-            self.telemetry_push = TelemetryPush(collect_metrics, lambda r: self.exporters[name].consume_metrics(r),
-                                                config.telemetry.remote_write_interval)
-        consume_traces = self.traces.consume if self.traces else None
-        consume_metrics = self.metrics.consume if self.metrics else None
-        otlp = config.receivers.otlp
-        self.receivers: list[Any] = []
-        if otlp.http.enabled:
-            self.http = OtlpHttpReceiver(otlp.http.endpoint, otlp.http.max_body_size, self.admission,
-                                         consume_traces, consume_metrics, drain_timeout=config.shutdown_timeout / 2,
-                                         metrics_wire=self.metrics)
-            self.receivers.append(self.http)
-        if otlp.grpc.enabled:
-            self.grpc = OtlpGrpcReceiver(otlp.grpc.endpoint, otlp.grpc.max_message_size, self.admission,
-                                         consume_traces, consume_metrics, metrics_wire=self.metrics)
-            self.receivers.append(self.grpc)
-        gateway = config.receivers.remote_write
-        if gateway is not None and gateway.enabled and p.metrics:
-            series = FanOut("metrics", [(n, self.exporters[n].consume_series) for n in p.metrics.exporters])
-            from agent.receivers.remote_write import RemoteWriteReceiver  # only gateways load every decoder
-            from exporters.remote_write.compact_session import CompactSessions
+        self.metrics = MetricsFanOut([(n, exporters[n]) for n in metric_names]) if metric_names else None
+        series = [(n, exporters[n].consume_series) for n in metric_names if hasattr(exporters[n], "consume_series")]
+        self._series = FanOut("metrics", series) if series else None
+        self._set_receiver_consumers()
 
-            self.gateway = RemoteWriteReceiver(
-                gateway.endpoint, gateway.max_body_size, self.admission, series.consume,
-                sessions=CompactSessions(max_bytes_per_sender=gateway.max_dictionary_per_sender,
-                                         max_total_bytes=gateway.max_dictionary_total),
-                drain_timeout=config.shutdown_timeout / 2)
-            self.receivers.append(self.gateway)
-        self._ready = False
-        self.dropped_at_shutdown = False  # set by shutdown: `headwater run` then exits non-zero
-        self.telemetry = (TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
-                          if config.telemetry.enabled else None)
-        self._started: list[Any] = []
-        sampler = self.traces.sampler if self.traces is not None else None
-        self.status = StatusLine(StatusSources(
+    def _set_receiver_consumers(self) -> None:
+        traces = self._consume_traces if self._traces_on else None
+        metrics, wire = (self._consume_metrics, self._metrics_wire) if self.metrics is not None else (None, None)
+        receivers = self.config.receivers
+        if self.http is not None:
+            self.http.set_consumers(traces, metrics, wire, receivers.otlp.http.max_body_size)
+        if self.grpc is not None:
+            self.grpc.set_consumers(traces, metrics, wire)
+        if self.gateway is not None and receivers.remote_write is not None:
+            self.gateway.set_consume(self._consume_series, receivers.remote_write.max_body_size)
+
+    def _wants_span_metrics(self, config: Config) -> bool:
+        p = config.pipelines
+        return bool(p.metrics and p.metrics.span_metrics and self._traces_on and self.metrics is not None)
+
+    def _new_span_metrics(self, config: Config) -> None:
+        assert self.traces is not None
+        sm = config.span_metrics
+        red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series)
+        self.traces.sampler.span_observer = red  # every span, before any sampling decision
+        self.span_metrics = SpanMetrics(red, self._gate.guard(lambda request: self._pipeline("metrics").consume(request)),
+                                        sm.flush_interval)
+
+    def _new_telemetry_push(self, config: Config) -> TelemetryPush | None:
+        name = config.telemetry.remote_write
+        if not name:
+            return None
+        # Looked up at each push, through the gate: a reload may rebuild the exporter.
+        consume = self._gate.guard(lambda request: self.exporters[name].consume_metrics(request))
+        return TelemetryPush(collect_metrics, consume, config.telemetry.remote_write_interval)
+
+    def _new_status_line(self) -> StatusLine:
+        """The STATUS= line's sources, as the pipelines stand (built again after a reload)."""
+        sampler = self.traces.sampler if self.traces is not None and self._traces_on else None
+        return StatusLine(StatusSources(
             spans_in=(lambda: sampler.stats.spans_in) if sampler else None,
             spans_kept=(lambda: sum(sampler.stats.kept_spans.values())) if sampler else None,
             buffered_traces=(lambda: sampler.buffered_traces) if sampler else None,
             buffered_bytes=(lambda: sampler.buffered_bytes) if sampler else None,
             queued_bytes={name: (lambda e=e: e.queued_bytes) for name, e in self.exporters.items()}))
 
-    def _reload_from(self, path: str | None) -> None:
-        from agent.config import ConfigError, load_file
-
-        # systemd: RELOADING=1 before the file is read, READY=1 once the outcome (applied or refused) is known;
-        # neither while still starting, where READY=1 would come before the receivers listen.
-        notify = self._ready and self.notifier.enabled
-        if notify:
-            self.notifier.reloading()
-        try:
-            self.reload(load_file(path))
-        except ConfigError as exc:
-            log.error("config reload refused; keeping the running config",
-                      **kv(problems=len(exc.issues), first=str(exc.issues[0]) if exc.issues else ""))
-        finally:
-            if notify:
-                self.notifier.ready(self.status.line(time.monotonic()))
+    # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.telemetry is not None:
-            await self.telemetry.start()
-        try:
-            # After the exporters they write to, before the receivers that feed them.
-            pipelines = [c for c in (self.traces, self.span_metrics, self.telemetry_push) if c is not None]
-            for component in [*self.exporters.values(), *pipelines, *self.receivers]:
-                await component.start()
-                self._started.append(component)
-        except BaseException:
-            await self.shutdown()
-            raise
-        self._ready = True
-        log.info("started", **kv(exporters=",".join(self.exporters) or "none",
-                                 traces=",".join(self.traces.exporter_names) if self.traces else "off",
-                                 metrics=",".join(self.metrics.exporter_names) if self.metrics else "off"))
-        # Every receiver listens and every exporter runs: only now may systemd start what is ordered after us.
-        if self.notifier.enabled:
-            self.notifier.ready(self.status.line(time.monotonic()))
+        async with self._reload_lock:  # a SIGHUP during start is applied once it is done
+            if self.telemetry is not None:
+                await self.telemetry.start()
+            try:
+                # After the exporters they write to, before the receivers that feed them.
+                pipelines = [c for c in (self.traces, self.span_metrics, self.telemetry_push) if c is not None]
+                for component in [*self.exporters.values(), *pipelines, *self.receivers]:
+                    await component.start()
+                    self._started.append(component)
+            except BaseException:
+                await self.shutdown()
+                raise
+            self._ready = True
+            for warning in warnings_for(self.config):
+                log.warning(warning.message, **kv(key=warning.path))
+            self._log_tiers()
+            log.info("started", **kv(exporters=",".join(self.exporters) or "none",
+                                     traces=",".join(self.traces.exporter_names) if self._traces_on else "off",
+                                     metrics=",".join(self.metrics.exporter_names) if self.metrics else "off"))
+            # Every receiver listens and every exporter runs: only now may systemd start what is ordered after us.
+            if self.notifier.enabled:
+                self.notifier.ready(self.status.line(time.monotonic()))
+
+    def _log_tiers(self) -> None:
+        """The tiers in effect, said once at start and after a reload that changed them: left out of the file,
+        the built-in ones apply, and a person should not have to guess which."""
+        if self._traces_on:
+            tiers = self.config.sampling.tiers
+            log.info("sampling tiers in effect", **kv(tiers=describe_tiers(tiers), source=tiers_source(tiers)))
 
     async def shutdown(self) -> None:
         """Safe without start and safe twice."""
@@ -232,7 +229,8 @@ class Agent:
             await self.span_metrics.shutdown(remaining())  # a final snapshot, before the exporters drain
         if self.telemetry_push is not None and self.telemetry_push in started:
             await self.telemetry_push.shutdown(remaining())  # the same for the agent's own metrics
-        results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), return_exceptions=True)
+        results = await asyncio.gather(*(e.shutdown(remaining()) for e in exporters), *self._retiring.values(),
+                                       return_exceptions=True)
         for exporter, result in zip(exporters, results):
             if isinstance(result, BaseException):
                 log.error("exporter shutdown failed", **kv(exporter=type(exporter).__name__, error=repr(result)))
@@ -242,25 +240,12 @@ class Agent:
             await self.telemetry.shutdown(1.0)
         log.info("stopped")
 
-    def reload(self, config: Config) -> None:
-        """Apply a changed config without a restart: sampling tiers and limits take effect at once and buffered
-        traces are kept; other sections need a restart, which is logged."""
-        if self.traces is not None and config.sampling != self.config.sampling:
-            self.traces.sampler.reconfigure(settings_from_config(config.sampling))
-            log.info("sampling config reloaded", **kv(tiers=",".join(t.name for t in config.sampling.tiers)))
-        changed = [f for f in ("receivers", "admission", "exporters", "pipelines", "telemetry", "state_dir",
-                               "span_metrics")
-                   if getattr(config, f) != getattr(self.config, f)]
-        if changed:
-            log.warning("config sections changed that apply only after a restart", **kv(sections=",".join(changed)))
-        self.config = config
-
     async def run_until_signal(self, config_path: str | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_from(config_path))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_in_background(config_path))
         # The watchdog pings from this loop for the whole run, start and shutdown included: a slow drain is not
         # a stuck loop (TimeoutStopSec bounds it), while a blocked loop stops the pings and gets us restarted.
         watchdog = asyncio.create_task(keep_watchdog(self.notifier), name="systemd-watchdog")
@@ -274,9 +259,302 @@ class Agent:
                 log.info("stopping on signal")
             finally:
                 status.cancel()  # "stopping: ..." stays the status until exit
-                await self.shutdown()
+                loop.remove_signal_handler(signal.SIGHUP)
+                async with self._reload_lock:  # a reload under way finishes first
+                    await self.shutdown()
         finally:
             for task in (status, watchdog):
                 task.cancel()
             await asyncio.gather(status, watchdog, return_exceptions=True)
             self.notifier.close()
+
+    def _reload_in_background(self, path: str | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_from(path), name="config-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    # -- reload -----------------------------------------------------------------------------------------
+
+    async def _reload_from(self, path: str | None) -> bool:
+        """SIGHUP: read `path` again (the shipped default when None) through the check `headwater validate`
+        runs (`agent.config.check`), and apply it. A file with problems is refused whole, every problem
+        logged, and the running config stays. One reload at a time: a SIGHUP during one waits for it."""
+        async with self._reload_lock:
+            if not self._ready:
+                log.warning("config reload ignored: the agent is not running")
+                return False
+            # systemd: RELOADING=1 before the file is read, READY=1 once the outcome (applied or refused) is known.
+            notify = self.notifier.enabled
+            if notify:
+                self.notifier.reloading()
+            try:
+                return await self._reload_file(path)
+            finally:
+                if notify:
+                    self.notifier.ready(self.status.line(time.monotonic()))
+
+    async def _reload_file(self, path: str | None) -> bool:
+        source = str(path) if path is not None else "(default config)"
+        try:
+            checked = check_file(path)
+        except ConfigError as exc:
+            log.error("config reload refused; keeping the running config", **kv(file=source, problems=len(exc.issues)))
+            for issue in exc.issues:
+                log.error("config problem", **kv(file=source, key=issue.path or "(top level)", problem=issue.message))
+            return False
+        for warning in checked.warnings:
+            log.warning(warning.message, **kv(key=warning.path))
+        try:
+            return await self.reload(checked.config)
+        except Exception:
+            log.exception("config reload failed part way; the agent runs with what was applied")
+            return False
+
+    async def reload(self, config: Config) -> bool:
+        """Apply `config` (already checked) to the running agent, in the order the module docstring gives.
+        False, with nothing changed, when an exporter of it cannot be built."""
+        plan = reload_plan(self.config, config)
+        for note in plan.needs_restart:
+            log.warning("config change needs a restart; the running value stays", **kv(key=note.path, why=note.message))
+        old, new = self.config, plan.config
+        if new == old:
+            log.info("config reloaded: nothing changed")
+            return True
+        specs = exporter_specs(new)
+        changes = exporter_changes(self._specs, specs)
+        for name in (*changes.added, *changes.replaced):  # a removed one of that name may still hold its queue
+            if name in self._retiring:
+                await asyncio.gather(self._retiring[name], return_exceptions=True)
+        try:
+            built = {name: build_exporter(name, new, self._delta_of(name) if name in changes.replaced else None)
+                     for name in (*changes.added, *changes.replaced)}
+        except (ValueError, OSError) as exc:
+            log.error("config reload refused: an exporter cannot be built; keeping the running config",
+                      **kv(error=str(exc)))
+            return False
+
+        logs.set_level(new.telemetry.log_level)
+        self.admission.limit = new.admission.max_inflight
+        self.admission.retry_after = new.admission.retry_after
+        timeout = new.shutdown_timeout
+        removed = {name: self.exporters[name] for name in changes.removed}
+        await self._gate.close(timeout)
+        try:
+            if self._traces_on and new.pipelines.traces is None and self.traces is not None:
+                await self.traces.shutdown(timeout)  # decide what it buffers, out through the exporters it had
+                self._forget(self.traces)
+            handed: dict[str, Any] = {}
+            for name in changes.replaced:
+                previous = self.exporters[name]
+                if isinstance(previous, RemoteWriteExporter):  # two cannot share the queue: this one goes first
+                    replacement = built[name]
+                    handed[name] = await previous.hand_over(keep_files=replacement.queue_settings.durable,
+                                                            max_bytes=replacement.queue_settings.max_memory)
+                    self._forget(previous)
+            running, running_specs = dict(self.exporters), dict(self._specs)
+            for name, exporter in list(built.items()):
+                started = await self._start_exporter(name, exporter, old if name in changes.replaced else None)
+                if started is exporter:
+                    running[name], running_specs[name] = exporter, specs[name]
+                elif started is not None:  # the replaced one, rebuilt as it ran
+                    running[name] = started
+                elif name in changes.replaced and not isinstance(running[name], RemoteWriteExporter):
+                    pass  # the running OTLP or file exporter stays as it is
+                else:
+                    running.pop(name, None)
+                    running_specs.pop(name, None)
+            for name in changes.removed:
+                running.pop(name)
+                running_specs.pop(name)
+            previous_exporters = self.exporters
+            self.exporters = {name: running[name] for name in dict.fromkeys([*specs, *running]) if name in running}
+            self._specs = {name: running_specs[name] for name in self.exporters}
+            self.config = new
+            self._wire(new)
+            for name, requests in handed.items():
+                if name in self.exporters:
+                    self.exporters[name].take_over(requests)
+                elif requests:
+                    log.error("requests handed over by a replaced exporter are lost: no exporter of that name "
+                              "could start", **kv(exporter=name, requests=len(requests)))
+            for name in changes.replaced:
+                previous = previous_exporters[name]
+                if isinstance(previous, RemoteWriteExporter) or self.exporters.get(name) is previous:
+                    continue
+                if hasattr(previous, "hand_over"):  # the kept spans it queues go out through the new one
+                    self._forget(previous)
+                    self.exporters[name].take_over(await previous.hand_over())
+                else:
+                    removed[name] = previous  # the file exporter writes what it buffers to its old path
+            if self._traces_on and self.traces is not None and self.traces not in self._started:
+                await self.traces.start()
+                self._started.append(self.traces)
+            if self.traces is not None and new.sampling != old.sampling:
+                self.traces.sampler.reconfigure(settings_from_config(new.sampling))  # buffered traces re-matched
+                log.info("sampling config reloaded", **kv(tiers=describe_tiers(new.sampling.tiers),
+                                                          source=tiers_source(new.sampling.tiers)))
+        finally:
+            self._gate.open()
+        for name, exporter in removed.items():
+            self._retire(name, exporter)
+        await self._reload_span_metrics(old, new)
+        await self._reload_telemetry_push(old, new)
+        rebound = await self._rebind_listeners(old)
+        self.status = self._new_status_line()
+        if self._traces_on and old.pipelines.traces is None:
+            self._log_tiers()
+        log.info("config reloaded", **kv(exporters_added=",".join(changes.added) or "none",
+                                         exporters_removed=",".join(changes.removed) or "none",
+                                         exporters_replaced=",".join(changes.replaced) or "none",
+                                         rebound=",".join(rebound) or "none", log_level=new.telemetry.log_level))
+        return True
+
+    def _delta_of(self, name: str) -> Any:
+        exporter = self.exporters.get(name)
+        return exporter.delta_to_cumulative if isinstance(exporter, RemoteWriteExporter) else None
+
+    async def _start_exporter(self, name: str, exporter: Any, fallback: Config | None) -> Any:
+        """Start `exporter`; when it cannot start (a queue directory it cannot open), log it and, for a
+        replaced remote-write exporter (`fallback`: the config it ran with), start one built as before on the
+        same queue instead. None when nothing of that name runs now."""
+        try:
+            await exporter.start()
+        except Exception as exc:  # noqa: BLE001 - the rest of the reload still applies
+            log.error("exporter cannot start; it is left out until a reload", **kv(exporter=name, error=repr(exc)))
+            if fallback is None or not isinstance(exporter, RemoteWriteExporter):
+                return None
+            exporter = build_exporter(name, fallback, exporter.delta_to_cumulative)
+            try:
+                await exporter.start()
+            except Exception as again:  # noqa: BLE001
+                log.error("exporter cannot start as it ran before either", **kv(exporter=name, error=repr(again)))
+                return None
+            log.warning("exporter runs with its previous settings", **kv(exporter=name))
+        self._started.append(exporter)
+        return exporter
+
+    def _forget(self, component: Any) -> None:
+        """`component` no longer needs a shutdown from `shutdown` (stopped, or handed over)."""
+        self._started = [c for c in self._started if c is not component]
+
+    def _retire(self, name: str, exporter: Any) -> None:
+        """A removed exporter delivers what it holds within `shutdown_timeout`, in the background (what a disk
+        queue still holds then stays in its files, for an exporter of that name later)."""
+        self._forget(exporter)
+
+        async def retire() -> None:
+            try:
+                await exporter.shutdown(self.config.shutdown_timeout)
+            except Exception as exc:  # noqa: BLE001
+                log.error("removed exporter failed to shut down", **kv(exporter=name, error=repr(exc)))
+                return
+            if hasattr(exporter, "leftover"):  # what it could not deliver, as at shutdown (and the exit status)
+                self.dropped_at_shutdown |= shutdown_summary.report({name: exporter.leftover()})
+            log.info("removed exporter stopped", **kv(exporter=name))
+
+        task = asyncio.get_running_loop().create_task(retire(), name=f"retire[{name}]")
+        self._retiring[name] = task
+        task.add_done_callback(lambda t: self._retiring.pop(name) if self._retiring.get(name) is t else None)
+
+    async def _reload_span_metrics(self, old: Config, new: Config) -> None:
+        wanted, current = self._wants_span_metrics(new), self.span_metrics
+        if current is not None and not wanted:
+            if self.traces is not None:
+                self.traces.sampler.span_observer = None
+            self.span_metrics = None
+            self._forget(current)
+            await current.shutdown(new.shutdown_timeout)  # the final totals
+        elif current is None and wanted:
+            self._new_span_metrics(new)
+            assert self.span_metrics is not None
+            await self.span_metrics.start()
+            self._started.append(self.span_metrics)
+        elif current is not None:
+            before, after = old.span_metrics, new.span_metrics
+            if (before.buckets, before.dimensions, before.max_series) != (after.buckets, after.dimensions,
+                                                                          after.max_series):
+                red = RedAggregator(after.buckets, after.dimensions, after.max_series)
+                assert self.traces is not None
+                self.traces.sampler.span_observer = red  # spans from now on; the old totals go out first
+                await current.replace(red, new.shutdown_timeout)
+            current.flush_interval = after.flush_interval
+
+    async def _reload_telemetry_push(self, old: Config, new: Config) -> None:
+        before, after = old.telemetry, new.telemetry
+        if (before.remote_write, before.remote_write_interval) == (after.remote_write, after.remote_write_interval):
+            return
+        current, self.telemetry_push = self.telemetry_push, self._new_telemetry_push(new)
+        if current is not None:
+            self._forget(current)
+            await current.shutdown(new.shutdown_timeout)  # a last push through the exporter it had
+        if self.telemetry_push is not None:
+            await self.telemetry_push.start()
+            self._started.append(self.telemetry_push)
+
+    async def _rebind_listeners(self, old: Config) -> list[str]:
+        """Start, stop or move each listener whose section changed; the new socket is bound before the old one
+        closes, and when it cannot be bound the old one stays (logged, and kept in `self.config` so the next
+        reload tries again). The names of the listeners that changed."""
+        changed = []
+        for path in LISTENERS:
+            before, after = get_at(old, path), get_at(self.config, path)
+            was, will = listens(before), listens(after)
+            if was == will and (not will or before.endpoint == after.endpoint):
+                continue
+            current = self._listener(path)
+            fresh = self._build_listener(path, current) if will else None
+            if fresh is not None:
+                try:
+                    await fresh.start()
+                except (OSError, RuntimeError) as exc:
+                    log.error("cannot listen on the new endpoint; keeping the old one",
+                              **kv(listener=path, endpoint=after.endpoint,
+                                   old_endpoint=before.endpoint if was else "none", error=str(exc)))
+                    self.config = replace_at(self.config, path, before)
+                    self._set_receiver_consumers()
+                    continue
+                self._started.append(fresh)
+            self._set_listener(path, fresh)
+            self._set_receiver_consumers()
+            if current is not None:
+                self._forget(current)
+                await current.shutdown(self.config.shutdown_timeout / 2)
+            log.info("listener moved" if fresh is not None and current is not None else
+                     "listener started" if fresh is not None else "listener stopped",
+                     **kv(listener=path, endpoint=after.endpoint if will else "none"))
+            changed.append(path)
+        return changed
+
+    def _listener(self, path: str) -> Any:
+        return {"receivers.otlp.http": self.http, "receivers.otlp.grpc": self.grpc,
+                "receivers.remote_write": self.gateway, "telemetry": self.telemetry}[path]
+
+    def _set_listener(self, path: str, listener: Any) -> None:
+        attribute = {"receivers.otlp.http": "http", "receivers.otlp.grpc": "grpc",
+                     "receivers.remote_write": "gateway", "telemetry": "telemetry"}[path]
+        setattr(self, attribute, listener)
+
+    def _build_listener(self, path: str, current: Any) -> Any:
+        config = self.config
+        if path == "receivers.otlp.http":
+            listener = build_http(config, self.admission)
+        elif path == "receivers.otlp.grpc":
+            listener = build_grpc(config, self.admission)
+        elif path == "receivers.remote_write":
+            sessions = None
+            gateway = config.receivers.remote_write
+            if current is not None and gateway is not None and (
+                    current.sessions.max_bytes_per_sender, current.sessions.max_total_bytes) == (
+                    gateway.max_dictionary_per_sender, gateway.max_dictionary_total):
+                sessions = current.sessions  # senders go on with their dictionaries
+            listener = build_gateway(config, self.admission, self._consume_series, sessions)
+        else:
+            return TelemetryServer(config.telemetry.endpoint, lambda: self._ready)
+        if path != "receivers.remote_write":
+            traces = self._consume_traces if self._traces_on else None
+            metrics, wire = (self._consume_metrics, self._metrics_wire) if self.metrics is not None else (None, None)
+            if path == "receivers.otlp.http":
+                listener.set_consumers(traces, metrics, wire, config.receivers.otlp.http.max_body_size)
+            else:
+                listener.set_consumers(traces, metrics, wire)
+        return listener

@@ -172,6 +172,19 @@ class SpanMetrics:
             self.failed_flushes += 1
             log.error("final span metrics flush did not finish in time", **kv(timeout_s=timeout))
 
+    async def replace(self, aggregator: RedAggregator, timeout: float) -> None:
+        """Flush the totals so far (within `timeout`), then count into `aggregator` from now on: a reload changed
+        the dimensions, buckets or `max_series`, so series change identity and start again from zero, with a
+        new start time (a counter reset to Prometheus)."""
+        try:
+            await asyncio.wait_for(self.flush(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            self.failed_flushes += 1
+            log.error("span metrics flush before a reload did not finish in time", **kv(timeout_s=timeout))
+        self.aggregator = aggregator
+        self._bounds_ms = [b / 1e6 for b in aggregator.bounds_ns]
+        self._start_ns = int(aggregator.created * 1e9)
+
     async def flush(self) -> bool:
         """Hand the current totals to the metrics pipeline now; False (logged, counted) if it refused them."""
         series = self.aggregator.snapshot()
@@ -199,12 +212,11 @@ class SpanMetrics:
 
     def _register_metrics(self) -> None:
         meter = metrics.get_meter("headwater.span_metrics")
-        red = self.aggregator
         meter.create_observable_gauge("headwater_span_metrics_series",
-                                      [lambda _o: [metrics.Observation(red.series_count)]],
+                                      [lambda _o: [metrics.Observation(self.aggregator.series_count)]],
                                       description="Span-metrics series held (bounded by span_metrics.max_series).")
         meter.create_observable_counter("headwater_span_metrics_overflow_spans",
-                                        [lambda _o: [metrics.Observation(red.overflow_spans)]], unit="{span}",
+                                        [lambda _o: [metrics.Observation(self.aggregator.overflow_spans)]], unit="{span}",
                                         description="Spans counted into a service's otel_metric_overflow series "
                                         "because span_metrics.max_series was reached.")
         meter.create_observable_counter("headwater_span_metrics_flushes",

@@ -185,6 +185,34 @@ class OtlpHttpTraceExporter:
         return Leftover(dropped={"spans": self._lost_at_shutdown} if self._lost_at_shutdown else {},
                         why=f"undelivered to {self.url} when shutdown_timeout ran out")
 
+    async def hand_over(self) -> list[tuple[bytes, int]]:
+        """Stop without delivering, for a replacement (a reload changed the endpoint or another setting): requests
+        in flight are given back to the queue, and everything it holds is returned, oldest first, as
+        (serialized request, spans) for the replacement's `take_over`. Nothing is counted as failed."""
+        if self._closed:
+            return []
+        self._closing = True
+        if self._started:
+            await self._sender.stop(0.0)
+        queue, self._queue = self._queue, MemoryQueue(1, "refuse")
+        await queue.close()  # entries are still handed out once closed, until none is left
+        taken: list[tuple[bytes, int]] = []
+        while entries := await queue.get(1024, 1 << 62):
+            taken.extend((entry.item, entry.count) for entry in entries)
+            queue.ack(entries)
+        if self._session is not None:
+            await self._session.close()
+        self._closed = True
+        return taken
+
+    def take_over(self, requests: list[tuple[bytes, int]]) -> None:
+        """Queue what the exporter this one replaces handed over; what does not fit is dropped and counted."""
+        for body, spans in requests:
+            try:
+                self._queue.put(body, len(body), 0.0, spans)
+            except QueueFull as exc:
+                self._drop(spans, "queue_full", str(exc))
+
     def _backlog(self) -> int:
         return self._queue.count
 

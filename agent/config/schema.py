@@ -133,7 +133,7 @@ class AlwaysKeepConfig:
     latency: Duration = 5.0
 
 
-def _default_tiers() -> tuple[TierConfig, ...]:
+def default_tiers() -> tuple[TierConfig, ...]:
     return (
         TierConfig("P0", 0.99, TierMatchConfig(span_attributes={"sampling.priority": ("P0",)})),
         TierConfig("P1", 0.50, TierMatchConfig(span_attributes={"sampling.priority": ("P1",)})),
@@ -154,7 +154,7 @@ class SamplingConfig:
     max_spans_per_second: Annotated[float, Field(ge=0.0)] = 0.0
     always_keep: AlwaysKeepConfig = field(default_factory=AlwaysKeepConfig)
     annotate: bool = True
-    tiers: tuple[TierConfig, ...] = field(default_factory=_default_tiers)
+    tiers: tuple[TierConfig, ...] = field(default_factory=default_tiers)
 
 
 @dataclass(frozen=True)

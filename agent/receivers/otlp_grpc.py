@@ -2,8 +2,9 @@
 
 Requests arrive as raw bytes (no generated deserializer), so a malformed message gets INVALID_ARGUMENT with
 a message instead of grpc's generic INTERNAL. Admission refusals are RESOURCE_EXHAUSTED with a RetryInfo in
-`grpc-status-details-bin`, which OTLP clients honour. A signal without a pipeline has no service registered,
-so clients get UNIMPLEMENTED.
+`grpc-status-details-bin`, which OTLP clients honour. A signal without a pipeline is answered UNIMPLEMENTED
+with a message naming the missing `pipelines` key (both services are always registered, so a reload can
+give a signal its pipeline without a rebind).
 """
 
 from __future__ import annotations
@@ -42,11 +43,7 @@ class OtlpGrpcReceiver:
         self._endpoint = endpoint
         self._max_message = max_message_size
         self._admission = admission
-        self._consumers: dict[str, Consume] = {}
-        if consume_traces is not None:
-            self._consumers[TRACES.name] = consume_traces
-        if consume_metrics is not None:
-            self._consumers[METRICS.name] = consume_metrics
+        self._consumers: dict[str, Consume | None] = {}
         self._server: grpc.aio.Server | None = None
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_grpc")
@@ -61,7 +58,19 @@ class OtlpGrpcReceiver:
             "headwater_receiver_refused_requests",
             description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
             "status name)")
-        for name in self._consumers:  # 0 from the start
+        self.set_consumers(consume_traces, consume_metrics, metrics_wire)
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def set_consumers(self, consume_traces: Consume | None, consume_metrics: Consume | None,
+                      metrics_wire: WireMetrics | None = None) -> None:
+        """What later RPCs are handed to (a reload changed the pipelines); a signal without one is answered
+        UNIMPLEMENTED."""
+        self._consumers = {TRACES.name: consume_traces, METRICS.name: consume_metrics}
+        self._metrics_wire = metrics_wire
+        for name in (n for n, consume in self._consumers.items() if consume is not None):  # 0 from the start
             attrs = {"signal": name, "transport": "grpc"}
             self._accepted.add(0, attrs)
             self._refused_items.add(0, attrs)
@@ -76,10 +85,9 @@ class OtlpGrpcReceiver:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ])
         handlers = []
-        for signal in (TRACES, METRICS):
-            if signal.name in self._consumers:
-                handler = grpc.unary_unary_rpc_method_handler(self._method(signal))
-                handlers.append(grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}))
+        for signal in (TRACES, METRICS):  # both, always: a reload may give a signal its pipeline later
+            handler = grpc.unary_unary_rpc_method_handler(self._method(signal))
+            handlers.append(grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}))
         server.add_generic_rpc_handlers(tuple(handlers))
         port = server.add_insecure_port(self._endpoint)
         if port == 0:
@@ -97,11 +105,16 @@ class OtlpGrpcReceiver:
             await server.stop(grace=timeout)
 
     def _method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        consume = self._consumers[signal.name]
-        wire = self._metrics_wire if signal is METRICS else None
         attrs = {"signal": signal.name, "transport": "grpc"}
 
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            consume = self._consumers.get(signal.name)
+            wire = self._metrics_wire if signal is METRICS else None
+            if consume is None:
+                self._refused.add(1, {**attrs, "status": "UNIMPLEMENTED"})
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                    f"no {signal.name} pipeline is configured in this agent (see pipelines.{signal.name})")
+                raise AssertionError("unreachable: abort raises")
             try:
                 lease = self._admission.acquire(len(data), signal.name)
             except Refused as exc:

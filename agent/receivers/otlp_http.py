@@ -76,6 +76,19 @@ class OtlpHttpReceiver:
             "headwater_receiver_refused_requests",
             description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
             "status name)")
+        self.set_consumers(consume_traces, consume_metrics, metrics_wire)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def set_consumers(self, consume_traces: Consume | None, consume_metrics: Consume | None,
+                      metrics_wire: WireMetrics | None = None, max_body_size: int | None = None) -> None:
+        """What later requests are handed to (a reload changed the pipelines), and their size limit."""
+        self._consumers = {"traces": consume_traces, "metrics": consume_metrics}
+        self._metrics_wire = metrics_wire
+        if max_body_size is not None:
+            self._max_body = max_body_size
         for name in (n for n, consume in self._consumers.items() if consume is not None):  # 0 from the start
             attrs = {"signal": name, "transport": "http"}
             self._accepted.add(0, attrs)

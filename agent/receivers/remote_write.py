@@ -91,6 +91,16 @@ class RemoteWriteReceiver:
         for status in ("400", "409", "413", "415", "429"):
             self._refused.add(0, {**attrs, "status": status})
 
+    @property
+    def endpoint(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def set_consume(self, consume: ConsumeSeries, max_body_size: int | None = None) -> None:
+        """Where later requests go (a reload changed the metrics pipeline's exporters), and their size limit."""
+        self._consume = consume
+        if max_body_size is not None:
+            self._max_body = max_body_size
+
     async def start(self) -> None:
         if self._runner is not None:
             return

@@ -266,6 +266,15 @@ class RemoteWriteExporter:
     def sender(self) -> Sender[SampleBatch] | None:
         return self._sender
 
+    @property
+    def delta_to_cumulative(self) -> DeltaToCumulative | None:
+        """The delta-to-cumulative state, which a replacement of this endpoint goes on with."""
+        return self._delta
+
+    @property
+    def queue_settings(self) -> QueueSettings:
+        return self._queue_settings
+
     async def start(self) -> None:
         if self._started or self._shut_down:
             return
@@ -392,6 +401,74 @@ class RemoteWriteExporter:
                         why=f"undelivered to {self._url} when shutdown_timeout ran out"
                         + ("" if self._queue_settings.durable else " (queue.max_disk: 0 keeps the queue in memory)"),
                         kept_in=where)
+
+    async def hand_over(self, *, keep_files: bool = True, max_bytes: int = 1 << 62) -> list[tuple[SampleBatch, int]]:
+        """Stop without delivering, for a replacement of this endpoint (a reload changed its URL, batch or any
+        other setting), and return what the replacement must queue itself (`take_over`), oldest first.
+
+        Nothing is lost or counted: the pending flush is cut into the queue, requests in flight are given back
+        to it, and it is closed. A disk queue persists its position, so a replacement on the same directory
+        resumes from it (`keep_files`); the requests returned are then only those that waited for room. From a
+        memory queue, or when the replacement keeps its queue in memory (`keep_files` False), the queued
+        requests are returned too, up to `max_bytes` (what the replacement can hold); a disk queue keeps the
+        rest in its files for a later exporter on the directory. The delta-to-cumulative state is left
+        committed, for the replacement to go on with the same object."""
+        if self._shut_down:
+            return []
+        self._shut_down = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        queue = self._queue
+        if queue is None:  # never started: only the pending flush
+            return self._batcher.cut()
+        durable = self._queue_settings.durable
+        if durable:
+            self._enqueue(self._batcher.cut())  # on disk before anything else can happen to it
+        else:
+            for batch, nbytes in self._batcher.cut():
+                self._spilled.append((batch, nbytes, 0))
+                self._spilled_bytes += nbytes
+        if self._sender is not None:
+            await self._sender.stop(0.0)  # what is in flight goes back to the queue
+        taken: list[tuple[SampleBatch, int]] = []
+        if not (durable and keep_files):
+            taken_bytes = 0
+            while len(queue) and taken_bytes < max_bytes:  # every entry waits again after the sender's stop
+                entries = await queue.get(max_entries=256, max_bytes=max_bytes - taken_bytes)
+                if not entries:
+                    break
+                taken.extend((entry.item, entry.nbytes) for entry in entries)
+                taken_bytes += sum(entry.nbytes for entry in entries)
+                queue.ack(entries)
+            if len(queue):
+                logger.warning("remote write %s: %d queued requests stay in %s: the replacement keeps its queue in "
+                               "memory and has no room for them; an exporter of this name on disk sends them",
+                               self.name, len(queue), self._queue_settings.directory)
+        taken.extend((batch, nbytes) for batch, nbytes, _ in self._spilled)
+        self._spilled.clear()
+        self._spilled_bytes = 0
+        self._queue = None
+        await queue.close()
+        if self._delta is not None:
+            await self._delta.commit()
+            await self._delta.drain()
+        await self._connection.close()
+        return taken
+
+    def take_over(self, requests: Sequence[tuple[SampleBatch, int]]) -> None:
+        """Queue what the exporter this one replaces handed over (`hand_over`): behind what this one restored
+        from its queue's files, before anything it takes from now on. Past the queue's bounds they wait for
+        room or are dropped and counted, as any request the batcher cuts."""
+        if not requests:
+            return
+        if self._queue is None:
+            raise RuntimeError(f"remote write exporter {self.name!r} is not started")
+        for batch, nbytes in requests:
+            self._spilled.append((batch, nbytes, 0))
+            self._spilled_bytes += nbytes
+        self._queue_spilled()
+        self._pending_started.set()  # the flush loop retries what still waits for room
 
     # -- batching ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,97 @@
+"""What `headwater validate`, startup and a reload (SIGHUP) all ask of a config file: read it, refuse it with
+every problem, or take it with the warnings a person should see.
+
+One code path on purpose: a file `validate` passes is one a reload applies, and the warnings `validate`
+prints are the ones the agent logs when it starts or reloads. Warnings do not refuse a file; they name what
+it leaves off that a person probably did not mean to (a signal with no pipeline is answered 404 /
+UNIMPLEMENTED, silently from the client's side).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from agent.config.loader import ConfigError, ConfigIssue, load_file
+from agent.config.schema import Config, TierConfig, default_tiers
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A config that loaded, with its warnings (key path and what it means), in file order."""
+
+    config: Config
+    warnings: tuple[ConfigIssue, ...]
+
+
+def check_file(path: str | os.PathLike[str] | None) -> Checked:
+    """Load `path` (the shipped default when None); raise ConfigError with every problem, or return the config
+    and its warnings."""
+    config = load_file(path)
+    issues = build_problems(config)
+    if issues:
+        raise ConfigError(issues, str(path) if path is not None else "(default config)")
+    return Checked(config, tuple(warnings_for(config)))
+
+
+def build_problems(config: Config) -> list[ConfigIssue]:
+    """What the schema lets through but building the agent would refuse: checked here so `validate` says so
+    instead of the start (or a reload) failing later."""
+    from exporters.remote_write.exporter import RESERVED_HEADERS  # only here: it loads the sending chain
+
+    issues = []
+    for i, rw in enumerate(config.exporters.remote_write):
+        for name in rw.headers:
+            if name.lower() in RESERVED_HEADERS:
+                issues.append(ConfigIssue(f"exporters.remote_write[{i}].headers.{name}",
+                                          "expected a header remote write or HTTP does not set itself, found one it sets"))
+    return issues
+
+
+def warnings_for(config: Config) -> list[ConfigIssue]:
+    """Signals with no pipeline (their exports are refused), and exporters nothing uses (idle)."""
+    pipelines = config.pipelines
+    found = []
+    if pipelines.traces is None and pipelines.metrics is None:
+        found.append(ConfigIssue("pipelines", "no pipelines are configured: the agent takes no data, and every "
+                                 "OTLP export is answered 404 (HTTP) / UNIMPLEMENTED (gRPC)"))
+    else:
+        for signal, pipeline in (("traces", pipelines.traces), ("metrics", pipelines.metrics)):
+            if pipeline is None:
+                found.append(ConfigIssue(f"pipelines.{signal}",
+                                         f"{signal} are off: there is no pipelines.{signal}, so OTLP {signal} exports "
+                                         "are answered 404 (HTTP) / UNIMPLEMENTED (gRPC)"))
+    used = {name for p in (pipelines.traces, pipelines.metrics) if p is not None for name in p.exporters}
+    used.add(config.telemetry.remote_write)  # the agent's own metrics go there
+    ex = config.exporters
+    configured = [(f"exporters.{n}", n) for n in ("otlp", "file") if getattr(ex, n) is not None]
+    configured += [(f"exporters.remote_write[{i}]", rw.name) for i, rw in enumerate(ex.remote_write)]
+    for path, name in configured:
+        if name not in used:
+            found.append(ConfigIssue(path, f"exporter {name!r} is configured but no pipeline lists it (nor telemetry.remote_write): "
+                                               "it is not built"))
+    return found
+
+
+def describe_tiers(tiers: tuple[TierConfig, ...]) -> str:
+    """The tiers as one line: `P0=0.99 (span sampling.priority=P0); ...; P2=0.05 (the rest)`."""
+    parts = []
+    for tier in tiers:
+        when = tier.when
+        conditions = []
+        if when is not None:
+            span_or_root = "root" if when.root_only else "span"
+            conditions += [f"resource {k}={'|'.join(v)}" for k, v in when.resource_attributes.items()]
+            conditions += [f"{span_or_root} {k}={'|'.join(v)}" for k, v in when.span_attributes.items()]
+            if when.span_names:
+                conditions.append(f"{span_or_root} name={'|'.join(when.span_names)}")
+            if when.span_kinds:
+                conditions.append(f"{span_or_root} kind={'|'.join(when.span_kinds)}")
+        key = f", key {'+'.join(tier.key)}" if tier.key else ""
+        parts.append(f"{tier.name}={tier.rate:g} ({', '.join(conditions) or 'the rest'}{key})")
+    return "; ".join(parts)
+
+
+def tiers_source(tiers: tuple[TierConfig, ...]) -> str:
+    """`defaults` when the tiers are the built-in ones (`sampling.tiers` left out), else `config`."""
+    return "defaults" if tiers == default_tiers() else "config"
