@@ -16,7 +16,8 @@ still waiting for room then). A disk queue's entries left at shutdown are sent a
 
 Shutdown order: stop the flusher, cut the pending flush into the queue, let the sender drain it within the
 timeout, give back what is unfinished, close the queue (fsync, persist the send position), close the
-transport.
+transport. A replacement (a reload changed this endpoint's settings) is `hand_over` then the new exporter's
+`take_over`: the same order without the drain, the queue handed on instead of delivered.
 """
 
 from __future__ import annotations
