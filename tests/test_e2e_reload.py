@@ -157,6 +157,8 @@ def test_a_reload_adds_a_remote_write_exporter_and_removes_one(prometheus, start
         through_proxy = {t for e in proxy.exchanges() if e.stored for _, t in e.samples}
         assert through_proxy == {client.timestamp(step) for step in range(5, 10)}  # the added one, only after
         wait_until(lambda: "msg=\"removed exporter stopped\" exporter=prom" in agent.log_text(), "the removed one to stop")
+        assert counted(agent, "headwater_sender_concurrency", exporter="via-proxy") >= 1  # the gauges follow
+        assert counted(agent, "headwater_sender_concurrency", exporter=EXPORTER) == 0
 
 
 def test_a_reload_adds_an_otlp_trace_exporter_and_removes_the_file_exporter(otlp_sink, start_agent):

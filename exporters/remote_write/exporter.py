@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from exporters.observed import OwnedMeter
 from exporters.remote_write.batcher import Batcher
 from exporters.remote_write.connection import (
     COMPACT_HANDSHAKE,
@@ -195,7 +196,8 @@ class RemoteWriteExporter:
         self._warned_reasons: set[str] = set()
         self._meter = meter
 
-        meter = meter or metrics.get_meter("headwater.exporters.remote_write")
+        self._observed = OwnedMeter(meter or metrics.get_meter("headwater.exporters.remote_write"), self)
+        meter = self._observed  # its gauges report this endpoint, beside others and its replacement
         self._attributes = {"exporter": name}
         self._sent = meter.create_counter(
             "headwater_remote_write_samples_sent", unit="{sample}", description="Samples the receiver accepted."
@@ -392,6 +394,7 @@ class RemoteWriteExporter:
             await self._delta.commit()  # stale streams forgotten, or a save that failed earlier
             await self._delta.drain()  # a compaction in flight, before another instance reads the files
         await self._connection.close()
+        self._observed.forget()
 
     def leftover(self) -> Leftover:
         """After shutdown: samples lost (a memory queue's, or what no queue could take) and samples kept in the
@@ -455,6 +458,7 @@ class RemoteWriteExporter:
             await self._delta.commit()
             await self._delta.drain()
         await self._connection.close()
+        self._observed.forget()
         return taken
 
     def take_over(self, requests: Sequence[tuple[SampleBatch, int]]) -> None:

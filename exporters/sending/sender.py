@@ -43,6 +43,7 @@ from exporters.errors import (
     RetryableError,
     ThrottledError,
 )
+from exporters.observed import OwnedMeter
 from exporters.retry import RetryPolicy
 from exporters.sending.breaker import CircuitBreaker, TokenBucket
 from exporters.sending.control import Window, batch_decision, concurrency_decision
@@ -179,7 +180,8 @@ class Sender(Generic[T]):
         self._backlog_before = 0
         self._incoming = 0
 
-        meter = meter or metrics.get_meter("headwater.exporters.sender")
+        self._observed = OwnedMeter(meter or metrics.get_meter("headwater.exporters.sender"), self)
+        meter = self._observed  # its gauges report this endpoint, beside others and its replacement
         self._attributes = {"exporter": name}
         self._retries = meter.create_counter(
             "headwater_sender_retries", unit="{request}",
@@ -221,7 +223,13 @@ class Sender(Generic[T]):
 
     async def stop(self, timeout: float) -> None:
         """Deliver until the queue holds nothing unacknowledged or `timeout` passes; then end every wait and
-        attempt, giving unfinished entries back to the queue (`nack`)."""
+        attempt, giving unfinished entries back to the queue (`nack`). Its gauges stop reporting."""
+        try:
+            await self._stop_sending(timeout)
+        finally:
+            self._observed.forget()
+
+    async def _stop_sending(self, timeout: float) -> None:
         if self._control is not None:
             self._control.cancel()
             await asyncio.gather(self._control, return_exceptions=True)
