@@ -99,8 +99,10 @@ class Agent:
     # -- wiring -----------------------------------------------------------------------------------------
 
     def _pipeline(self, name: str) -> Any:
-        found = {"traces": self.traces if self._traces_on else None, "metrics": self.metrics,
-                 "series": self._series}[name]
+        if name == "traces":
+            found: Any = self.traces if self._traces_on else None
+        else:
+            found = self.metrics if name == "metrics" else self._series
         if found is None:  # a call that waited at the gate while a reload removed the pipeline
             raise RuntimeError(f"the {name} pipeline was removed by a config reload")
         return found

@@ -52,14 +52,14 @@ def signal_reload(agent: AgentProcess) -> str:
     return agent.log_text()[before:]
 
 
-def send_spans(url: str, count: int, service: str = "reload") -> set[str]:
+def send_spans(url: str, count: int, service: str = "reload", **attributes: str) -> set[str]:
     """`count` spans through the OpenTelemetry SDK to an OTLP/HTTP base URL; their span IDs."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=10)))
     tracer = provider.get_tracer("reload")
     ids = set()
     for i in range(count):
-        with tracer.start_as_current_span(f"span-{i}") as span:
+        with tracer.start_as_current_span(f"span-{i}", attributes=attributes) as span:
             ids.add(format(span.get_span_context().span_id, "016x"))
     provider.shutdown()
     return ids
@@ -284,6 +284,23 @@ def test_a_pipeline_added_by_a_reload_takes_the_signal_it_refused(prometheus, st
     reload(agent, agent_config(prometheus.remote_write_url))
     client.send(agent, range(1, 3))
     assert stored(prometheus, client, client.samples(range(1, 3))) == client.expected()
+
+
+def test_changed_span_metrics_dimensions_apply_to_spans_after_the_reload(prometheus, start_agent):
+    config = agent_config(prometheus.remote_write_url)
+    config["pipelines"]["metrics"]["span_metrics"] = True
+    config["span_metrics"] = {"flush_interval": "200ms"}
+    agent = start_agent(extra_config=config)
+    send_spans(agent.http_url, 3, service="red-before", **{"http.route": "/a"})
+    prometheus.wait_for_query('sum(traces_span_metrics_calls_total{service_name="red-before"})',
+                              lambda r: bool(r) and float(r[0]["value"][1]) == 3, timeout=DEADLINE)
+
+    reload(agent, {"span_metrics": {"dimensions": ["http.route"]}})
+    send_spans(agent.http_url, 2, service="red-after", **{"http.route": "/b"})
+
+    prometheus.wait_for_query('sum by (http_route) (traces_span_metrics_calls_total{service_name="red-after"})',
+                              lambda r: [(x["metric"], x["value"][1]) for x in r] == [({"http_route": "/b"}, "2")],
+                              timeout=DEADLINE)
 
 
 # ---------------------------------------------------------------------------------------------------------
