@@ -35,7 +35,15 @@ def test_an_exporter_no_pipeline_lists_is_named():
                   "pipelines: {traces: {exporters: [file]}}\n") == [
         "pipelines.metrics: metrics are off: there is no pipelines.metrics, so OTLP metrics exports are answered "
         "404 (HTTP) / UNIMPLEMENTED (gRPC)",
-        "exporters.remote_write[0]: exporter 'prom' is configured but no pipeline lists it: it is not built"]
+        "exporters.remote_write[0]: exporter 'prom' is configured but no pipeline lists it (nor "
+        "telemetry.remote_write): it is not built"]
+
+
+def test_the_exporter_telemetry_remote_write_names_is_not_unused():
+    assert warned("exporters: {remote_write: [{name: self, url: 'http://h:9090/w'}]}\n"
+                  "telemetry: {remote_write: self}\n") == [
+        "pipelines: no pipelines are configured: the agent takes no data, and every OTLP export is answered "
+        "404 (HTTP) / UNIMPLEMENTED (gRPC)"]
 
 
 def test_a_header_remote_write_sets_itself_is_a_problem_at_its_key(tmp_path: Path):

@@ -452,6 +452,8 @@ class RemoteWriteExporter:
         taken.extend((batch, nbytes) for batch, nbytes, _ in self._spilled)
         self._spilled.clear()
         self._spilled_bytes = 0
+        if self._syncing is not None:
+            self._syncing.cancel()  # close writes and fsyncs what is left
         self._queue = None
         await queue.close()
         if self._delta is not None:
