@@ -73,7 +73,7 @@ def test_status_prints_one_screen_about_a_running_agent_and_exits_0(start_agent,
     assert tier[-2:] == ["5", "5"]  # spans in and kept since start
     assert any(line.strip().startswith("prom") and "rw1, queue" in line for line in lines)
     assert any(line.strip().startswith("file") and "sent" in line for line in lines)
-    assert any("exporter configured but not used by any pipeline" in line and "exporter=spare" in line for line in lines), result.stdout
+    assert any("exporter 'spare' is configured but no pipeline lists it" in line for line in lines), result.stdout
 
 
 def test_status_json_gives_scripts_the_same_summary(start_agent, prometheus):
@@ -92,7 +92,8 @@ def test_status_json_gives_scripts_the_same_summary(start_agent, prometheus):
     assert prom["exporter"] == "prom" and prom["protocol"] == "rw1" and prom["samples_sent"]["total"] > 0
     assert prom["latency"]["mean_seconds"] > 0
     assert [(t["exporter"], t["spans_sent"]["total"]) for t in summary["trace_exporters"]] == [("file", 5)]
-    assert any(p["level"] == "warning" and p["fields"].get("exporter") == "spare" for p in summary["recent_problems"])
+    assert any(p["level"] == "warning" and p["fields"].get("key") == "exporters.remote_write[1]"
+               and "'spare'" in p["message"] for p in summary["recent_problems"])
 
 
 def test_status_of_a_stopped_agent_exits_1_saying_it_cannot_reach_it(start_agent):
