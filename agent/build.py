@@ -76,13 +76,15 @@ def build_http(config: Config, admission: Admission) -> OtlpHttpReceiver:
     """The OTLP/HTTP receiver, with no pipelines yet (`set_consumers`)."""
     http = config.receivers.otlp.http
     return OtlpHttpReceiver(http.endpoint, http.max_body_size, admission, None, None,
-                            drain_timeout=config.shutdown_timeout / 2)
+                            drain_timeout=config.shutdown_timeout / 2,
+                            tls=http.tls, auth=http.auth)
 
 
 def build_grpc(config: Config, admission: Admission) -> OtlpGrpcReceiver:
     """The OTLP/gRPC receiver, with no pipelines yet (`set_consumers`)."""
     grpc = config.receivers.otlp.grpc
-    return OtlpGrpcReceiver(grpc.endpoint, grpc.max_message_size, admission, None, None)
+    return OtlpGrpcReceiver(grpc.endpoint, grpc.max_message_size, admission, None, None,
+                            tls=grpc.tls, auth=grpc.auth)
 
 
 def build_gateway(config: Config, admission: Admission, consume: Any, sessions: Any = None) -> Any:
@@ -96,4 +98,5 @@ def build_gateway(config: Config, admission: Admission, consume: Any, sessions: 
         sessions = CompactSessions(max_bytes_per_sender=gateway.max_dictionary_per_sender,
                                    max_total_bytes=gateway.max_dictionary_total)
     return RemoteWriteReceiver(gateway.endpoint, gateway.max_body_size, admission, consume, sessions=sessions,
-                               drain_timeout=config.shutdown_timeout / 2)
+                               drain_timeout=config.shutdown_timeout / 2,
+                               tls=gateway.tls, auth=gateway.auth)

@@ -14,6 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from agent.admission import Admission
+from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from samplers.tail import Ingested
@@ -47,25 +48,29 @@ def spans_request(*names: str, trace_id: bytes = b"\x01" * 16) -> ExportTraceSer
 
 
 @contextlib.asynccontextmanager
-async def http_receiver(max_body_size: int = 1 << 20, max_inflight: int = 64 << 20,
-                        metrics: bool = True) -> AsyncIterator[tuple[str, Recorder, Recorder, Admission]]:
+async def http_receiver(max_body_size: int = 1 << 20, max_inflight: int = 64 << 20, metrics: bool = True,
+                        tls: ReceiverTlsConfig | None = None, auth: ReceiverAuthConfig | None = None,
+                        admission: Admission | None = None,
+                        ) -> AsyncIterator[tuple[str, Recorder, Recorder, Admission]]:
+    """Yields the base URL (https:// with `tls`), the recorders of traces and metrics, and the admission."""
     traces, metric_rec = Recorder(), Recorder()
-    admission = Admission(max_inflight, retry_after=2.0)
+    admission = admission or Admission(max_inflight, retry_after=2.0)
     receiver = OtlpHttpReceiver("127.0.0.1:0", max_body_size, admission, traces.consume,
-                                metric_rec.consume if metrics else None, drain_timeout=1.0)
+                                metric_rec.consume if metrics else None, drain_timeout=1.0, tls=tls, auth=auth)
     await receiver.start()
     try:
-        yield f"http://127.0.0.1:{receiver.bound_port}", traces, metric_rec, admission
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{receiver.bound_port}", traces, metric_rec, admission
     finally:
         await receiver.shutdown(1.0)
 
 
 @contextlib.asynccontextmanager
-async def grpc_receiver(max_message_size: int = 1 << 20,
-                        max_inflight: int = 64 << 20) -> AsyncIterator[tuple[str, Recorder, Admission]]:
+async def grpc_receiver(max_message_size: int = 1 << 20, max_inflight: int = 64 << 20,
+                        tls: ReceiverTlsConfig | None = None, auth: ReceiverAuthConfig | None = None,
+                        admission: Admission | None = None) -> AsyncIterator[tuple[str, Recorder, Admission]]:
     traces = Recorder()
-    admission = Admission(max_inflight, retry_after=2.0)
-    receiver = OtlpGrpcReceiver("127.0.0.1:0", max_message_size, admission, traces.consume, None)
+    admission = admission or Admission(max_inflight, retry_after=2.0)
+    receiver = OtlpGrpcReceiver("127.0.0.1:0", max_message_size, admission, traces.consume, None, tls=tls, auth=auth)
     await receiver.start()
     try:
         yield f"127.0.0.1:{receiver.bound_port}", traces, admission

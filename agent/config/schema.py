@@ -42,6 +42,41 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Positive = Annotated[int, Field(gt=0)]
 
 
+# --- incoming TLS and authentication (receivers.*.tls, receivers.*.auth) ---
+
+def _check_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a file path, found an empty one")
+    return value
+
+
+FilePath = Annotated[str, AfterValidator(_check_path)]
+
+
+@dataclass(frozen=True)
+class ReceiverTlsConfig:
+    """Serve TLS with the certificate chain `cert_file` (PEM) and its key `key_file`. With `client_ca_file`, a
+    client must present a certificate signed by one of its CAs (mutual TLS); without, any client may connect.
+    The files are read when the listener starts (a changed endpoint, or a restart, reads them again)."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    cert_file: FilePath
+    key_file: FilePath
+    client_ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class ReceiverAuthConfig:
+    """Every request must carry `Authorization: Bearer <token>`, the token being the content of
+    `bearer_token_file` (surrounding whitespace ignored). The file is read again when it changes (a rotated
+    token counts from the next request); otherwise 401 (HTTP) / UNAUTHENTICATED (gRPC), before the body is read."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    bearer_token_file: FilePath
+
+# --- end of incoming TLS and authentication ---
+
+
 @dataclass(frozen=True)
 class HttpReceiverConfig:
     """OTLP/HTTP on `endpoint`; `max_body_size` bounds a request body both as sent and after decompression."""
@@ -50,6 +85,8 @@ class HttpReceiverConfig:
     enabled: bool = True
     endpoint: HostPort = "127.0.0.1:4318"
     max_body_size: Size = 16 * MiB
+    tls: ReceiverTlsConfig | None = None
+    auth: ReceiverAuthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +97,8 @@ class GrpcReceiverConfig:
     enabled: bool = True
     endpoint: HostPort = "127.0.0.1:4317"
     max_message_size: Size = 16 * MiB
+    tls: ReceiverTlsConfig | None = None
+    auth: ReceiverAuthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +120,8 @@ class RemoteWriteReceiverConfig:
     max_body_size: Size = 32 * MiB
     max_dictionary_per_sender: Size = 64 * MiB
     max_dictionary_total: Size = 256 * MiB
+    tls: ReceiverTlsConfig | None = None
+    auth: ReceiverAuthConfig | None = None
 
 
 @dataclass(frozen=True)

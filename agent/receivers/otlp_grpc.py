@@ -4,7 +4,8 @@ Requests arrive as raw bytes (no generated deserializer), so a malformed message
 a message instead of grpc's generic INTERNAL. Admission refusals are RESOURCE_EXHAUSTED with a RetryInfo in
 `grpc-status-details-bin`, which OTLP clients honour. A signal without a pipeline is answered UNIMPLEMENTED
 with a message naming the missing `pipelines` key (both services are always registered, so a reload can
-give a signal its pipeline without a rebind).
+give a signal its pipeline without a rebind). With `tls` the port is a TLS one (mutual TLS with a client CA);
+with `auth` a call without the bearer token is UNAUTHENTICATED before its message is read (`agent.receivers.auth`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import grpc
 from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
+from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
+from agent.receivers.auth import BearerToken, GrpcBearerInterceptor
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
+from agent.receivers.tls import grpc_server_credentials, tls_mode
 
 log = logging.getLogger("headwater.receivers.otlp_grpc")
 
@@ -36,10 +40,13 @@ class OtlpGrpcReceiver:
         consume_traces: Consume | None,
         consume_metrics: Consume | None,
         metrics_wire: WireMetrics | None = None,
+        tls: ReceiverTlsConfig | None = None,
+        auth: ReceiverAuthConfig | None = None,
     ) -> None:
         """`metrics_wire`: the metrics pipeline, to offer metrics requests as bytes first (see
-        `Signal.deliver`); `consume_metrics` is then unused."""
+        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`."""
         self._metrics_wire = metrics_wire
+        self._tls, self._auth = tls, auth
         self._endpoint = endpoint
         self._max_message = max_message_size
         self._admission = admission
@@ -74,13 +81,18 @@ class OtlpGrpcReceiver:
             attrs = {"signal": name, "transport": "grpc"}
             self._accepted.add(0, attrs)
             self._refused_items.add(0, attrs)
-            for status in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+            statuses = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED") + (("UNAUTHENTICATED",) if self._auth else ())
+            for status in statuses:
                 self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._server is not None:
             return
-        server = grpc.aio.server(options=[
+        credentials = grpc_server_credentials(self._tls) if self._tls is not None else None
+        interceptors = []
+        if self._auth is not None:
+            interceptors.append(GrpcBearerInterceptor(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
+        server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ])
@@ -89,20 +101,29 @@ class OtlpGrpcReceiver:
             handler = grpc.unary_unary_rpc_method_handler(self._method(signal))
             handlers.append(grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}))
         server.add_generic_rpc_handlers(tuple(handlers))
-        port = server.add_insecure_port(self._endpoint)
+        if credentials is not None:
+            port = server.add_secure_port(self._endpoint, credentials)
+        else:
+            port = server.add_insecure_port(self._endpoint)
         if port == 0:
             raise OSError(f"cannot listen on {self._endpoint} for OTLP/gRPC")
         self.bound_port = port
         await server.start()
         self._server = server
         host = self._endpoint.rpartition(":")[0]
-        log.info("listening", **kv(receiver="otlp_grpc", endpoint=f"{host}:{port}"))
+        log.info("listening", **kv(receiver="otlp_grpc", endpoint=f"{host}:{port}", tls=tls_mode(self._tls),
+                                   auth="bearer" if self._auth is not None else "none"))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop taking new RPCs; let those in flight finish within `timeout`."""
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace=timeout)
+
+    def _unauthenticated(self, method: str, _reason: str) -> None:
+        for signal in (TRACES, METRICS):
+            if method == f"/{signal.grpc_service}/Export":
+                self._refused.add(1, {"signal": signal.name, "transport": "grpc", "status": "UNAUTHENTICATED"})
 
     def _method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         attrs = {"signal": signal.name, "transport": "grpc"}

@@ -19,11 +19,14 @@ from aiohttp import web
 from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
+from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
+from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
+from agent.receivers.tls import server_ssl_context, tls_mode
 from exporters.otlp_json import encode_json
 
 log = logging.getLogger("headwater.receivers.otlp_http")
@@ -52,10 +55,13 @@ class OtlpHttpReceiver:
         consume_metrics: Consume | None,
         drain_timeout: float = 5.0,
         metrics_wire: WireMetrics | None = None,
+        tls: ReceiverTlsConfig | None = None,
+        auth: ReceiverAuthConfig | None = None,
     ) -> None:
         """`metrics_wire`: the metrics pipeline, to offer protobuf metrics requests as bytes first (see
-        `Signal.deliver`); `consume_metrics` is then unused."""
+        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`."""
         self._metrics_wire = metrics_wire
+        self._tls, self._auth = tls, auth
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._max_body = max_body_size
@@ -93,24 +99,29 @@ class OtlpHttpReceiver:
             attrs = {"signal": name, "transport": "http"}
             self._accepted.add(0, attrs)
             self._refused_items.add(0, attrs)
-            for status in ("400", "413", "415", "429"):
+            for status in ("400", "413", "415", "429") + (("401",) if self._auth is not None else ()):
                 self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._runner is not None:
             return
-        app = web.Application(client_max_size=self._max_body)
+        ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
+        middlewares = []
+        if self._auth is not None:
+            middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
+        app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
         app.router.add_post("/v1/traces", lambda r: self._handle(r, TRACES))
         app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
         app.router.add_route("*", "/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
                                     shutdown_timeout=self._drain_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         sockets = [s for srv in [site._server] if srv is not None for s in getattr(srv, "sockets", ())]
         self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("listening", **kv(receiver="otlp_http", endpoint=f"{self._host}:{self.bound_port}"))
+        log.info("listening", **kv(receiver="otlp_http", endpoint=f"{self._host}:{self.bound_port}",
+                                   tls=tls_mode(self._tls), auth="bearer" if self._auth is not None else "none"))
 
     async def shutdown(self, timeout: float) -> None:
         """Stop listening and let in-flight requests finish (within the drain timeout given at construction)."""
@@ -118,6 +129,12 @@ class OtlpHttpReceiver:
         if runner is None:
             return
         await asyncio.wait_for(runner.cleanup(), timeout=max(timeout, 0.1))
+
+    def _unauthenticated(self, request: web.Request, reason: str) -> web.Response:
+        signal = {"/v1/traces": "traces", "/v1/metrics": "metrics"}.get(request.path)
+        if signal is not None:
+            self._refused.add(1, {"signal": signal, "transport": "http", "status": "401"})
+        return _error_response(request, 401, rpc_status.UNAUTHENTICATED, reason)
 
     async def _logs(self, request: web.Request) -> web.Response:
         return _error_response(request, 404, rpc_status.UNIMPLEMENTED,

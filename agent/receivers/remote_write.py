@@ -15,6 +15,9 @@ request can be resent as it is.
 Handshakes: `GET /api/v1/write?get_headwater_compact_version=1` and `?get_vm_proto_version=1` answer `1`,
 which is how a sender on `protocol: auto` learns it may send compact or vm; so does a POST with either query
 (vmagent 1.89 to 1.115 asks with a POST and an empty body), which writes nothing.
+
+With `tls` it serves HTTPS (mutual TLS with a client CA); with `auth` every request, handshakes included,
+needs the bearer token, and one without is answered 401 before its body is read (`agent.receivers.auth`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from aiohttp import web
 from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
+from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
+from agent.receivers.auth import BearerToken, aiohttp_middleware
+from agent.receivers.tls import server_ssl_context, tls_mode
 from exporters.remote_write.compact import SessionLost
 from exporters.remote_write.compact_session import CompactSessions
 from exporters.remote_write.encoding import DecodeError, TooLarge, decompress
@@ -64,7 +70,11 @@ class RemoteWriteReceiver:
         *,
         sessions: CompactSessions | None = None,
         drain_timeout: float = 5.0,
+        tls: ReceiverTlsConfig | None = None,
+        auth: ReceiverAuthConfig | None = None,
     ) -> None:
+        """`tls`, `auth`: their files are read by `start`."""
+        self._tls, self._auth = tls, auth
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._max_body = max_body_size
@@ -88,7 +98,7 @@ class RemoteWriteReceiver:
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
         self._accepted.add(0, attrs)  # 0 from the start
-        for status in ("400", "409", "413", "415", "429"):
+        for status in ("400", "409", "413", "415", "429") + (("401",) if auth is not None else ()):
             self._refused.add(0, {**attrs, "status": status})
 
     @property
@@ -104,24 +114,33 @@ class RemoteWriteReceiver:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        app = web.Application(client_max_size=self._max_body)
+        ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
+        middlewares = []
+        if self._auth is not None:
+            middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
+        app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
         app.router.add_post("/api/v1/write", self._handle)
         app.router.add_get("/api/v1/write", self._handshake)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
                                      shutdown_timeout=self._drain_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = site._server
         sockets = list(getattr(server, "sockets", ())) if server is not None else []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("listening", **kv(receiver="remote_write", endpoint=f"{self._host}:{self.bound_port}"))
+        log.info("listening", **kv(receiver="remote_write", endpoint=f"{self._host}:{self.bound_port}",
+                                   tls=tls_mode(self._tls), auth="bearer" if self._auth is not None else "none"))
 
     async def shutdown(self, timeout: float) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
             return
         await asyncio.wait_for(runner.cleanup(), timeout=max(timeout, 0.1))
+
+    def _unauthenticated(self, _request: web.Request, reason: str) -> web.Response:
+        self._refused.add(1, {"signal": "metrics", "transport": "remote_write", "status": "401"})
+        return web.Response(status=401, text=reason + "\n")
 
     @staticmethod
     def _is_handshake(request: web.Request) -> bool:
