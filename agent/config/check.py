@@ -9,8 +9,10 @@ UNIMPLEMENTED, silently from the client's side).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from agent.config.loader import ConfigError, ConfigIssue, load_file
 from agent.config.schema import Config, TierConfig, default_tiers
@@ -45,11 +47,13 @@ def build_problems(config: Config) -> list[ConfigIssue]:
             if name.lower() in RESERVED_HEADERS:
                 issues.append(ConfigIssue(f"exporters.remote_write[{i}].headers.{name}",
                                           "expected a header remote write or HTTP does not set itself, found one it sets"))
+    issues += receiver_security_problems(config)
     return issues
 
 
 def warnings_for(config: Config) -> list[ConfigIssue]:
-    """Signals with no pipeline (their exports are refused), and exporters nothing uses (idle)."""
+    """Signals with no pipeline (their exports are refused), exporters nothing uses (idle), and receivers open
+    beyond loopback without TLS or client authentication."""
     pipelines = config.pipelines
     found = []
     if pipelines.traces is None and pipelines.metrics is None:
@@ -70,7 +74,76 @@ def warnings_for(config: Config) -> list[ConfigIssue]:
         if name not in used:
             found.append(ConfigIssue(path, f"exporter {name!r} is configured but no pipeline lists it (nor telemetry.remote_write): "
                                                "it is not built"))
+    found += receiver_security_warnings(config)
     return found
+
+
+# --- incoming TLS and authentication (receivers.*.tls, receivers.*.auth) ---
+
+def _listening_receivers(config: Config) -> list[tuple[str, Any]]:
+    """(key path, section) of each receiver that listens."""
+    otlp, gateway = config.receivers.otlp, config.receivers.remote_write
+    sections = [("receivers.otlp.grpc", otlp.grpc), ("receivers.otlp.http", otlp.http),
+                ("receivers.remote_write", gateway)]
+    return [(path, section) for path, section in sections if section is not None and section.enabled]
+
+
+def receiver_security_problems(config: Config) -> list[ConfigIssue]:
+    """TLS files and token files a listening receiver could not use when it starts (missing, unreadable, a key
+    that does not match its certificate, an empty token): read here as the receiver would read them, so
+    `validate` (run as the agent's user) says so instead of the start or a reload failing later."""
+    from agent.receivers.auth import BearerToken  # only here: the receivers load grpc and aiohttp
+    from agent.receivers.tls import server_ssl_context
+
+    issues = []
+    for path, section in _listening_receivers(config):
+        if section.tls is not None:
+            try:
+                server_ssl_context(section.tls)
+            except OSError as exc:
+                issues.append(ConfigIssue(f"{path}.tls", str(exc)))
+        if section.auth is not None:
+            try:
+                BearerToken(section.auth.bearer_token_file)
+            except OSError as exc:
+                issues.append(ConfigIssue(f"{path}.auth.bearer_token_file", str(exc)))
+    return issues
+
+
+def receiver_security_warnings(config: Config) -> list[ConfigIssue]:
+    """A receiver listening beyond loopback without TLS (data, and a token, cross the network in plain text)
+    or without client authentication (a bearer token or a client CA: anyone who reaches it can send)."""
+    found = []
+    for path, section in _listening_receivers(config):
+        if is_loopback(section.endpoint.rpartition(":")[0]):
+            continue
+        tls, authenticated = section.tls is not None, section.auth is not None or bool(
+            section.tls is not None and section.tls.client_ca_file)
+        where = f"listens on {section.endpoint}, beyond loopback,"
+        if not tls and not authenticated:
+            found.append(ConfigIssue(path, f"{where} without TLS or a bearer token: anyone who reaches it can send "
+                                     f"data, in plain text (set {path}.tls and {path}.auth)"))
+        elif not tls:
+            found.append(ConfigIssue(path, f"{where} without TLS: the bearer token and the data cross the network "
+                                     f"in plain text (set {path}.tls)"))
+        elif not authenticated:
+            found.append(ConfigIssue(path, f"{where} with TLS but no client authentication: anyone who reaches it "
+                                     f"can send data (set {path}.auth.bearer_token_file or {path}.tls.client_ca_file)"))
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is only reachable from this machine; a name other than `localhost`, an empty host
+    or an unspecified address (0.0.0.0, ::) is taken as reachable from elsewhere."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+# --- end of incoming TLS and authentication ---
 
 
 def describe_tiers(tiers: tuple[TierConfig, ...]) -> str:
