@@ -13,7 +13,10 @@ Not live, said in the log, and kept as they run until a restart (`needs_restart`
 - `receivers.otlp.grpc.max_message_size` while the gRPC endpoint stays (a gRPC server fixes it when it
   starts; a changed endpoint takes it along);
 - `receivers.remote_write.max_dictionary_per_sender` / `max_dictionary_total` while the gateway's endpoint
-  stays (the compact sessions were sized with them; a changed endpoint takes them along).
+  stays (the compact sessions were sized with them; a changed endpoint takes them along);
+- a receiver's `tls` and `auth` settings while its endpoint stays (the listener takes them when it starts; a
+  changed endpoint takes them along). What the token file holds is read again at every change of the file,
+  without any reload.
 """
 
 from __future__ import annotations
@@ -67,7 +70,22 @@ def plan(running: Config, new: Config) -> Plan:
                                          "the compact sessions were sized with it (a changed endpoint takes it "
                                          f"along); {getattr(gw_before, key)} stays until a restart"))
                 config = replace_at(config, f"receivers.remote_write.{key}", getattr(gw_before, key))
+    config = _keep_receiver_security(running, config, notes)
     return Plan(config, tuple(notes))
+
+
+def _keep_receiver_security(running: Config, config: Config, notes: list[ConfigIssue]) -> Config:
+    """Incoming TLS and authentication: kept as they run while the listener stays where it is."""
+    for path in ("receivers.otlp.http", "receivers.otlp.grpc", "receivers.remote_write"):
+        before, after = get_at(running, path), get_at(config, path)
+        if not (listens(before) and listens(after) and before.endpoint == after.endpoint):
+            continue
+        for key in ("tls", "auth"):
+            if getattr(before, key) != getattr(after, key):
+                notes.append(ConfigIssue(f"{path}.{key}", "the listener takes it when it starts (a changed endpoint "
+                                         "takes it along); the running setting stays until a restart"))
+                config = replace_at(config, f"{path}.{key}", getattr(before, key))
+    return config
 
 
 def exporter_specs(config: Config) -> dict[str, Any]:
