@@ -32,7 +32,8 @@ RECENT_PROBLEMS_SHOWN = 6
 # Receiver refusals by the status they answered. 429 / RESOURCE_EXHAUSTED are admission control's refusals,
 # which `headwater_admission_refused_requests_total` already counts by reason (budget, queue_full).
 _RECEIVER_REASONS = {"400": "malformed", "INVALID_ARGUMENT": "malformed", "413": "too_large",
-                     "415": "unsupported_encoding", "429": None, "RESOURCE_EXHAUSTED": None}
+                     "415": "unsupported_encoding", "429": None, "RESOURCE_EXHAUSTED": None,
+                     "401": "unauthenticated", "UNAUTHENTICATED": "unauthenticated"}
 
 
 class StatusError(Exception):
