@@ -16,6 +16,7 @@ from agent.config.schema import OtlpExporterConfig, RemoteWriteConfig
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.reload import FileSpec, exporter_specs
+from exporters.client_security import AuthSettings, ClientSecurity, TlsSettings
 from exporters.file import FileExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
@@ -42,7 +43,8 @@ def build_exporter(name: str, config: Config, delta: DeltaToCumulative | None = 
     spec = exporter_specs(config)[name]
     if isinstance(spec, OtlpExporterConfig):
         return OtlpHttpTraceExporter(endpoint=spec.endpoint, headers=dict(spec.headers), compression=spec.compression,
-                                     timeout=spec.timeout, retry=_policy(spec.retry))
+                                     timeout=spec.timeout, retry=_policy(spec.retry),
+                                     security=client_security(spec, exporter_key(name, config)))
     if isinstance(spec, FileSpec):
         return FileExporter(spec.traces, spec.metrics)
     rw: RemoteWriteConfig = spec
@@ -58,13 +60,43 @@ def build_exporter(name: str, config: Config, delta: DeltaToCumulative | None = 
                       max_labels_per_series=rw.limits.max_labels_per_series,
                       max_series_per_metric=rw.limits.max_series_per_metric),
         promote=rw.promote_resource_attributes, protocol=rw.protocol, compression=rw.compression,
-        compression_level=rw.compression_level,
+        compression_level=rw.compression_level, security=client_security(rw, exporter_key(name, config)),
         queue=queue_settings(rw, config.state_dir),
         sender=SenderSettings(
             max_concurrency=rw.sender.max_concurrency, retry=backoff,
             sample_age_limit=rw.sender.sample_age_limit, max_bytes_per_second=rw.sender.max_bytes_per_second,
             batch_samples=rw.batch.max_samples, min_batch_samples=min(500, rw.batch.max_samples),
             batch_bytes=rw.batch.max_bytes))
+
+
+# --- outgoing TLS and credentials (issue 10, items 1 and 4)
+
+
+def client_security(spec: OtlpExporterConfig | RemoteWriteConfig, key: str, *, check_only: bool = False
+                    ) -> ClientSecurity | None:
+    """TLS context (made here, once per build of the exporter) and credentials of an exporter; None when its
+    section sets neither. ValueError naming `key` and the file when a certificate or secret cannot be used."""
+    if spec.tls is None and spec.basic_auth is None and not spec.bearer_token_file:
+        return None
+    tls = spec.tls
+    auth = spec.basic_auth
+    return ClientSecurity.build(
+        TlsSettings(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file, server_name=tls.server_name,
+                    insecure_skip_verify=tls.insecure_skip_verify) if tls is not None else None,
+        AuthSettings(username=auth.username if auth else "", password_file=auth.password_file if auth else "",
+                     bearer_token_file=spec.bearer_token_file),
+        who=key, check_only=check_only)
+
+
+def exporter_key(name: str, config: Config) -> str:
+    """The key path of exporter `name` in the config file, for messages: `exporters.remote_write[1]`."""
+    for i, rw in enumerate(config.exporters.remote_write):
+        if rw.name == name:
+            return f"exporters.remote_write[{i}]"
+    return f"exporters.{name}"
+
+
+# --- end of outgoing TLS and credentials
 
 
 def queue_settings(rw: RemoteWriteConfig, state_dir: str) -> QueueSettings:

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from exporters.secrets import redact
+
 _RESERVED = ("ts", "level", "logger", "msg")
 
 
@@ -32,7 +34,7 @@ class LogfmtFormatter(logging.Formatter):
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if k not in _RESERVED)
         if record.exc_info:
             parts.append(f"error={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
+        return redact(" ".join(parts))  # a secret read from a file never reaches a log line
 
 
 class RecentProblems(logging.Handler):
@@ -86,6 +88,8 @@ class RecentProblems(logging.Handler):
         entry["fields"] = {str(k): str(v) for k, v in fields.items() if k not in _RESERVED}
         if record.exc_info and record.exc_info[1] is not None:
             entry["fields"]["error"] = repr(record.exc_info[1])
+        entry["message"] = redact(entry["message"])  # a secret read from a file never reaches /status
+        entry["fields"] = {k: redact(v) for k, v in entry["fields"].items()}
         return self._bounded(entry)
 
     def _bounded(self, entry: dict[str, Any]) -> dict[str, Any]:

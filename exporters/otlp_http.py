@@ -32,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from exporters.client_security import ClientSecurity
 from exporters.errors import (
     NetworkError,
     PermanentError,
@@ -41,6 +42,7 @@ from exporters.errors import (
 from exporters.leftover import Leftover
 from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, parse_retry_after
+from exporters.secrets import redact
 from exporters.sending.memory_queue import MemoryQueue
 from exporters.sending.queue import Entry, QueueFull
 from exporters.sending.sender import DROP_REASONS, Sender, SenderSettings
@@ -52,7 +54,10 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_SPANS = 8192
 MAX_QUEUE_BYTES = 64 * 1024 * 1024
 _COMPRESS_IN_THREAD_BYTES = 64 * 1024  # below this, gzip on the loop costs less than the thread hop
-_OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length"})
+RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "user-agent", "host",
+                              "connection", "transfer-encoding", "authorization"})
+"""Headers OTLP/HTTP or the HTTP client set; configured `headers` may not replace them. Authorization comes from
+basic_auth or bearer_token_file, whose secrets are read from files, never written in the config."""
 THROTTLED = frozenset({429, 503})
 RETRYABLE = frozenset({502, 504})
 """The OTLP spec's retryable statuses (429, 502, 503, 504); 429 and 503 may carry Retry-After."""
@@ -80,6 +85,7 @@ class OtlpHttpTraceExporter:
         max_batch_spans: int = MAX_BATCH_SPANS,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         meter: metrics.Meter | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         url = yarl.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
@@ -90,6 +96,11 @@ class OtlpHttpTraceExporter:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        reserved = sorted(h for h in (headers or {}) if h.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise ValueError(f"headers may not set {', '.join(reserved)}: "
+                             + ("Authorization comes from basic_auth or bearer_token_file"
+                                if any(h.lower() == "authorization" for h in reserved) else "OTLP or HTTP sets them"))
         if max_batch_bytes < 1 or max_batch_spans < 1:
             raise ValueError(f"max_batch_bytes and max_batch_spans must be positive, got {max_batch_bytes}, {max_batch_spans}")
         self.url = endpoint.rstrip("/") + "/v1/traces"
@@ -100,7 +111,7 @@ class OtlpHttpTraceExporter:
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_spans = max_batch_spans
         self._headers = {"User-Agent": "headwater"}
-        self._headers.update({k: v for k, v in (headers or {}).items() if k.lower() not in _OWN_HEADERS})
+        self._headers.update(headers or {})
         self._headers["Content-Type"] = "application/x-protobuf"
         if compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
@@ -121,6 +132,12 @@ class OtlpHttpTraceExporter:
         self._closed = False
         self._lost_at_shutdown = 0
         self._session: aiohttp.ClientSession | None = None
+        self._security = security
+        self._tls: dict[str, object] = {}  # the session's ssl context and server name, for every POST
+        if security is not None and security.ssl is not None:
+            self._tls["ssl"] = security.ssl
+        if security is not None and security.server_name is not None:
+            self._tls["server_hostname"] = security.server_name
         self._sent, self._failed = span_counters(meter, "otlp", (*DROP_REASONS, "partial_success", "queue_full"))
 
     @property
@@ -237,11 +254,19 @@ class OtlpHttpTraceExporter:
         """One POST; returns the number of spans a 2xx answer's partial_success rejected."""
         assert self._session is not None
         payload = await self._compress(body)
+        sent = self._headers
+        authorization = self._security.authorization() if self._security is not None else None
+        if authorization is not None:
+            sent = {**sent, "Authorization": authorization}
         try:
-            async with self._session.post(self.url, data=payload, headers=self._headers) as response:
+            async with self._session.post(self.url, data=payload, headers=sent, **self._tls) as response:
                 answer = await response.read()
                 status, headers = response.status, response.headers
                 content_type = response.content_type
+        except aiohttp.ClientConnectorCertificateError as exc:
+            trust = self._security.trust if self._security is not None else "the system's CA certificates"
+            raise NetworkError(f"POST {self.url}: TLS: the server's certificate was not verified against {trust}: "
+                               f"{exc.certificate_error}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NetworkError(f"POST {self.url}: {type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
@@ -266,7 +291,7 @@ class OtlpHttpTraceExporter:
         partial = response.partial_success
         if partial.rejected_spans or partial.error_message:
             log.warning(
-                "otlp exporter: %s rejected %d spans: %s", self.url, partial.rejected_spans, partial.error_message
+                "otlp exporter: %s rejected %d spans: %s", self.url, partial.rejected_spans, redact(partial.error_message)
             )
         return partial.rejected_spans
 
@@ -276,10 +301,11 @@ class OtlpHttpTraceExporter:
 
 
 def _error_text(answer: bytes, content_type: str) -> str:
-    """The message of an error answer: OTLP receivers send a google.rpc.Status, in protobuf or JSON."""
+    """The message of an error answer: OTLP receivers send a google.rpc.Status, in protobuf or JSON. Any known
+    secret is taken out (a receiver may echo the token it refused)."""
     if content_type == "application/x-protobuf":
-        return _status_message(answer) or f"<{len(answer)} bytes of protobuf>"
-    return answer[:2048].decode("utf-8", "replace")
+        return redact(_status_message(answer)) or f"<{len(answer)} bytes of protobuf>"
+    return redact(answer[:2048].decode("utf-8", "replace"))
 
 
 def _status_message(data: bytes) -> str:

@@ -44,11 +44,56 @@ def build_problems(config: Config) -> list[ConfigIssue]:
     issues = []
     for i, rw in enumerate(config.exporters.remote_write):
         for name in rw.headers:
-            if name.lower() in RESERVED_HEADERS:
+            if name.lower() == "authorization":
+                issues.append(ConfigIssue(f"exporters.remote_write[{i}].headers.{name}", AUTHORIZATION_HEADER))
+            elif name.lower() in RESERVED_HEADERS:
                 issues.append(ConfigIssue(f"exporters.remote_write[{i}].headers.{name}",
                                           "expected a header remote write or HTTP does not set itself, found one it sets"))
     issues += receiver_security_problems(config)
+    issues += client_security_problems(config)
     return issues
+
+
+# --- outgoing TLS and credentials (issue 10, items 1 and 4)
+
+AUTHORIZATION_HEADER = ("expected basic_auth or bearer_token_file instead (their secrets are read from files, "
+                        "never written in the config), found an Authorization header")
+
+
+def client_security_problems(config: Config) -> list[ConfigIssue]:
+    """Reserved OTLP headers, and each exporter's certificates, keys and secret files, loaded as the agent will
+    load them (a file named but missing, unreadable, empty, or not PEM is a problem now, not at the reload)."""
+    from agent.build import client_security
+    from exporters.otlp_http import RESERVED_HEADERS as OTLP_RESERVED
+
+    issues = []
+    otlp = config.exporters.otlp
+    for name in otlp.headers if otlp is not None else ():
+        if name.lower() == "authorization":
+            issues.append(ConfigIssue(f"exporters.otlp.headers.{name}", AUTHORIZATION_HEADER))
+        elif name.lower() in OTLP_RESERVED:
+            issues.append(ConfigIssue(f"exporters.otlp.headers.{name}",
+                                      "expected a header OTLP or HTTP does not set itself, found one it sets"))
+    exporters = [("exporters.otlp", otlp)] if otlp is not None else []
+    exporters += [(f"exporters.remote_write[{i}]", rw) for i, rw in enumerate(config.exporters.remote_write)]
+    for key, spec in exporters:
+        try:
+            client_security(spec, key, check_only=True)
+        except ValueError as exc:
+            path, _, message = str(exc).partition(": ")
+            issues.append(ConfigIssue(path, message or str(exc)))
+    return issues
+
+
+def client_security_warnings(config: Config) -> list[ConfigIssue]:
+    exporters = [("exporters.otlp", config.exporters.otlp)] if config.exporters.otlp is not None else []
+    exporters += [(f"exporters.remote_write[{i}]", rw) for i, rw in enumerate(config.exporters.remote_write)]
+    return [ConfigIssue(f"{key}.tls.insecure_skip_verify", "the receiver's certificate is not checked: anyone on "
+                        "the path can read and change what is sent")
+            for key, spec in exporters if spec.tls is not None and spec.tls.insecure_skip_verify]
+
+
+# --- end of outgoing TLS and credentials
 
 
 def warnings_for(config: Config) -> list[ConfigIssue]:
@@ -75,6 +120,7 @@ def warnings_for(config: Config) -> list[ConfigIssue]:
             found.append(ConfigIssue(path, f"exporter {name!r} is configured but no pipeline lists it (nor telemetry.remote_write): "
                                                "it is not built"))
     found += receiver_security_warnings(config)
+    found += client_security_warnings(config)
     return found
 
 

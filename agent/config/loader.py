@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -201,6 +202,7 @@ def _check_references(config: Config) -> list[ConfigIssue]:
                                       f"expected snappy or auto with protocol {rw.protocol} ({why}), found "
                                       f"{rw.compression!r}" if rw.protocol != "vm" else
                                       f"expected zstd or auto with protocol vm ({why}), found {rw.compression!r}"))
+    issues += _check_client_security(config)
     gateway = config.receivers.remote_write
     if gateway is not None and gateway.enabled and config.pipelines.metrics is None:
         issues.append(ConfigIssue("receivers.remote_write",
@@ -231,4 +233,33 @@ def _check_references(config: Config) -> list[ConfigIssue]:
                 choice = ", ".join(available) if available else "none is configured under exporters"
                 issues.append(ConfigIssue(f"pipelines.{signal}.exporters[{i}]",
                                           f"expected the name of a {signal} exporter ({choice}), found {name!r}"))
+    return issues
+
+
+def _check_client_security(config: Config) -> list[ConfigIssue]:
+    """Outgoing TLS and credentials: what one section of the schema cannot check alone."""
+    issues: list[ConfigIssue] = []
+    exporters = [("exporters.otlp", config.exporters.otlp, "endpoint")] if config.exporters.otlp else []
+    exporters += [(f"exporters.remote_write[{i}]", rw, "url") for i, rw in enumerate(config.exporters.remote_write)]
+    for path, exporter, url_key in exporters:
+        url = getattr(exporter, url_key)
+        parts = urlsplit(url)
+        if parts.password is not None:
+            issues.append(ConfigIssue(f"{path}.{url_key}", "expected no password in the URL (logs and errors show "
+                                      "URLs): use basic_auth.password_file; found a URL with user:password@"))
+        tls = exporter.tls
+        if tls is not None and parts.scheme != "https":
+            issues.append(ConfigIssue(f"{path}.tls", f"expected an https:// {url_key} with tls, found {parts.scheme}://"))
+        if tls is not None and bool(tls.cert_file) != bool(tls.key_file):
+            given, missing = ("cert_file", "key_file") if tls.cert_file else ("key_file", "cert_file")
+            issues.append(ConfigIssue(f"{path}.tls.{missing}", f"expected {missing} beside {given}: a client "
+                                      "certificate needs its key"))
+        if exporter.basic_auth is not None and exporter.bearer_token_file:
+            issues.append(ConfigIssue(f"{path}.bearer_token_file",
+                                      "expected basic_auth or bearer_token_file, not both: each sets Authorization"))
+        if exporter.basic_auth is not None and not exporter.basic_auth.username:
+            issues.append(ConfigIssue(f"{path}.basic_auth.username", "expected a user name, found ''"))
+        if exporter.basic_auth is not None and not exporter.basic_auth.password_file:
+            issues.append(ConfigIssue(f"{path}.basic_auth.password_file", "expected a file holding the password, "
+                                      "found ''"))
     return issues

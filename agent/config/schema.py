@@ -222,6 +222,36 @@ class RetryConfig:
     max_elapsed: Duration = 300.0
 
 
+# --- outgoing TLS and credentials (issue 10, items 1 and 4): per exporter `tls`, `basic_auth`, `bearer_token_file`
+
+
+@dataclass(frozen=True)
+class ClientTlsConfig:
+    """TLS towards an https:// receiver: trust `ca_file` (PEM; empty: the system's CAs), present `cert_file`
+    and `key_file` (PEM, the key unencrypted) for mTLS, check the certificate for `server_name` (empty: the
+    URL's host). `insecure_skip_verify: true` checks nothing and logs a warning."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class BasicAuthConfig:
+    """HTTP basic auth: `username`, and the password in `password_file` (re-read when the file changes; the
+    password itself is never in the config, a log or `/status`)."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    username: str
+    password_file: str
+
+
+# --- end of outgoing TLS and credentials
+
+
 @dataclass(frozen=True)
 class OtlpExporterConfig:
     """OTLP/HTTP protobuf upstream: spans are POSTed to `endpoint` + `/v1/traces`."""
@@ -232,6 +262,9 @@ class OtlpExporterConfig:
     compression: Literal["none", "gzip"] = "gzip"
     timeout: Duration = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
+    tls: ClientTlsConfig | None = None
+    basic_auth: BasicAuthConfig | None = None
+    bearer_token_file: str = ""  # re-read when the file changes; excludes basic_auth
 
 
 @dataclass(frozen=True)
@@ -319,6 +352,9 @@ class RemoteWriteConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
+    tls: ClientTlsConfig | None = None
+    basic_auth: BasicAuthConfig | None = None
+    bearer_token_file: str = ""  # re-read when the file changes; excludes basic_auth
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from exporters.remote_write.series_cache import SeriesCache
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
+from exporters.client_security import ClientSecurity
 from exporters.leftover import Leftover
 from exporters.retry import RetryPolicy
 from exporters.sending.disk_queue import DiskQueue
@@ -61,17 +62,25 @@ from exporters.sending.sender import Sender, SenderSettings
 logger = logging.getLogger("headwater.exporters.remote_write")
 
 # Headers a protocol or the HTTP client owns; a configured header may not replace them (the spec forbids
-# letting users override the reserved ones). Authorization stays configurable until auth settings exist.
+# letting users override the reserved ones). Authorization comes from basic_auth or bearer_token_file, whose
+# secrets are read from files: a header in the config would put a secret where config dumps show it.
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
         "Content-Encoding", "Content-Type", "X-Prometheus-Remote-Write-Version",
         "X-VictoriaMetrics-Remote-Write-Version",
         "X-Headwater-Session", "X-Headwater-Epoch", "X-Headwater-Sequence", "X-Headwater-Compact-Version",
-        "User-Agent", "Content-Length", "Host", "Connection", "Transfer-Encoding",
+        "User-Agent", "Content-Length", "Host", "Connection", "Transfer-Encoding", "Authorization",
     )
 )
 PROTOCOL_CHOICES = (*PROTOCOLS, "auto")
+
+
+def reserved_why(names: Sequence[str]) -> str:
+    """Why configured headers named `names` (each reserved) are refused."""
+    if any(n.lower() == "authorization" for n in names):
+        return "Authorization comes from basic_auth or bearer_token_file (secrets are read from files)"
+    return "remote write or HTTP itself sets them"
 SPILL_REQUESTS = 4
 WRITE_GRACE = 0.25
 """Seconds, at most a quarter of `flush_interval`, that a cut request waits for its acknowledgement before the disk
@@ -98,8 +107,8 @@ class RemoteWriteExporter:
     `timeout` bounds one HTTP attempt; `retry` bounds the whole delivery of a request. `protocol` is one of
     `PROTOCOL_CHOICES`, `compression` one of `COMPRESSION_CHOICES` (`auto`: the format's best), and
     `compression_level` is zstd's. `clock` (seconds, monotonic) decides when a flush is due and when to probe
-    for a better format again; tests inject one. `transport` defaults to HTTP through aiohttp; tests pass a
-    fake. `meter` defaults to the global meter provider's `headwater.exporters.remote_write` meter.
+    for a better format again; tests inject one. `transport` defaults to HTTP through aiohttp, with TLS and
+    credentials from `security`; tests pass a fake. `meter` defaults to the global meter provider's `headwater.exporters.remote_write` meter.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class RemoteWriteExporter:
         compression_level: int = 3,
         reprobe_interval: float = 3600.0,
         transport: Transport | None = None,
+        security: ClientSecurity | None = None,
         queue: QueueSettings | None = None,
         sender: SenderSettings | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -135,7 +145,7 @@ class RemoteWriteExporter:
             raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
         reserved = sorted(h for h in headers if h.lower() in RESERVED_HEADERS)
         if reserved:
-            raise ValueError(f"headers may not set {', '.join(reserved)}: remote write or HTTP itself sets them")
+            raise ValueError(f"headers may not set {', '.join(reserved)}: {reserved_why(reserved)}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if protocol not in PROTOCOL_CHOICES:
@@ -158,7 +168,7 @@ class RemoteWriteExporter:
         self._write_grace = min(WRITE_GRACE, flush_interval / 4) if self._queue_settings.durable else 0.0
         self._batcher = Batcher(max_samples, max_bytes, flush_interval - self._write_grace, clock)
         self._flush_interval = flush_interval
-        self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers))
+        self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers), security=security)
         self._protocols = protocols
         self._connection = Connection(
             name,

@@ -16,6 +16,9 @@ from typing import Protocol
 
 import aiohttp
 
+from exporters.client_security import ClientSecurity
+from exporters.secrets import redact
+
 USER_AGENT = "headwater/0.1.0"
 MAX_RESPONSE_BODY = 64 * 1024
 """Bytes of a response body kept: enough for any receiver's error message, bounded against a hostile one."""
@@ -46,7 +49,8 @@ class HttpResponse:
 
     @property
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body as text for messages, with any known secret taken out (a receiver may echo a token)."""
+        return redact(self.body.decode("utf-8", errors="replace"))
 
 
 class TransportError(Exception):
@@ -80,25 +84,43 @@ class AiohttpTransport:
         response = await transport.send(HttpRequest("POST", url, headers, body))
         await transport.close()
 
-    `timeout` bounds one exchange. `headers` go on every request (a request's own headers win).
+    `timeout` bounds one exchange. `headers` go on every request (a request's own headers win). `security`:
+    TLS (its context, made once, and the server name to check) and the `Authorization` value of each request.
     """
 
-    def __init__(self, *, timeout: float, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, timeout: float, headers: Mapping[str, str] | None = None,
+                 security: ClientSecurity | None = None) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._security = security
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         if self._session is None:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, auto_decompress=False)
+        headers = dict(request.headers)
+        security = self._security
+        tls: dict[str, object] = {}
+        if security is not None:
+            authorization = security.authorization()
+            if authorization is not None:
+                headers["Authorization"] = authorization
+            if security.ssl is not None:
+                tls["ssl"] = security.ssl
+            if security.server_name is not None:
+                tls["server_hostname"] = security.server_name
         try:
             async with self._session.request(
-                request.method, request.url, headers=dict(request.headers), data=request.body or None
+                request.method, request.url, headers=headers, data=request.body or None, **tls
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
                 return HttpResponse(response.status, dict(response.headers), body)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            trust = security.trust if security is not None else "the system's CA certificates"
+            raise TransportError(f"{request.method} {request.url}: TLS: the server's certificate was not "
+                                 f"verified against {trust}: {exc.certificate_error}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise TransportError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}") from exc
 
