@@ -42,7 +42,7 @@ from exporters.errors import (
 from exporters.leftover import Leftover
 from exporters.otlp_json import OtlpJsonError, decode_json
 from exporters.retry import RetryPolicy, parse_retry_after
-from exporters.secrets import redact
+from exporters.secrets import headers_for_log, redact
 from exporters.sending.memory_queue import MemoryQueue
 from exporters.sending.queue import Entry, QueueFull
 from exporters.sending.sender import DROP_REASONS, Sender, SenderSettings
@@ -263,6 +263,9 @@ class OtlpHttpTraceExporter:
                 answer = await response.read()
                 status, headers = response.status, response.headers
                 content_type = response.content_type
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("exchange", extra={"kv": {"url": self.url, "status": status, "body_bytes": len(payload),
+                                                    "headers": headers_for_log(sent)}})
         except aiohttp.ClientConnectorCertificateError as exc:
             trust = self._security.trust if self._security is not None else "the system's CA certificates"
             raise NetworkError(f"POST {self.url}: TLS: the server's certificate was not verified against {trust}: "

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 REDACTED = "<redacted>"
 MAX_SECRET_BYTES = 64 * 1024
@@ -58,6 +58,11 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, REDACTED)
     return text
+
+
+def headers_for_log(headers: Mapping[str, str]) -> str:
+    """`headers` as one `Name=value, ...` string for a debug line, the Authorization value shown as `<redacted>`."""
+    return ", ".join(f"{k}={REDACTED if k.lower() == 'authorization' else redact(v)}" for k, v in headers.items())
 
 
 def basic_credentials(username: str, password: str) -> str:

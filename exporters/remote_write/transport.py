@@ -10,6 +10,7 @@ end-to-end tests use `AiohttpTransport` against real receivers.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,9 +18,10 @@ from typing import Protocol
 import aiohttp
 
 from exporters.client_security import ClientSecurity
-from exporters.secrets import redact
+from exporters.secrets import headers_for_log, redact
 
 USER_AGENT = "headwater/0.1.0"
+log = logging.getLogger("headwater.exporters.transport")
 MAX_RESPONSE_BODY = 64 * 1024
 """Bytes of a response body kept: enough for any receiver's error message, bounded against a hostile one."""
 
@@ -116,6 +118,10 @@ class AiohttpTransport:
                 request.method, request.url, headers=headers, data=request.body or None, **tls
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("exchange", extra={"kv": {"method": request.method, "url": request.url,
+                                                        "status": response.status, "body_bytes": len(request.body),
+                                                        "headers": headers_for_log(headers)}})
                 return HttpResponse(response.status, dict(response.headers), body)
         except aiohttp.ClientConnectorCertificateError as exc:
             trust = security.trust if security is not None else "the system's CA certificates"

@@ -11,9 +11,15 @@ accepts remote write at `remote_write_url`.
 
 from __future__ import annotations
 
+import base64
 import os
-from collections.abc import Sequence
+import ssl
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.peers.server import PeerServer
 from tests.peers.server import free_port as free_port  # re-exported: tests import it from here
@@ -38,8 +44,24 @@ class PrometheusServer(PeerServer):
         port: int | None = None,
         extra_flags: Sequence[str] = (),
         startup_timeout: float = 30.0,
+        web_config: Mapping[str, Any] | None = None,
+        ca_file: Path | None = None,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
+        """`web_config`: the `--web.config.file` document (`tls_server_config`, `basic_auth_users`); the
+        helper's own readiness checks and queries then trust `ca_file` and send `basic_auth` (user, password)."""
         super().__init__(workdir, binary=binary, port=port, extra_flags=extra_flags, startup_timeout=startup_timeout)
+        self.web_config = web_config
+        self.scheme = "https" if web_config and "tls_server_config" in web_config else "http"
+        self._context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
+        self._authorization = ("Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
+                               if basic_auth is not None else None)
+
+    def open_url(self, url: str, timeout: float) -> Any:
+        request = urllib.request.Request(url)
+        if self._authorization is not None:
+            request.add_header("Authorization", self._authorization)
+        return urllib.request.urlopen(request, timeout=timeout, context=self._context)
 
     def start(self) -> None:
         if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
@@ -47,7 +69,12 @@ class PrometheusServer(PeerServer):
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 1m\nscrape_configs: []\n")
+        web = []
+        if self.web_config is not None:
+            (self.workdir / "web.yml").write_text(yaml.safe_dump(dict(self.web_config)))
+            web = [f"--web.config.file={self.workdir / 'web.yml'}"]
         self._launch([
+            *web,
             f"--config.file={config}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",

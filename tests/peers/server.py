@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 
 def free_port() -> int:
@@ -29,10 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def answers_200(url: str) -> bool:
+def answers_200(url: str, open_url: Callable[..., Any] = urllib.request.urlopen) -> bool:
     """Whether `url` answers 200 now; False while nothing listens there yet."""
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        with open_url(url, timeout=1.0) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -68,7 +68,13 @@ class PeerServer(ABC):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    scheme = "http"
+
+    def open_url(self, url: str, timeout: float) -> Any:
+        """Open `url` on this peer (readiness, queries); a peer behind TLS or auth overrides it."""
+        return urllib.request.urlopen(url, timeout=timeout)
 
     @property
     def remote_write_url(self) -> str:
@@ -104,7 +110,7 @@ class PeerServer(ABC):
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._process.returncode} on start:\n{self.log_tail()}")
-            if answers_200(f"{self.url}{self.ready_path}"):
+            if answers_200(f"{self.url}{self.ready_path}", self.open_url):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not ready after {self.startup_timeout}s:\n{self.log_tail()}")
@@ -138,7 +144,7 @@ class PeerServer(ABC):
         if time is not None:
             params["time"] = repr(time)
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10.0) as response:
+        with self.open_url(url, timeout=10.0) as response:
             payload = json.load(response)
         if payload.get("status") != "success":
             raise RuntimeError(f"query {expr!r} failed: {payload}")
