@@ -319,6 +319,7 @@ class Agent:
         for note in plan.needs_restart:
             log.warning("config change needs a restart; the running value stays", **kv(key=note.path, why=note.message))
         old, new = self.config, plan.config
+        self._reload_client_tls()
         if new == old:
             log.info("config reloaded: nothing changed")
             return True
@@ -410,6 +411,19 @@ class Agent:
                                          exporters_replaced=",".join(changes.replaced) or "none",
                                          rebound=",".join(rebound) or "none", log_level=new.telemetry.log_level))
         return True
+
+    def _reload_client_tls(self) -> None:
+        """Every running exporter makes its TLS context again from its files (certificates renewed at the same
+        paths); one that cannot keeps the context it has, logged. Exporters the reload replaces get new ones."""
+        for name, exporter in self.exporters.items():
+            security = getattr(exporter, "security", None)
+            if security is None:
+                continue
+            try:
+                security.reload_tls()
+            except ValueError as exc:
+                log.error("TLS files cannot be used; the exporter keeps the certificates it had",
+                          **kv(exporter=name, error=str(exc)))
 
     def _delta_of(self, name: str) -> Any:
         exporter = self.exporters.get(name)

@@ -54,8 +54,10 @@ class ClientSecurity:
     `server_name` (None: the URL's host) and `authorization()` (None: no header)."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None, server_name: str | None, trust: str,
-                 authorization: Callable[[], str | None]) -> None:
+                 authorization: Callable[[], str | None], tls: TlsSettings | None = None, who: str = "") -> None:
         self.ssl = ssl_context
+        self._tls = tls
+        self._who = who
         self.server_name = server_name
         self.trust = trust
         """What the server's certificate is checked against, for error messages: `tls.ca_file /x/ca.pem`."""
@@ -78,7 +80,14 @@ class ClientSecurity:
         if tls is not None and tls.insecure_skip_verify:
             trust = f"nothing ({who}.tls.insecure_skip_verify)"
         server_name = (tls.server_name or None) if tls is not None else None
-        return cls(context, server_name, trust, authorizer(auth, who, clock))
+        return cls(context, server_name, trust, authorizer(auth, who, clock), tls, who)
+
+    def reload_tls(self) -> None:
+        """Make the TLS context again from the same files (a reload: renewed certificates at the same paths).
+        New connections use it; ValueError naming the file, with the running context kept, when one cannot be
+        used."""
+        if self._tls is not None:
+            self.ssl = tls_context(self._tls, self._who)
 
 
 _warned_insecure: set[str] = set()  # keys already warned about: once per process, not at every reload

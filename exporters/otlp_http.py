@@ -133,12 +133,12 @@ class OtlpHttpTraceExporter:
         self._lost_at_shutdown = 0
         self._session: aiohttp.ClientSession | None = None
         self._security = security
-        self._tls: dict[str, object] = {}  # the session's ssl context and server name, for every POST
-        if security is not None and security.ssl is not None:
-            self._tls["ssl"] = security.ssl
-        if security is not None and security.server_name is not None:
-            self._tls["server_hostname"] = security.server_name
         self._sent, self._failed = span_counters(meter, "otlp", (*DROP_REASONS, "partial_success", "queue_full"))
+
+    @property
+    def security(self) -> ClientSecurity | None:
+        """TLS and credentials of each request; a reload renews its TLS context (`reload_tls`)."""
+        return self._security
 
     @property
     def queued_bytes(self) -> int:
@@ -255,11 +255,17 @@ class OtlpHttpTraceExporter:
         assert self._session is not None
         payload = await self._compress(body)
         sent = self._headers
-        authorization = self._security.authorization() if self._security is not None else None
-        if authorization is not None:
-            sent = {**sent, "Authorization": authorization}
+        tls: dict[str, object] = {}
+        if (security := self._security) is not None:
+            authorization = security.authorization()
+            if authorization is not None:
+                sent = {**sent, "Authorization": authorization}
+            if security.ssl is not None:
+                tls["ssl"] = security.ssl  # read per request: a reload may renew it (`reload_tls`)
+            if security.server_name is not None:
+                tls["server_hostname"] = security.server_name
         try:
-            async with self._session.post(self.url, data=payload, headers=sent, **self._tls) as response:
+            async with self._session.post(self.url, data=payload, headers=sent, **tls) as response:
                 answer = await response.read()
                 status, headers = response.status, response.headers
                 content_type = response.content_type

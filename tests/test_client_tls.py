@@ -205,3 +205,14 @@ def test_a_ca_file_that_is_not_a_certificate_is_refused_when_the_exporter_is_bui
     config = config_for(tmp_path, "remote_write", "https://127.0.0.1:1", tls={"ca_file": str(bogus)})
     with pytest.raises(ValueError, match=r"exporters\.remote_write\[0\]\.tls\.ca_file: cannot use .*ca\.pem"):
         build_exporter("rw", config)
+
+
+def test_renewing_tls_with_a_ca_file_that_became_unusable_keeps_the_running_context(pki, tmp_path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki["ca"].cert.read_bytes())
+    security = ClientSecurity.build(TlsSettings(ca_file=str(ca_file)), None, who="exporters.otlp")
+    running = security.ssl
+    ca_file.write_text("truncated")
+    with pytest.raises(ValueError, match=r"^exporters\.otlp\.tls\.ca_file: cannot use"):
+        security.reload_tls()
+    assert security.ssl is running

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import ssl
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from tests.agent_process import REPO_ROOT
 from tests.peers.prometheus import INSTALL_HINT, PROMETHEUS_BINARY, PrometheusServer
 from tests.recording_receiver import RecordingReceiver, only
-from tests.tls_certs import make_ca
+from tests.tls_certs import make_ca, server_context
 
 PROMETHEUS_PASSWORD = "prometheus-pa55word"
 # bcrypt of PROMETHEUS_PASSWORD (cost 5), made once with libxcrypt:
@@ -161,3 +162,27 @@ def run_status(*args: str) -> str:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode("utf-8", "replace")
+
+
+def test_a_wrong_ca_is_logged_by_name_and_a_reload_uses_the_ca_file_renewed_at_the_same_path(tmp_path, start_agent):
+    right, wrong = make_ca(tmp_path / "right", "right-ca"), make_ca(tmp_path / "wrong", "wrong-ca")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(wrong.cert.read_bytes())
+    with RecordingReceiver(ssl_context=server_context(right.issue(tmp_path / "server", "receiver"))) as rx:
+        agent = start_agent(extra_config={
+            "exporters": {"remote_write": [{
+                "name": "rw", "url": f"{rx.url}/api/v1/write", "protocol": "rw1", "tls": {"ca_file": str(ca_file)},
+                "batch": {"flush_interval": "100ms"},
+                "sender": {"retry": {"initial_backoff": "100ms", "max_backoff": "300ms"}}}]},
+            "pipelines": {"metrics": {"exporters": ["rw"]}},
+            "telemetry": {"remote_write": "rw", "remote_write_interval": "200ms"}})
+        expected = f"verified against exporters.remote_write[0].tls.ca_file {ca_file}"
+        deadline = time.monotonic() + 15
+        while expected not in agent.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert expected in agent.log_text() and "certificate verify failed" in agent.log_text()
+        assert rx.arrivals == []
+        ca_file.write_bytes(right.cert.read_bytes())
+        agent.process.send_signal(signal.SIGHUP)
+        rx.wait_for(lambda a: a.accepted, timeout=15)
+        agent.stop_cleanly()

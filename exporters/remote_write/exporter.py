@@ -169,6 +169,8 @@ class RemoteWriteExporter:
         self._batcher = Batcher(max_samples, max_bytes, flush_interval - self._write_grace, clock)
         self._flush_interval = flush_interval
         self._transport = transport or AiohttpTransport(timeout=timeout, headers=dict(headers), security=security)
+        self.security = security
+        """TLS and credentials of each request; a reload renews its TLS context (`reload_tls`)."""
         self._protocols = protocols
         self._connection = Connection(
             name,
