@@ -1,5 +1,5 @@
 """Outgoing TLS and credentials (issue 10, item 1): exporters built from config keys, against an in-test
-receiver that records what it was sent. Certificates are made in the test (tests/tls_certs.py)."""
+receiver that records what it was sent. Certificates are made in the test (tests/client_certs.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import yaml
 
 from agent.cli import main
 from agent.config import ConfigError, check_file, load_text
-from tests.tls_certs import make_ca
+from tests.client_certs import make_ca
 
 
 def write(tmp_path: Path, exporters: dict, pipelines: dict | None = None) -> Path:

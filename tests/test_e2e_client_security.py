@@ -1,7 +1,7 @@
 """End to end, outgoing TLS and credentials (issue 10, items 1 and 4), with the agent as a subprocess:
 basic auth over TLS into a real Prometheus 2.42 behind `--web.config.file`; a bearer token file rotated while
 the agent runs; and with debug logging, a wrong token and a wrong password, no secret in any log line,
-`headwater status`, `/metrics` or `/status`. Certificates are made in the test (tests/tls_certs.py)."""
+`headwater status`, `/metrics` or `/status`. Certificates are made in the test (tests/client_certs.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from tests.agent_process import REPO_ROOT
 from tests.peers.prometheus import INSTALL_HINT, PROMETHEUS_BINARY, PrometheusServer
 from tests.recording_receiver import RecordingReceiver, only
-from tests.tls_certs import make_ca, server_context
+from tests.client_certs import make_ca, server_context
 
 PROMETHEUS_PASSWORD = "prometheus-pa55word"
 # bcrypt of PROMETHEUS_PASSWORD (cost 5), made once with libxcrypt:
