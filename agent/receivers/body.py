@@ -6,7 +6,9 @@ rest is never inflated.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from typing import Any
 
 import zstandard
 
@@ -91,3 +93,23 @@ def _zstd(body: bytes, limit: int) -> bytes:
     if not d.eof:
         raise BadEncoding("zstd body is truncated")
     return bytes(out)
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive within the read timeout."""
+
+
+async def read_body(content: Any, limit: int, timeout: float) -> bytes:
+    """At most `limit` bytes of a request body as sent, all of it within `timeout` seconds: a client trickling its
+    body cannot hold a connection and its buffers (BodyTimeout; the caller answers 408). Chunked bodies are
+    counted as they arrive (BodyTooLarge past `limit`)."""
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in content.iter_any():
+                buf += chunk
+                if len(buf) > limit:
+                    raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g}s (read_timeout)") from None
+    return bytes(buf)

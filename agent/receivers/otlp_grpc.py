@@ -22,6 +22,7 @@ from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, GrpcBearerInterceptor
+from agent.receivers.grpc_connections import GrpcConnectionSettings
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 from agent.receivers.tls import grpc_server_credentials, tls_mode
@@ -42,9 +43,12 @@ class OtlpGrpcReceiver:
         metrics_wire: WireMetrics | None = None,
         tls: ReceiverTlsConfig | None = None,
         auth: ReceiverAuthConfig | None = None,
+        connections: GrpcConnectionSettings | None = None,
     ) -> None:
         """`metrics_wire`: the metrics pipeline, to offer metrics requests as bytes first (see
-        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`."""
+        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`.
+        `connections`: keepalive and connection ages."""
+        self._connections = connections or GrpcConnectionSettings()
         self._metrics_wire = metrics_wire
         self._tls, self._auth = tls, auth
         self._endpoint = endpoint
@@ -95,6 +99,7 @@ class OtlpGrpcReceiver:
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            *self._connections.server_options(),
         ])
         handlers = []
         for signal in (TRACES, METRICS):  # both, always: a reload may give a signal its pipeline later

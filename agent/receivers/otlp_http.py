@@ -24,6 +24,8 @@ from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
+from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
+from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings, runner_kwargs
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 from agent.receivers.tls import server_ssl_context, tls_mode
@@ -57,9 +59,12 @@ class OtlpHttpReceiver:
         metrics_wire: WireMetrics | None = None,
         tls: ReceiverTlsConfig | None = None,
         auth: ReceiverAuthConfig | None = None,
+        connections: HttpConnectionSettings | None = None,
     ) -> None:
         """`metrics_wire`: the metrics pipeline, to offer protobuf metrics requests as bytes first (see
-        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`."""
+        `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`.
+        `connections`: timeouts and the connection bound."""
+        self._connections = connections or HttpConnectionSettings()
         self._metrics_wire = metrics_wire
         self._tls, self._auth = tls, auth
         host, _, port = endpoint.rpartition(":")
@@ -99,14 +104,15 @@ class OtlpHttpReceiver:
             attrs = {"signal": name, "transport": "http"}
             self._accepted.add(0, attrs)
             self._refused_items.add(0, attrs)
-            for status in ("400", "413", "415", "429") + (("401",) if self._auth is not None else ()):
+            for status in ("400", "408", "413", "415", "429") + (("401",) if self._auth is not None else ()):
                 self._refused.add(0, {**attrs, "status": status})
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
-        middlewares = []
+        guard = ConnectionGuard(self._connections, "http")
+        middlewares = [guard.middleware]
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
         app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
@@ -114,12 +120,11 @@ class OtlpHttpReceiver:
         app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
         app.router.add_route("*", "/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
-                                    shutdown_timeout=self._drain_timeout)
+                                    shutdown_timeout=self._drain_timeout, **runner_kwargs(self._connections))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
+        site = GuardedSite(guard, self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
-        sockets = [s for srv in [site._server] if srv is not None for s in getattr(srv, "sockets", ())]
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        self.bound_port = site.port
         log.info("listening", **kv(receiver="otlp_http", endpoint=f"{self._host}:{self.bound_port}",
                                    tls=tls_mode(self._tls), auth="bearer" if self._auth is not None else "none"))
 
@@ -146,7 +151,10 @@ class OtlpHttpReceiver:
         except _Refusal as refusal:
             self._refused.add(1, {"signal": signal.name, "transport": "http", "status": str(refusal.http_status)})
             log.debug("refused", **kv(signal=signal.name, status=refusal.http_status, reason=refusal.message))
-            return _error_response(request, refusal.http_status, refusal.code, refusal.message, refusal.retry_after)
+            response = _error_response(request, refusal.http_status, refusal.code, refusal.message, refusal.retry_after)
+            if refusal.http_status == 408:
+                response.force_close()  # what is left of a body that came too slowly is not read
+            return response
 
     async def _export(self, request: web.Request, signal: Signal) -> web.Response:
         consume = self._consumers[signal.name]
@@ -199,14 +207,13 @@ class OtlpHttpReceiver:
         return web.Response(status=200, body=response.SerializeToString(), content_type=PROTOBUF)
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """Read at most `max_body_size` bytes as sent; chunked bodies are counted as they arrive."""
-        buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) > self._max_body:
-                raise _Refusal(413, rpc_status.INVALID_ARGUMENT,
-                               f"body exceeds the limit of {self._max_body} bytes (max_body_size)")
-        return bytes(buf)
+        """Read at most `max_body_size` bytes as sent, within `read_timeout`."""
+        try:
+            return await read_body(request.content, self._max_body, self._connections.read_timeout)
+        except BodyTooLarge as exc:
+            raise _Refusal(413, rpc_status.INVALID_ARGUMENT, f"{exc} (max_body_size)") from None
+        except BodyTimeout as exc:
+            raise _Refusal(408, rpc_status.DEADLINE_EXCEEDED, str(exc)) from None
 
 
 def _error_response(request: web.Request, http_status: int, code: int, message: str,

@@ -35,6 +35,8 @@ from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.tls import server_ssl_context, tls_mode
+from agent.receivers.body import BodyTimeout, BodyTooLarge, read_body
+from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings, runner_kwargs
 from exporters.remote_write.compact import SessionLost
 from exporters.remote_write.compact_session import CompactSessions
 from exporters.remote_write.encoding import DecodeError, TooLarge, decompress
@@ -72,9 +74,11 @@ class RemoteWriteReceiver:
         drain_timeout: float = 5.0,
         tls: ReceiverTlsConfig | None = None,
         auth: ReceiverAuthConfig | None = None,
+        connections: HttpConnectionSettings | None = None,
     ) -> None:
-        """`tls`, `auth`: their files are read by `start`."""
+        """`tls`, `auth`: their files are read by `start`. `connections`: timeouts and the connection bound."""
         self._tls, self._auth = tls, auth
+        self._connections = connections or HttpConnectionSettings()
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._max_body = max_body_size
@@ -98,7 +102,7 @@ class RemoteWriteReceiver:
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
         self._accepted.add(0, attrs)  # 0 from the start
-        for status in ("400", "409", "413", "415", "429") + (("401",) if auth is not None else ()):
+        for status in ("400", "408", "409", "413", "415", "429") + (("401",) if auth is not None else ()):
             self._refused.add(0, {**attrs, "status": status})
 
     @property
@@ -115,20 +119,19 @@ class RemoteWriteReceiver:
         if self._runner is not None:
             return
         ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
-        middlewares = []
+        guard = ConnectionGuard(self._connections, "remote_write")
+        middlewares = [guard.middleware]
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
         app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
         app.router.add_post("/api/v1/write", self._handle)
         app.router.add_get("/api/v1/write", self._handshake)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
-                                     shutdown_timeout=self._drain_timeout)
+                                     shutdown_timeout=self._drain_timeout, **runner_kwargs(self._connections))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
+        site = GuardedSite(guard, self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
-        server = site._server
-        sockets = list(getattr(server, "sockets", ())) if server is not None else []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        self.bound_port = site.port
         log.info("listening", **kv(receiver="remote_write", endpoint=f"{self._host}:{self.bound_port}",
                                    tls=tls_mode(self._tls), auth="bearer" if self._auth is not None else "none"))
 
@@ -164,7 +167,10 @@ class RemoteWriteReceiver:
             headers = {}
             if refusal.retry_after is not None:
                 headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after)))
-            return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
+            response = web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
+            if refusal.status == 408:
+                response.force_close()  # what is left of a body that came too slowly is not read
+            return response
 
     async def _write(self, request: web.Request) -> web.Response:
         try:
@@ -228,9 +234,10 @@ class RemoteWriteReceiver:
             self._accepted.add(batch.samples, {"signal": "metrics", "transport": "remote_write"})
 
     async def _read_body(self, request: web.Request) -> bytes:
-        buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) > self._max_body:
-                raise _Refusal(413, f"body exceeds the limit of {self._max_body} bytes (max_body_size)")
-        return bytes(buf)
+        """Read at most `max_body_size` bytes as sent, within `read_timeout`."""
+        try:
+            return await read_body(request.content, self._max_body, self._connections.read_timeout)
+        except BodyTooLarge as exc:
+            raise _Refusal(413, f"{exc} (max_body_size)") from None
+        except BodyTimeout as exc:
+            raise _Refusal(408, str(exc)) from None

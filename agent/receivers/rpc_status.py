@@ -12,6 +12,7 @@ from agent.receivers.proto.rpc_status_pb2 import RetryInfo, Status
 
 # gRPC status codes (google.rpc.Code), which OTLP/HTTP also puts in its error bodies.
 INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
 NOT_FOUND = 5
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
