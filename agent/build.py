@@ -12,7 +12,10 @@ from typing import Any
 
 from agent.admission import Admission
 from agent.config import Config
-from agent.config.schema import OtlpExporterConfig, RemoteWriteConfig
+from agent.config.schema import GrpcReceiverConfig, HttpReceiverConfig, OtlpExporterConfig, RemoteWriteConfig, \
+    RemoteWriteReceiverConfig
+from agent.receivers.grpc_connections import GrpcConnectionSettings
+from agent.receivers.http_connections import HttpConnectionSettings
 from agent.receivers.otlp_grpc import OtlpGrpcReceiver
 from agent.receivers.otlp_http import OtlpHttpReceiver
 from agent.reload import FileSpec, exporter_specs
@@ -109,14 +112,16 @@ def build_http(config: Config, admission: Admission) -> OtlpHttpReceiver:
     http = config.receivers.otlp.http
     return OtlpHttpReceiver(http.endpoint, http.max_body_size, admission, None, None,
                             drain_timeout=config.shutdown_timeout / 2,
-                            tls=http.tls, auth=http.auth)
+                            tls=http.tls, auth=http.auth,
+                            connections=http_connections(http, config.admission.retry_after))
 
 
 def build_grpc(config: Config, admission: Admission) -> OtlpGrpcReceiver:
     """The OTLP/gRPC receiver, with no pipelines yet (`set_consumers`)."""
     grpc = config.receivers.otlp.grpc
     return OtlpGrpcReceiver(grpc.endpoint, grpc.max_message_size, admission, None, None,
-                            tls=grpc.tls, auth=grpc.auth)
+                            tls=grpc.tls, auth=grpc.auth,
+                            connections=grpc_connections(grpc))
 
 
 def build_gateway(config: Config, admission: Admission, consume: Any, sessions: Any = None) -> Any:
@@ -131,4 +136,23 @@ def build_gateway(config: Config, admission: Admission, consume: Any, sessions: 
                                    max_total_bytes=gateway.max_dictionary_total)
     return RemoteWriteReceiver(gateway.endpoint, gateway.max_body_size, admission, consume, sessions=sessions,
                                drain_timeout=config.shutdown_timeout / 2,
-                               tls=gateway.tls, auth=gateway.auth)
+                               tls=gateway.tls, auth=gateway.auth,
+                               connections=http_connections(gateway, config.admission.retry_after))
+
+
+# -- connection management of the receivers (issue 10, item 3) -----------------------------------------------
+
+
+def http_connections(section: HttpReceiverConfig | RemoteWriteReceiverConfig, retry_after: float) -> HttpConnectionSettings:
+    """An aiohttp receiver's timeouts and connection bound; a 503 past it asks for `admission.retry_after`."""
+    return HttpConnectionSettings(read_header_timeout=section.read_header_timeout, read_timeout=section.read_timeout,
+                                  idle_timeout=section.idle_timeout, max_connections=section.max_connections,
+                                  retry_after=max(retry_after, 1.0))
+
+
+def grpc_connections(section: GrpcReceiverConfig) -> GrpcConnectionSettings:
+    return GrpcConnectionSettings(keepalive_time=section.keepalive.time, keepalive_timeout=section.keepalive.timeout,
+                                  max_connection_idle=section.max_connection_idle,
+                                  max_connection_age=section.max_connection_age,
+                                  max_connection_age_grace=section.max_connection_age_grace,
+                                  max_concurrent_streams=section.max_concurrent_streams)

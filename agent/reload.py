@@ -17,6 +17,10 @@ Not live, said in the log, and kept as they run until a restart (`needs_restart`
 - a receiver's `tls` and `auth` settings while its endpoint stays (the listener takes them when it starts; a
   changed endpoint takes them along). What the token file holds is read again at every change of the file,
   without any reload.
+- the gRPC receiver's connection management (`keepalive`, `max_connection_idle`, `max_connection_age`,
+  `max_connection_age_grace`, `max_concurrent_streams`) while its endpoint stays: server options, fixed when
+  the server starts. The aiohttp receivers' (`read_header_timeout`, `read_timeout`, `idle_timeout`,
+  `max_connections`) apply live.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class Plan:
     config: Config
     needs_restart: tuple[ConfigIssue, ...]
 
+
+GRPC_CONNECTION_KEYS = ("keepalive", "max_connection_idle", "max_connection_age", "max_connection_age_grace",
+                        "max_concurrent_streams")
+"""The gRPC receiver's connection management: server options, fixed when its server starts."""
 
 LISTENERS = ("receivers.otlp.http", "receivers.otlp.grpc", "receivers.remote_write", "telemetry")
 """The config sections that each hold one listening socket (`enabled`, `endpoint`)."""
@@ -62,6 +70,13 @@ def plan(running: Config, new: Config) -> Plan:
                                  "the gRPC server fixes it when it starts (a changed endpoint takes it along); "
                                  f"{grpc_before.max_message_size} stays until a restart"))
         config = replace_at(config, "receivers.otlp.grpc.max_message_size", grpc_before.max_message_size)
+    if listens(grpc_before) and listens(grpc_after) and grpc_before.endpoint == grpc_after.endpoint:
+        for key in GRPC_CONNECTION_KEYS:
+            if getattr(grpc_before, key) != getattr(grpc_after, key):
+                notes.append(ConfigIssue(f"receivers.otlp.grpc.{key}",
+                                         "a gRPC server option, fixed when the server starts (a changed endpoint "
+                                         f"takes it along); {getattr(grpc_before, key)} stays until a restart"))
+                config = replace_at(config, f"receivers.otlp.grpc.{key}", getattr(grpc_before, key))
     gw_before, gw_after = running.receivers.remote_write, config.receivers.remote_write
     if listens(gw_before) and listens(gw_after) and gw_before.endpoint == gw_after.endpoint:
         for key in ("max_dictionary_per_sender", "max_dictionary_total"):

@@ -28,6 +28,7 @@ from typing import Any
 from agent import logs, shutdown_summary
 from agent.admission import Admission
 from agent.build import build_exporter, build_exporters, build_gateway, build_grpc, build_http
+from agent.build import http_connections
 from agent.config import Config, ConfigError, check_file
 from agent.config.check import describe_tiers, tiers_source, warnings_for
 from agent.gate import Gate
@@ -150,6 +151,13 @@ class Agent:
             self.grpc.set_consumers(traces, metrics, wire)
         if self.gateway is not None and receivers.remote_write is not None:
             self.gateway.set_consume(self._consume_series, receivers.remote_write.max_body_size)
+        # Connection management (timeouts, max_connections) applies live to the aiohttp receivers; gRPC's needs a
+        # restart (agent.reload).
+        retry_after = self.config.admission.retry_after
+        if self.http is not None:
+            self.http.set_connections(http_connections(receivers.otlp.http, retry_after))
+        if self.gateway is not None and receivers.remote_write is not None:
+            self.gateway.set_connections(http_connections(receivers.remote_write, retry_after))
 
     def _wants_span_metrics(self, config: Config) -> bool:
         p = config.pipelines

@@ -75,6 +75,38 @@ class ReceiverAuthConfig:
     bearer_token_file: FilePath
 
 # --- end of incoming TLS and authentication ---
+# -- connection management of the receivers (issue 10, item 3) -----------------------------------------------
+
+
+def _above_zero(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"expected a duration above 0, found {value!r}s")
+    return value
+
+
+def _grpc_duration(value: float) -> float:
+    if value > _GRPC_MAX_SECONDS:
+        raise ValueError(f"expected at most {_GRPC_MAX_SECONDS}s (grpc counts milliseconds in a C int), found {value!r}s")
+    return value
+
+
+_GRPC_MAX_SECONDS = (2**31 - 1) // 1000
+Timeout = Annotated[Duration, AfterValidator(_above_zero)]
+GrpcTimeout = Annotated[Duration, AfterValidator(_above_zero), AfterValidator(_grpc_duration)]
+GrpcLifetime = Annotated[Duration, AfterValidator(_grpc_duration)]  # 0 = never
+
+
+@dataclass(frozen=True)
+class GrpcKeepaliveConfig:
+    """The server pings a connection after `time` without activity (also when no call is open) and closes it
+    when the ack does not come within `timeout`."""
+
+    __pydantic_config__ = _FORBID_UNKNOWN
+    time: GrpcTimeout = 60.0
+    timeout: GrpcTimeout = 20.0
+
+
+# -- end of connection management ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,13 @@ class HttpReceiverConfig:
     max_body_size: Size = 16 * MiB
     tls: ReceiverTlsConfig | None = None
     auth: ReceiverAuthConfig | None = None
+    # connection management: a request head must arrive within read_header_timeout of its first byte, its body
+    # within read_timeout of the head (else 408); a connection without a byte for idle_timeout is closed;
+    # past max_connections a new client is answered 503 with Retry-After (admission.retry_after).
+    read_header_timeout: Timeout = 10.0
+    read_timeout: Timeout = 60.0
+    idle_timeout: Timeout = 60.0
+    max_connections: Positive = 4096
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,13 @@ class GrpcReceiverConfig:
     max_message_size: Size = 16 * MiB
     tls: ReceiverTlsConfig | None = None
     auth: ReceiverAuthConfig | None = None
+    # connection management: keepalive pings; a GOAWAY after max_connection_idle without a call and after
+    # max_connection_age (0 = never), calls in flight then get max_connection_age_grace; calls per connection.
+    keepalive: GrpcKeepaliveConfig = field(default_factory=GrpcKeepaliveConfig)
+    max_connection_idle: GrpcLifetime = 300.0
+    max_connection_age: GrpcLifetime = 3600.0
+    max_connection_age_grace: GrpcLifetime = 30.0
+    max_concurrent_streams: Annotated[int, Field(ge=1, le=2**31 - 1)] = 100
 
 
 @dataclass(frozen=True)
@@ -122,6 +168,11 @@ class RemoteWriteReceiverConfig:
     max_dictionary_total: Size = 256 * MiB
     tls: ReceiverTlsConfig | None = None
     auth: ReceiverAuthConfig | None = None
+    # connection management, as receivers.otlp.http's
+    read_header_timeout: Timeout = 10.0
+    read_timeout: Timeout = 60.0
+    idle_timeout: Timeout = 60.0
+    max_connections: Positive = 4096
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,3 @@ class GuardedSite(web.TCPSite):
     def bound_port(self) -> int:
         return self.port
 
-
-def runner_kwargs(settings: HttpConnectionSettings) -> dict[str, Any]:
-    """What aiohttp's own handler is told: its keep-alive close agrees with `idle_timeout`."""
-    return {"keepalive_timeout": settings.idle_timeout}

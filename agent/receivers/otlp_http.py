@@ -25,7 +25,7 @@ from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
 from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
-from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings, runner_kwargs
+from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
 from agent.receivers.tls import server_ssl_context, tls_mode
@@ -65,6 +65,7 @@ class OtlpHttpReceiver:
         `Signal.deliver`); `consume_metrics` is then unused. `tls`, `auth`: their files are read by `start`.
         `connections`: timeouts and the connection bound."""
         self._connections = connections or HttpConnectionSettings()
+        self._guard: ConnectionGuard | None = None
         self._metrics_wire = metrics_wire
         self._tls, self._auth = tls, auth
         host, _, port = endpoint.rpartition(":")
@@ -107,11 +108,18 @@ class OtlpHttpReceiver:
             for status in ("400", "408", "413", "415", "429") + (("401",) if self._auth is not None else ()):
                 self._refused.add(0, {**attrs, "status": status})
 
+    def set_connections(self, connections: HttpConnectionSettings) -> None:
+        """Timeouts and the connection bound from now on (a reload changed them); open connections keep the timer
+        they run under until it next starts."""
+        self._connections = connections
+        if self._guard is not None:
+            self._guard.settings = connections
+
     async def start(self) -> None:
         if self._runner is not None:
             return
         ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
-        guard = ConnectionGuard(self._connections, "http")
+        self._guard = guard = ConnectionGuard(self._connections, "http")
         middlewares = [guard.middleware]
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
@@ -120,7 +128,7 @@ class OtlpHttpReceiver:
         app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
         app.router.add_route("*", "/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
-                                    shutdown_timeout=self._drain_timeout, **runner_kwargs(self._connections))
+                                    shutdown_timeout=self._drain_timeout)
         await self._runner.setup()
         site = GuardedSite(guard, self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()

@@ -36,7 +36,7 @@ from agent.logs import kv
 from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.tls import server_ssl_context, tls_mode
 from agent.receivers.body import BodyTimeout, BodyTooLarge, read_body
-from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings, runner_kwargs
+from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from exporters.remote_write.compact import SessionLost
 from exporters.remote_write.compact_session import CompactSessions
 from exporters.remote_write.encoding import DecodeError, TooLarge, decompress
@@ -79,6 +79,7 @@ class RemoteWriteReceiver:
         """`tls`, `auth`: their files are read by `start`. `connections`: timeouts and the connection bound."""
         self._tls, self._auth = tls, auth
         self._connections = connections or HttpConnectionSettings()
+        self._guard: ConnectionGuard | None = None
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._max_body = max_body_size
@@ -115,11 +116,18 @@ class RemoteWriteReceiver:
         if max_body_size is not None:
             self._max_body = max_body_size
 
+    def set_connections(self, connections: HttpConnectionSettings) -> None:
+        """Timeouts and the connection bound from now on (a reload changed them); open connections keep the timer
+        they run under until it next starts."""
+        self._connections = connections
+        if self._guard is not None:
+            self._guard.settings = connections
+
     async def start(self) -> None:
         if self._runner is not None:
             return
         ssl_context = server_ssl_context(self._tls) if self._tls is not None else None
-        guard = ConnectionGuard(self._connections, "remote_write")
+        self._guard = guard = ConnectionGuard(self._connections, "remote_write")
         middlewares = [guard.middleware]
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
@@ -127,7 +135,7 @@ class RemoteWriteReceiver:
         app.router.add_post("/api/v1/write", self._handle)
         app.router.add_get("/api/v1/write", self._handshake)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
-                                     shutdown_timeout=self._drain_timeout, **runner_kwargs(self._connections))
+                                     shutdown_timeout=self._drain_timeout)
         await self._runner.setup()
         site = GuardedSite(guard, self._runner, self._host, self._port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
