@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import sys
+from typing import Any
 
 from agent import __version__
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # every few requests and took ~12% of the agent's CPU in bench/ingest.py. Objects that live for the whole
     # run (modules, config, components) are frozen out of every collection.
     gc.set_threshold(50_000, 20, 100)
+    _raise_open_files_limit(config)
     try:
         agent = Agent(config)
         gc.freeze()
@@ -80,3 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     from agent.shutdown_summary import EXIT_DROPPED
 
     return EXIT_DROPPED if agent.dropped_at_shutdown else 0
+
+
+def _raise_open_files_limit(config: Any) -> None:
+    """Enough descriptors for the receivers' max_connections (agent/open_files.py); a warning when the hard limit
+    is lower."""
+    import logging
+
+    from agent.logs import kv
+    from agent.open_files import raise_soft_limit, wanted
+
+    needed = wanted(config)
+    short = raise_soft_limit(needed)
+    if short is not None:
+        soft, hard = short
+        logging.getLogger("headwater.open_files").warning(
+            "the open-file limit is below what the receivers' max_connections allow: past it accept fails and "
+            "clients wait instead of getting 503; raise LimitNOFILE (ulimit -n) or lower max_connections",
+            **kv(limit=soft, hard_limit=hard, wanted=needed))
+

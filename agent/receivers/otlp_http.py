@@ -23,7 +23,6 @@ from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, aiohttp_middleware
-from agent.receivers.body import BadEncoding, BodyTooLarge, decompress, normalize_encoding
 from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from agent.pipeline import WireMetrics
