@@ -159,3 +159,43 @@ def test_a_connection_gets_goaway_after_max_connection_age_and_is_closed_after_t
 def test_settings_out_of_range_are_refused_naming_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         GrpcConnectionSettings(**{field: value})
+
+
+def test_the_python_sdk_exports_across_connection_ages_without_losing_a_span() -> None:
+    """Connections end every 0.3 s (GOAWAY); a client exporting all along reconnects and every export lands."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for i in range(20):
+        provider.get_tracer("t").start_span(f"aged-{i}").end()
+    spans = memory.get_finished_spans()
+
+    settings = GrpcConnectionSettings(keepalive_time=3600.0, max_connection_idle=0.0, max_connection_age=0.3,
+                                      max_connection_age_grace=0.2)
+    recorder = Recorder()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = OtlpGrpcReceiver("127.0.0.1:0", 1 << 20, Admission(64 << 20, retry_after=1.0), recorder.consume, None,
+                                connections=settings)
+    asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
+    try:
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.bound_port}", insecure=True, timeout=10)
+        results = []
+        started = time.monotonic()
+        for span in spans:  # spread over several connection ages
+            results.append(exporter.export([span]))
+            time.sleep(0.1)
+        exporter.shutdown()
+        assert time.monotonic() - started > 1.0  # several ages passed while exporting
+        assert results == [SpanExportResult.SUCCESS] * len(spans)
+        assert sorted(recorder.span_names()) == sorted(f"aged-{i}" for i in range(20))
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.shutdown(1.0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
