@@ -110,24 +110,25 @@ class Response:
 
 
 def read_response(sock: socket.socket) -> Response:
-    """One HTTP/1.1 response with a Content-Length, read from a blocking socket (its timeout bounds the wait)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before a whole response head arrived: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    """One HTTP/1.1 response with a Content-Length, read from a blocking socket (its timeout bounds the wait),
+    and not a byte more: a pipelined next response stays in the socket."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"connection closed before a whole response head arrived: {head!r}")
+        head += byte
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
         if not chunk:
             raise ConnectionError("connection closed inside a response body")
-        rest += chunk
-    return Response(status, headers, rest[:length])
+        body += chunk
+    return Response(status, headers, body)
 
 
 def closed_by_peer(sock: socket.socket, within: float) -> bool:

@@ -48,11 +48,11 @@ def test_a_client_trickling_its_body_is_answered_408_at_read_timeout_and_closed(
         start = time.monotonic()
         sock.settimeout(BOUND)
         answered = threading.Event()
-        received: list[bytes] = []
+        statuses: list[int] = []
 
         def read() -> None:
             try:
-                received.append(read_response(sock).status.to_bytes(2, "big"))
+                statuses.append(read_response(sock).status)
             finally:
                 answered.set()
 
@@ -66,7 +66,7 @@ def test_a_client_trickling_its_body_is_answered_408_at_read_timeout_and_closed(
             answered.wait(0.02)
         reader.join(BOUND)
         took = time.monotonic() - start
-        assert received and int.from_bytes(received[0], "big") == 408
+        assert statuses == [408]
         assert 0.5 <= took < 0.5 + BOUND
         assert closed_by_peer(sock, within=BOUND)
 
@@ -89,6 +89,17 @@ def test_a_kept_alive_connection_is_closed_after_idle_timeout_once_answered(kind
         answered = time.monotonic()
         assert closed_by_peer(sock, within=0.5 + BOUND)
         assert time.monotonic() - answered >= 0.4  # timer granularity
+
+
+@pytest.mark.parametrize("kind", RECEIVERS)
+def test_a_kept_alive_connection_serves_request_after_request(kind: str) -> None:
+    settings = HttpConnectionSettings(read_header_timeout=1.0, read_timeout=1.0, idle_timeout=1.0)
+    with serving(kind, settings) as served, served.connect() as sock:
+        for _ in range(3):
+            sock.sendall(served.normal_request)
+            assert read_response(sock).status == served.normal_status
+        sock.sendall(served.normal_request * 2)  # pipelined
+        assert [read_response(sock).status for _ in range(2)] == [served.normal_status] * 2
 
 
 @pytest.mark.parametrize("kind", RECEIVERS)
