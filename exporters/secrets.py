@@ -95,6 +95,7 @@ class SecretFile:
         self._stamp: tuple[int, int, int] | None = None
         self._value = ""
         self._checked_at = clock()
+        self._failing = False  # the last check failed: warned already
         stamp, value = self._read()
         self._stamp, self._value = stamp, value
         remember(f"{self.key} {self.path}", value)
@@ -111,21 +112,28 @@ class SecretFile:
             try:
                 stat = os.stat(self.path)
             except OSError as exc:
-                log.warning("secret file cannot be read; the last value read stays in use",
-                            extra={"kv": {"key": self.key, "path": self.path, "error": exc.strerror or str(exc)}})
+                self._warn_once("secret file cannot be read; the last value read stays in use",
+                                exc.strerror or str(exc))
                 return self._value
             if _stamp(stat) == self._stamp:
+                self._failing = False
                 return self._value
             try:
                 stamp, value = self._read()
             except SecretError as exc:
-                log.warning("secret file changed but cannot be used; the last value read stays in use",
-                            extra={"kv": {"key": self.key, "path": self.path, "error": str(exc)}})
+                self._warn_once("secret file changed but cannot be used; the last value read stays in use", str(exc))
                 return self._value
+            self._failing = False
             remember(f"{self.key} {self.path}", value)
             self._stamp, self._value = stamp, value
             log.info("secret file changed; the new value is in use", extra={"kv": {"key": self.key, "path": self.path}})
             return value
+
+    def _warn_once(self, message: str, error: str) -> None:
+        """One warning per failure, not one per check: a receiver checks its token file at every request."""
+        if not self._failing:
+            log.warning(message, extra={"kv": {"key": self.key, "path": self.path, "error": error}})
+        self._failing = True
 
     def _read(self) -> tuple[tuple[int, int, int], str]:
         try:

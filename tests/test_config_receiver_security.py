@@ -104,7 +104,7 @@ def test_tls_files_and_token_files_a_receiver_cannot_use_are_problems_at_their_k
     issues = {i.path: i.message for i in refused.value.issues}
     assert set(issues) == {"receivers.otlp.grpc.tls", "receivers.otlp.http.auth.bearer_token_file"}
     assert "cannot load the TLS certificate" in issues["receivers.otlp.grpc.tls"]
-    assert "the file is empty" in issues["receivers.otlp.http.auth.bearer_token_file"]
+    assert "empty.token is empty" in issues["receivers.otlp.http.auth.bearer_token_file"]
 
 
 def test_validate_passes_usable_files_and_prints_the_exposure_warning(tmp_path: Path,

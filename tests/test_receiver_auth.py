@@ -242,5 +242,5 @@ def test_a_missing_token_file_stops_the_start_naming_the_key(tmp_path: Path) -> 
     async def go() -> None:
         async with http_receiver(auth=ReceiverAuthConfig(str(tmp_path / "absent.token"))):
             pass
-    with pytest.raises(TokenFileError, match="absent.token.*auth.bearer_token_file"):
+    with pytest.raises(TokenFileError, match="auth.bearer_token_file.*absent.token"):
         asyncio.run(go())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,21 +23,23 @@ import grpc
 from aiohttp import web
 
 from agent.logs import kv
+from exporters.secrets import SecretError, SecretFile
 
 log = logging.getLogger("headwater.receivers.auth")
 
 REDACTED = "<redacted>"
-MAX_TOKEN_FILE = 64 * 1024
+
 MISSING = "missing bearer token: send the header Authorization: Bearer <token>"
 WRONG = "invalid bearer token"
 
 
 class TokenFileError(OSError):
-    """The token file cannot be used at start (unreadable, empty, larger than MAX_TOKEN_FILE)."""
+    """The token file cannot be used at start (unreadable, empty, larger than exporters.secrets.MAX_SECRET_BYTES)."""
 
 
 class BearerToken:
-    """The token a receiver requires, from `path`.
+    """The token a receiver requires, from `path` (an `exporters.secrets.SecretFile` checked at every request,
+    so a rotated token counts from the next one, and remembered for redaction like the exporters' secrets).
 
         token = BearerToken("/etc/headwater/receiver.token")
         refusal = token.refusal(request.headers.get("Authorization"))  # None when the request may pass
@@ -46,47 +47,19 @@ class BearerToken:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp: tuple[int, int, int, int] | None = None
-        self._token = b""
-        self._failing = False
-        problem = self._refresh()
-        if problem is not None:
-            raise TokenFileError(f"cannot use the bearer token file {path!r} (auth.bearer_token_file): {problem}")
+        try:
+            self._secret = SecretFile(path, key="auth.bearer_token_file", check_every=0.0)
+        except SecretError as exc:
+            raise TokenFileError(f"cannot use the bearer token file: {exc}") from None
 
     def refusal(self, authorization: str | None) -> str | None:
         """Why a request with this `Authorization` header value is refused (MISSING or WRONG), or None."""
-        problem = self._refresh()
-        if problem is not None and not self._failing:
-            log.warning("cannot read the bearer token file; keeping the last token",
-                        **kv(path=self.path, error=problem, token=REDACTED))
-        self._failing = problem is not None
+        token = self._secret.value().encode("utf-8")
         scheme, _, presented = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return MISSING
-        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), self._token):
+        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), token):
             return WRONG
-        return None
-
-    def _refresh(self) -> str | None:
-        """Read the file again if it changed; what went wrong, or None."""
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if stamp == self._stamp:
-                return None
-            if st.st_size > MAX_TOKEN_FILE:
-                return f"{st.st_size} bytes, expected a token of at most {MAX_TOKEN_FILE} bytes"
-            with open(self.path, "rb") as f:
-                token = f.read(MAX_TOKEN_FILE + 1).strip()
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        if not token:
-            return "the file is empty"
-        if len(token) > MAX_TOKEN_FILE:
-            return f"expected a token of at most {MAX_TOKEN_FILE} bytes"
-        if self._stamp is not None and token != self._token:
-            log.info("bearer token file changed; using the new token", **kv(path=self.path, token=REDACTED))
-        self._stamp, self._token = stamp, token
         return None
 
 
