@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsPartialSuccess,
     ExportMetricsServiceRequest,
@@ -28,6 +29,28 @@ from agent.pipeline import WireMetrics
 from exporters.otlp_json import OtlpJsonError, decode_json
 from samplers.wire import WireError
 
+
+
+class ReceiverCounters(NamedTuple):
+    accepted: metrics.Counter
+    refused_items: metrics.Counter
+    refused: metrics.Counter
+
+
+def receiver_counters(meter: metrics.Meter) -> ReceiverCounters:
+    """The counters every receiver keeps, with their one description (the gateway uses two of them)."""
+    return ReceiverCounters(
+        meter.create_counter(
+            "headwater_receiver_accepted_items",
+            description="Spans or data points (samples, for the gateway) accepted, by signal and transport"),
+        meter.create_counter(
+            "headwater_receiver_refused_items",
+            description="Spans or data points refused inside requests otherwise accepted (partial success), by "
+            "signal and transport"),
+        meter.create_counter(
+            "headwater_receiver_refused_requests",
+            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a "
+            "gRPC status name)"))
 
 
 class Malformed(Exception):

@@ -24,7 +24,7 @@ from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, GrpcBearerInterceptor
 from agent.receivers.grpc_connections import GrpcConnectionSettings
 from agent.pipeline import WireMetrics
-from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, receiver_counters
 from agent.receivers.tls import grpc_server_credentials, tls_mode
 
 log = logging.getLogger("headwater.receivers.otlp_grpc")
@@ -58,17 +58,7 @@ class OtlpGrpcReceiver:
         self._server: grpc.aio.Server | None = None
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_grpc")
-        self._accepted = meter.create_counter(
-            "headwater_receiver_accepted_items",
-            description="Spans or data points (samples, for the gateway) accepted, by signal and transport")
-        self._refused_items = meter.create_counter(
-            "headwater_receiver_refused_items",
-            description="Spans or data points refused inside requests otherwise accepted (partial success), by signal "
-            "and transport")
-        self._refused = meter.create_counter(
-            "headwater_receiver_refused_requests",
-            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
-            "status name)")
+        self._accepted, self._refused_items, self._refused = receiver_counters(meter)
         self.set_consumers(consume_traces, consume_metrics, metrics_wire)
 
     @property

@@ -26,7 +26,7 @@ from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from agent.pipeline import WireMetrics
-from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal
+from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, receiver_counters
 from agent.receivers.tls import server_ssl_context, tls_mode
 from exporters.otlp_json import encode_json
 
@@ -76,17 +76,7 @@ class OtlpHttpReceiver:
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_http")
-        self._accepted = meter.create_counter(
-            "headwater_receiver_accepted_items",
-            description="Spans or data points (samples, for the gateway) accepted, by signal and transport")
-        self._refused_items = meter.create_counter(
-            "headwater_receiver_refused_items",
-            description="Spans or data points refused inside requests otherwise accepted (partial success), by signal "
-            "and transport")
-        self._refused = meter.create_counter(
-            "headwater_receiver_refused_requests",
-            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
-            "status name)")
+        self._accepted, self._refused_items, self._refused = receiver_counters(meter)
         self.set_consumers(consume_traces, consume_metrics, metrics_wire)
 
     @property

@@ -34,6 +34,7 @@ from agent.admission import Admission, Refused
 from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers.auth import BearerToken, aiohttp_middleware
+from agent.receivers.otlp import receiver_counters
 from agent.receivers.tls import server_ssl_context, tls_mode
 from agent.receivers.body import BodyTimeout, BodyTooLarge, read_body
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
@@ -92,13 +93,7 @@ class RemoteWriteReceiver:
         self._lock = asyncio.Lock()  # compact sessions advance one request at a time
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.remote_write")
-        self._accepted = meter.create_counter(
-            "headwater_receiver_accepted_items",
-            description="Spans or data points (samples, for the gateway) accepted, by signal and transport")
-        self._refused = meter.create_counter(
-            "headwater_receiver_refused_requests",
-            description="Requests refused whole, by signal, transport and the status answered (an HTTP code or a gRPC "
-            "status name)")
+        self._accepted, _, self._refused = receiver_counters(meter)
         self._requests = meter.create_counter(
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
