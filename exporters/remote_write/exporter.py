@@ -200,6 +200,7 @@ class RemoteWriteExporter:
         self._next_group = 0
         self._queued_samples = 0  # in the queue, not yet acknowledged (entries restored from disk included)
         self._syncing: asyncio.Task[None] | None = None
+        self._sync_waiting = False  # the sync task is in its write grace (may be cancelled for an immediate one)
         self._started = False
         self._shut_down = False
         self._lost_at_shutdown = 0  # samples shutdown could neither deliver nor keep on disk
@@ -522,6 +523,7 @@ class RemoteWriteExporter:
         assert self._queue is not None
         now = self._wall_clock()
         queued = False
+        behind = len(self._queue) > 0  # earlier requests still unacknowledged: no ack is coming soon
         while self._spilled:
             batch, nbytes, group = self._spilled[0]
             try:
@@ -545,14 +547,24 @@ class RemoteWriteExporter:
             self._queued_samples += entry.count
             if self._sender is not None:
                 self._sender.observe_put(entry.count)
-        if queued and self._queue_settings.durable and (self._syncing is None or self._syncing.done()):
+        if queued and self._queue_settings.durable:
             # In the file within flush_interval of the answer to the client (plus this write), unless delivered.
-            self._syncing = asyncio.create_task(self._sync(), name=f"remote_write[{self.name}].sync")
+            # Behind a backlog, at once: entries not yet written cannot be evicted, and would only pin memory.
+            grace = 0.0 if behind else self._write_grace
+            if self._syncing is not None and not self._syncing.done() and grace == 0.0 and self._sync_waiting:
+                self._syncing.cancel()
+                self._syncing = None
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.create_task(self._sync(grace), name=f"remote_write[{self.name}].sync")
 
-    async def _sync(self) -> None:
-        """Write what was put, after `write_grace`: requests acknowledged by then are never written."""
-        if self._write_grace:
-            await asyncio.sleep(self._write_grace)
+    async def _sync(self, grace: float) -> None:
+        """Write what was put, after `grace`: requests acknowledged by then are never written."""
+        if grace:
+            self._sync_waiting = True
+            try:
+                await asyncio.sleep(grace)
+            finally:
+                self._sync_waiting = False
         if self._queue is not None:
             await self._queue.flush()
 
