@@ -166,7 +166,7 @@ class Agent:
     def _new_span_metrics(self, config: Config) -> None:
         assert self.traces is not None
         sm = config.span_metrics
-        red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series)
+        red = RedAggregator(sm.buckets, sm.dimensions, sm.max_series, idle_expiry=sm.idle_expiry)
         self.traces.sampler.span_observer = red  # every span, before any sampling decision
         self.span_metrics = SpanMetrics(red, self._gate.guard(lambda request: self._pipeline("metrics").consume(request)),
                                         sm.flush_interval)
@@ -497,11 +497,12 @@ class Agent:
             before, after = old.span_metrics, new.span_metrics
             if (before.buckets, before.dimensions, before.max_series) != (after.buckets, after.dimensions,
                                                                           after.max_series):
-                red = RedAggregator(after.buckets, after.dimensions, after.max_series)
+                red = RedAggregator(after.buckets, after.dimensions, after.max_series, idle_expiry=after.idle_expiry)
                 assert self.traces is not None
                 self.traces.sampler.span_observer = red  # spans from now on; the old totals go out first
                 await current.replace(red, new.shutdown_timeout)
             current.flush_interval = after.flush_interval
+            current.aggregator.idle_expiry = after.idle_expiry  # bounded state: applies from the next flush
 
     async def _reload_telemetry_push(self, old: Config, new: Config) -> None:
         before, after = old.telemetry, new.telemetry

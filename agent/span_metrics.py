@@ -114,14 +114,15 @@ def _add_resource(request: ExportMetricsServiceRequest, identity: tuple[str, str
     histogram_points = duration.histogram.data_points
     for s in items:
         attributes = _point_attributes(s)
+        start = min(int(s.start_time * 1e9), now_ns) if s.start_time else start_ns
         point = call_points.add()
         point.attributes.extend(attributes)
-        point.start_time_unix_nano = start_ns
+        point.start_time_unix_nano = start
         point.time_unix_nano = now_ns
         point.as_int = s.calls
         h = histogram_points.add()
         h.attributes.extend(attributes)
-        h.start_time_unix_nano = start_ns
+        h.start_time_unix_nano = start
         h.time_unix_nano = now_ns
         h.count = s.calls
         h.sum = s.duration_sum * 1e3
@@ -150,6 +151,7 @@ class SpanMetrics:
         self._shut_down = False
         self.flushes = 0
         self.failed_flushes = 0
+        self._expired_before = 0  # series expired by aggregators replaced at a reload
         self._register_metrics()
 
     async def start(self) -> None:
@@ -181,12 +183,20 @@ class SpanMetrics:
         except asyncio.TimeoutError:
             self.failed_flushes += 1
             log.error("span metrics flush before a reload did not finish in time", **kv(timeout_s=timeout))
+        self._expired_before += self.aggregator.expired_series
         self.aggregator = aggregator
         self._bounds_ms = [b / 1e6 for b in aggregator.bounds_ns]
         self._start_ns = int(aggregator.created * 1e9)
 
+    @property
+    def expired_series(self) -> int:
+        """Series forgotten when idle since start, across reloads."""
+        return self._expired_before + self.aggregator.expired_series
+
     async def flush(self) -> bool:
-        """Hand the current totals to the metrics pipeline now; False (logged, counted) if it refused them."""
+        """Hand the current totals to the metrics pipeline now; False (logged, counted) if it refused them.
+        Series idle for the aggregator's `idle_expiry` are forgotten first (samplers.red, "Bounds")."""
+        self.aggregator.expire(self._clock())
         series = self.aggregator.snapshot()
         if not series:
             return True
@@ -219,6 +229,10 @@ class SpanMetrics:
                                         [lambda _o: [metrics.Observation(self.aggregator.overflow_spans)]], unit="{span}",
                                         description="Spans counted into a service's otel_metric_overflow series "
                                         "because span_metrics.max_series was reached.")
+        meter.create_observable_counter("headwater_span_metrics_expired_series",
+                                        [lambda _o: [metrics.Observation(self.expired_series)]], unit="{series}",
+                                        description="Span-metrics series forgotten after span_metrics.idle_expiry "
+                                        "without a span (counted from 0).")
         meter.create_observable_counter("headwater_span_metrics_flushes",
                                         [lambda _o: [metrics.Observation(self.flushes, {"outcome": "ok"}),
                                                      metrics.Observation(self.failed_flushes, {"outcome": "failed"})]],

@@ -28,6 +28,12 @@ Bounds, all enforced:
 - the resource cache holds at most `max_resource_bytes` of resource_part bytes (oldest evicted first);
 - the indexes hold at most 4 * max_series + 1024 entries in all; past that they are cleared and rebuilt from
   the series table as spans arrive (the series themselves are kept).
+- a series (overflow series included) that counted no span for `idle_expiry` seconds is forgotten by
+  `expire(now)`, which the caller runs once per flush: a client that sends endless new span names holds at
+  most `max_series` places, and those it stopped using come free. A forgotten series that comes back starts
+  from zero with a new start time (`RedSeries.start_time`), as the Collector's spanmetrics connector does with
+  its `metrics_expiration`. `expired_series` counts them. Idleness is seen per call of `expire`, so a series
+  goes between `idle_expiry` and `idle_expiry` plus one interval between calls after its last span.
 
 Durations are end - start in integer nanoseconds (0 when the end is before the start), so sums are exact;
 bucket i counts durations d with bounds[i-1] < d <= bounds[i] (OTLP explicit-bucket semantics, upper
@@ -84,6 +90,9 @@ class RedSeries(NamedTuple):
     """True for a series that folds spans of series refused past max_series: then span_name is "", kind and
     status_code 0 and dimensions empty; the service fields are those of the resource (all "" for the series
     of resources first seen past the limit)."""
+    start_time: float = 0.0
+    """Seconds since the epoch when the series started counting, if after the aggregator's `created` (it was
+    forgotten when idle and came back); 0.0: since `created`."""
 
 
 def attribute_text(value: object) -> str:
@@ -124,7 +133,8 @@ class RedAggregator:
     """
 
     def __init__(self, buckets: Sequence[float], dimensions: Sequence[str] = (), max_series: int = 10_000, *,
-                 max_resource_bytes: int = 4 << 20, clock: Callable[[], float] = time.time) -> None:
+                 max_resource_bytes: int = 4 << 20, idle_expiry: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
         buckets = tuple(float(b) for b in buckets)
         for i, bound in enumerate(buckets):
             if not (math.isfinite(bound) and bound > 0):
@@ -147,11 +157,20 @@ class RedAggregator:
             raise ValueError(f"max_series: expected at least 1, found {max_series}")
         if max_resource_bytes < 1:
             raise ValueError(f"max_resource_bytes: expected at least 1, found {max_resource_bytes}")
+        if not idle_expiry > 0:
+            raise ValueError(f"idle_expiry: expected more than 0 seconds, found {idle_expiry!r}")
         self.buckets = buckets
         self.dimensions = dimensions
         self.max_series = max_series
         self.max_resource_bytes = max_resource_bytes
+        self.idle_expiry = idle_expiry
+        self._clock = clock
         self.created = clock()
+        self.expired_series = 0
+        # Per series (overflow ones keyed by ("overflow", identity)): (calls when last looked, when they changed).
+        self._activity: dict[tuple, tuple[int, float]] = {}
+        self._started: dict[tuple, float] = {}  # series created after an expiry: their own start time
+        self._expired_any = False
         # A leading sentinel below every duration (durations are >= 0), so bisect_left gives 1 + the bucket
         # index: the cell slot to count in, slot 0 being the duration sum.
         self._bounds = [-1, *bounds_ns]
@@ -266,11 +285,15 @@ class RedAggregator:
             if len(self._series) < self.max_series:
                 cell = self._series[key] = [0] * self._width
                 self._service_series[identity] = self._service_series.get(identity, 0) + 1
+                if self._expired_any:
+                    self._started[key] = self._clock()
             else:
                 home = identity if identity in self._service_series else _NO_RESOURCE
                 cell = self._overflow.get(home)
                 if cell is None:
                     cell = self._overflow[home] = [0] * self._width
+                    if self._expired_any:
+                        self._started[("overflow", home)] = self._clock()
         if self._index_entries >= self._max_index_entries:
             for resource in self._resources.values():
                 resource.index.clear()
@@ -280,17 +303,65 @@ class RedAggregator:
         self._index_entries += 1
         return cell
 
+    # -- idle expiry ---------------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Forget every series that counted no span for `idle_expiry` seconds before `now` (seconds, the
+        clock's); returns how many. O(series); run it once per flush, not per span."""
+        limit = now - self.idle_expiry
+        activity = self._activity
+        seen: dict[tuple, tuple[int, float]] = {}
+        gone: list[tuple] = []
+        for table, prefix in ((self._series, None), (self._overflow, "overflow")):
+            for key, cell in table.items():
+                akey = key if prefix is None else (prefix, key)
+                calls = sum(cell) - cell[0]
+                last = activity.get(akey)
+                if last is None or last[0] != calls:
+                    seen[akey] = (calls, now)
+                elif last[1] <= limit:
+                    gone.append(akey)
+                else:
+                    seen[akey] = last
+        self._activity = seen
+        if not gone:
+            return 0
+        for akey in gone:
+            self._started.pop(akey, None)
+            if akey[0] == "overflow":
+                del self._overflow[akey[1]]
+                continue
+            del self._series[akey]
+            identity = akey[0]
+            left = self._service_series[identity] - 1
+            if left:
+                self._service_series[identity] = left
+            else:
+                del self._service_series[identity]
+        # Indexes point at the cells just dropped: clear them; they are rebuilt from the series as spans come.
+        for resource in self._resources.values():
+            resource.index.clear()
+        self._resource.index.clear()
+        self._index_entries = 0
+        self._expired_any = True
+        self.expired_series += len(gone)
+        return len(gone)
+
     # -- reading -----------------------------------------------------------------------------------------
 
     def snapshot(self) -> list[RedSeries]:
-        """Every series, cumulative since `created`; overflow series last."""
+        """Every series, cumulative since `created` (or its own `start_time`); overflow series last."""
         out = []
-        for (identity, name, kind, code, pairs), cell in self._series.items():
+        started = self._started
+        for key, cell in self._series.items():
+            identity, name, kind, code, pairs = key
             counts = tuple(cell[1:])
-            out.append(RedSeries(*identity, name, kind, code, pairs, sum(counts), cell[0] / 1e9, counts))
+            out.append(RedSeries(*identity, name, kind, code, pairs, sum(counts), cell[0] / 1e9, counts,
+                                 start_time=started.get(key, 0.0) if started else 0.0))
         for identity, cell in self._overflow.items():
             counts = tuple(cell[1:])
-            out.append(RedSeries(*identity, "", 0, 0, (), sum(counts), cell[0] / 1e9, counts, overflow=True))
+            out.append(RedSeries(*identity, "", 0, 0, (), sum(counts), cell[0] / 1e9, counts, overflow=True,
+                                 start_time=started.get(("overflow", identity), 0.0) if started else 0.0))
         return out
 
     @property

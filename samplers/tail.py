@@ -45,7 +45,6 @@ _ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED, _UNSCHEDULED = 1, 2, 4, 8, 16, 32
 # and a list slot wherever a run of its spans starts in a trace.
 SPAN_OVERHEAD = 33 + 8
 GROUP_SLOT = 8
-TRACE_OVERHEAD = 480
 GROUP_OVERHEAD = 33 * 2 + 56
 
 REASONS = ("tier", "error", "http_5xx", "latency")
@@ -58,6 +57,13 @@ _ZERO_SPAN_ID = bytes(8)
 _OUTPUT_BYTES = 1 << 20
 KEY_WINDOW = 30.0          # seconds over which key counts decay (e-folding)
 MAX_KEYS_PER_TIER = 10_000
+MAX_SUFFIXES = 4096        # (threshold, tier, reason) -> encoded suffix; thresholds come from clients' tracestate
+# The eviction index: one heap entry (a 4-tuple, a fresh int and a list slot) per run of spans closed while it
+# is kept (only while the buffer is over half of max_memory). Compaction keeps at most two entries per trace
+# (plus a constant slack), so each trace is charged two, whether the index exists at the time or not.
+EVICTION_ENTRY = 72 + 32 + 8
+_COMPACT_SLACK = 1024
+TRACE_OVERHEAD = 480 + 2 * EVICTION_ENTRY
 
 
 class SpanObserver(Protocol):
@@ -103,6 +109,12 @@ class TailSampler:
         self._out: dict[tuple[bytes, bytes], list[bytes]] = {}
         self._out_bytes = 0
         self.buffered_bytes = 0
+        # (-tier, -bytes, first seen, trace ID) per run closed: popping the least gives the trace eviction takes
+        # next (lowest tier, largest, oldest). Entries go stale as traces grow or are decided; a stale one is
+        # recognised at pop by its tier and bytes no longer matching. None while the buffer is under half full.
+        self._eviction: list[tuple[int, int, float, bytes]] | None = None
+        self.suffixes_evicted = 0
+        self.keys_evicted = 0   # per-key counts that decayed away or were refused past MAX_KEYS_PER_TIER
         self.shed_tiers = 0  # the lowest this-many tiers are dropped outright (exporter pressure)
         self._controller: BudgetController | None = None
         # Sees every span before any decision (RED metrics stay exact while traces are sampled).
@@ -140,6 +152,8 @@ class TailSampler:
         self._apply(settings)
         for entry in self._traces.values():
             entry[_TIER] = self._rematch(entry)
+        if self._eviction is not None:
+            self._start_index()
 
     def _rematch(self, entry: list) -> int:
         tier = self._matcher.catch_all
@@ -192,6 +206,7 @@ class TailSampler:
                     counts[key] *= decay
                     if counts[key] < 0.01:
                         del counts[key]
+                        self.keys_evicted += 1
                 self._key_thresholds[tier] = {k: consistent.threshold_for(r)
                                               for k, r in key_rates(rates[tier], counts).items()}
         self._rates_at = now
@@ -317,6 +332,11 @@ class TailSampler:
         accepted = scanned.spans - (rejected - scanned.rejected)
         self.stats.spans_in += accepted
         self.stats.traces_in += new_traces
+        if self._eviction is None:
+            if self.buffered_bytes > s.max_memory >> 1:
+                self._start_index()
+        elif self.buffered_bytes < s.max_memory >> 2:
+            self._eviction = None
         if self.buffered_bytes > s.max_memory:
             self._evict()
         return Ingested(accepted, rejected, reject_message)
@@ -336,6 +356,8 @@ class TailSampler:
             if not flags & _UNSCHEDULED:
                 heapq.heappush(self._schedule, (now, trace_id))
         entry[_FLAGS] = flags
+        if self._eviction is not None:
+            self._index(trace_id, entry)
 
     def _late(self, group: tuple[bytes, bytes], span: bytes, decided: tuple, tracestate: str) -> None:
         if decided is DROPPED or not decided:
@@ -380,6 +402,7 @@ class TailSampler:
             self._decide(trace_id, entry, now)
             count += 1
         self._schedule.clear()
+        self._eviction = None
         return count
 
     def _decide(self, trace_id: bytes, entry: list, now: float) -> None:
@@ -452,6 +475,7 @@ class TailSampler:
         key = tuple(parts)
         counts = self._key_counts[tier]
         if key not in counts and len(counts) >= MAX_KEYS_PER_TIER:
+            self.keys_evicted += 1
             return tier_threshold  # too many keys to track: the tier's own rate
         counts[key] = counts.get(key, 0.0) + 1.0
         return self._key_thresholds[tier].get(key, 0)
@@ -466,6 +490,11 @@ class TailSampler:
             suffix = with_trace_state(b"", "ot=th:" + consistent.encode_th(threshold))
             if self.settings.annotate:
                 suffix += self._attr_suffix(tier, reason)
+            if len(self._suffixes) >= MAX_SUFFIXES:
+                # Thresholds are the tiers' few, unless clients send their own th: then forget them all (a
+                # rebuild costs a few µs each) rather than grow with what clients send.
+                self.suffixes_evicted += len(self._suffixes)
+                self._suffixes.clear()
             self._suffixes[key] = suffix
         return span + suffix
 
@@ -474,23 +503,46 @@ class TailSampler:
 
     # -- memory pressure -----------------------------------------------------------------------------------
 
+    @property
+    def decisions_evicted(self) -> int:
+        """Remembered decisions forgotten to stay within decision_cache_bytes (oldest first)."""
+        return self._decisions.evicted
+
+    def _start_index(self) -> None:
+        """Build the eviction index from every buffered trace: O(n), once per stretch above half of max_memory
+        (or per compaction, after at least as many runs as there are traces: amortized O(1) per run)."""
+        heap = [(-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id) for trace_id, entry in self._traces.items()]
+        heapq.heapify(heap)
+        self._eviction = heap
+
+    def _index(self, trace_id: bytes, entry: list) -> None:
+        heap = self._eviction
+        heapq.heappush(heap, (-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id))  # type: ignore[arg-type]
+        if len(heap) > 2 * len(self._traces) + _COMPACT_SLACK:  # type: ignore[arg-type]
+            self._start_index()
+
     def _evict(self) -> None:
-        """Drop traces until 90% of max_memory: lowest tier first, and within it the largest, then oldest."""
+        """Drop traces until 90% of max_memory: lowest tier first, and within it the largest, then oldest.
+
+        Victims come off the eviction index, a heap ordered by exactly that, in O(log n) each; entries whose
+        trace was decided, or grew or changed tier since, are skipped (its newer entry is in the heap)."""
         target = int(self.settings.max_memory * 0.9)
-        by_tier: dict[int, list[tuple[int, float, bytes]]] = {}
-        for trace_id, entry in self._traces.items():
-            by_tier.setdefault(entry[_TIER], []).append((entry[_NBYTES], -entry[_FIRST], trace_id))
-        for tier in sorted(by_tier, reverse=True):
-            for nbytes, _age, trace_id in sorted(by_tier[tier], reverse=True):
-                if self.buffered_bytes <= target:
-                    return
-                entry = self._traces.pop(trace_id)
-                self.buffered_bytes -= entry[_NBYTES]
-                self._decisions.put(trace_id, DROPPED)
-                name = self._names[tier]
-                self.stats.add(self.stats.dropped_traces, name, 1)
-                self.stats.add(self.stats.dropped_spans, name, entry[_NSPANS])
-                self.stats.add(self.stats.drops_by_reason, "memory_pressure", entry[_NSPANS])
+        if self._eviction is None:
+            self._start_index()
+        heap, traces = self._eviction, self._traces
+        assert heap is not None
+        while heap and self.buffered_bytes > target:
+            neg_tier, neg_bytes, _first, trace_id = heapq.heappop(heap)
+            entry = traces.get(trace_id)
+            if entry is None or entry[_TIER] != -neg_tier or entry[_NBYTES] != -neg_bytes:
+                continue
+            del traces[trace_id]
+            self.buffered_bytes -= entry[_NBYTES]
+            self._decisions.put(trace_id, DROPPED)
+            name = self._names[-neg_tier]
+            self.stats.add(self.stats.dropped_traces, name, 1)
+            self.stats.add(self.stats.dropped_spans, name, entry[_NSPANS])
+            self.stats.add(self.stats.drops_by_reason, "memory_pressure", entry[_NSPANS])
 
     # -- output --------------------------------------------------------------------------------------------
 

@@ -270,3 +270,55 @@ def test_no_buckets_is_a_single_overflow_bucket():
     observe(red, request((SHOP, [span(), span(duration_ns=10**12)])))
     [s] = red.snapshot()
     assert s.bucket_counts == (2,) and s.calls == 2
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_series_without_spans_for_idle_expiry_is_forgotten_and_frees_its_place():
+    clock = Clock()
+    red = RedAggregator(BUCKETS, max_series=2, idle_expiry=60.0, clock=clock)
+    svc = {"service.name": "shop"}
+    observe(red, request((svc, [span("a"), span("b")])))
+    red.expire(clock.now)
+    clock.now += 30
+    observe(red, request((svc, [span("a")])))  # "a" stays busy, "b" goes idle
+    assert red.expire(clock.now) == 0
+    clock.now += 31
+    assert red.expire(clock.now) == 1
+    assert [s.span_name for s in red.snapshot()] == ["a"]
+    assert red.expired_series == 1
+    observe(red, request((svc, [span("c")])))  # the freed place takes a new series, not the overflow
+    names = {s.span_name: s for s in red.snapshot()}
+    assert set(names) == {"a", "c"} and not any(s.overflow for s in red.snapshot())
+    assert names["c"].start_time == clock.now and names["a"].start_time == 0.0
+
+
+def test_a_series_that_comes_back_after_expiry_starts_from_zero_and_spans_after_expiry_are_counted():
+    clock = Clock()
+    red = RedAggregator(BUCKETS, idle_expiry=10.0, clock=clock)
+    body = request(({"service.name": "shop"}, [span("a")]))
+    observe(red, body)
+    red.expire(clock.now)
+    clock.now += 11
+    assert red.expire(clock.now) == 1 and red.snapshot() == []
+    observe(red, body)
+    observe(red, body)  # the index was cleared with the series: the same bytes find the new cell
+    (series,) = red.snapshot()
+    assert series.calls == 2 and series.start_time == clock.now
+
+
+def test_idle_overflow_series_expire_too():
+    clock = Clock()
+    red = RedAggregator(BUCKETS, max_series=1, idle_expiry=10.0, clock=clock)
+    observe(red, request(({"service.name": "shop"}, [span("a"), span("b")])))
+    assert red.overflow_spans == 1
+    red.expire(clock.now)
+    clock.now += 11
+    assert red.expire(clock.now) == 2
+    assert red.series_count == 0 and red.overflow_spans == 0

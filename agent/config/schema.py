@@ -459,13 +459,16 @@ class SpanMetricsConfig:
     `flush_interval` through the metrics pipeline that sets `span_metrics: true`. A series is one service
     (name, namespace, instance), span name, kind, status code and the values of `dimensions` (span attribute
     names, falling back to resource attributes). Past `max_series` series, new ones are folded into one
-    `otel.metric.overflow=true` series per service, so totals stay exact."""
+    `otel.metric.overflow=true` series per service, so totals stay exact. A series without a span for
+    `idle_expiry` is forgotten (its place comes free; it starts again from 0 if it comes back)."""
 
     __pydantic_config__ = _FORBID_UNKNOWN
     flush_interval: Annotated[Duration, AfterValidator(_positive)] = 5.0
     dimensions: Annotated[tuple[str, ...], AfterValidator(_check_dimensions)] = ()
     buckets: Annotated[tuple[Duration, ...], AfterValidator(_check_buckets)] = DEFAULT_SPAN_METRICS_BUCKETS
     max_series: Positive = 10_000
+    # bounded state (issue 10, item 6)
+    idle_expiry: Annotated[Duration, AfterValidator(_positive)] = 300.0
 
 
 @dataclass(frozen=True)
