@@ -24,6 +24,7 @@ from exporters.file import FileExporter
 from exporters.otlp_http import OtlpHttpTraceExporter
 from exporters.remote_write.cumulative import DeltaToCumulative
 from exporters.remote_write.exporter import RemoteWriteExporter
+from exporters.remote_write.series_limit import SeriesLimit
 from exporters.remote_write.translate import Limits
 from exporters.retry import RetryPolicy
 from exporters.sending.queue import QueueSettings
@@ -62,6 +63,7 @@ def build_exporter(name: str, config: Config, delta: DeltaToCumulative | None = 
                       max_label_value_length=rw.limits.max_label_value_length,
                       max_labels_per_series=rw.limits.max_labels_per_series,
                       max_series_per_metric=rw.limits.max_series_per_metric),
+        series_limit=SeriesLimit(rw.limits.max_series_per_metric, rw.limits.max_series, rw.limits.idle_expiry),
         promote=rw.promote_resource_attributes, protocol=rw.protocol, compression=rw.compression,
         compression_level=rw.compression_level, security=client_security(rw, exporter_key(name, config)),
         queue=queue_settings(rw, config.state_dir),

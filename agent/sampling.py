@@ -165,6 +165,17 @@ class SampledTraces:
         )
         for name, callback, unit, description in counters:
             meter.create_observable_counter(name, [callback], unit=unit, description=description)
+        # bounded state (issue 10, item 6)
+        meter.create_observable_counter(
+            "headwater_sampling_state_evictions",
+            [lambda _o: [metrics.Observation(self.sampler.decisions_evicted, {"state": "decision_cache"}),
+                         metrics.Observation(self.sampler.keys_evicted, {"state": "key_counts"}),
+                         metrics.Observation(self.sampler.suffixes_evicted, {"state": "threshold_suffixes"})]],
+            unit="{entry}",
+            description="Entries of the sampler's bounded state dropped to stay within their bound, by state: "
+            "decision_cache (oldest decisions past sampling.decision_cache_size), key_counts (per-key rate "
+            "counts decayed away or refused past 10,000 keys a tier), threshold_suffixes (cache cleared past "
+            "4096 entries). Traces evicted from the buffer are in headwater_sampling_dropped_spans_by_reason.")
         meter.create_observable_gauge(
             "headwater_sampling_buffered_bytes", [one(lambda: self.sampler.buffered_bytes)], unit="By",
             description="Bytes of spans buffered while their traces wait for a decision (bounded by "

@@ -386,6 +386,10 @@ class LimitsConfig:
     max_label_value_length: Positive = 2048
     max_labels_per_series: Positive = 30
     max_series_per_metric: Positive = 10_000
+    # bounded state (issue 10, item 6): max_series_per_metric holds across requests; a series unseen for
+    # idle_expiry frees its place; max_series bounds all metrics of the exporter together
+    idle_expiry: Annotated[Duration, Field(gt=0)] = 600.0
+    max_series: Positive = 200_000
 
 
 @dataclass(frozen=True)

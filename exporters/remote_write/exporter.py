@@ -48,6 +48,7 @@ from exporters.remote_write.formats import new_encoder, protocols_for
 from exporters.remote_write.records import SampleBatchCodec
 from exporters.remote_write.series import SampleBatch
 from exporters.remote_write.series_cache import SeriesCache
+from exporters.remote_write.series_limit import SeriesLimit
 from exporters.remote_write.translate import Limits, translate, translate_wire
 from exporters.remote_write.transport import USER_AGENT as USER_AGENT  # re-exported
 from exporters.remote_write.transport import AiohttpTransport, Transport
@@ -138,6 +139,7 @@ class RemoteWriteExporter:
         sender: SenderSettings | None = None,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        series_limit: SeriesLimit | None = None,
     ) -> None:
         if not name:
             raise ValueError("name must not be empty")
@@ -160,6 +162,7 @@ class RemoteWriteExporter:
         self._promote = tuple(promote)
         self._delta = delta_to_cumulative
         self._series = SeriesCache()  # this endpoint's series identities, kept across requests
+        self.series_limit = series_limit  # max_series_per_metric across requests (series_limit.py)
         self.name = name
         self._url = url
         self._retry = retry
@@ -245,6 +248,12 @@ class RemoteWriteExporter:
             description="Age of the oldest data the endpoint's queue holds; 0 when empty.")
         for reason in ("rejected", "too_old", "queue_full", "corrupt", "error"):
             self._dropped.add(0, {**self._attributes, "reason": reason})
+        # bounded state (issue 10, item 6)
+        meter.create_observable_counter(
+            "headwater_remote_write_state_evictions", unit="{entry}", callbacks=[self._observe_state_evictions],
+            description="Entries of bounded per-endpoint state dropped to stay within their bound, by state: "
+            "series_cache (label sets, 32 MiB), series_limit (series unseen for limits.idle_expiry), "
+            "delta_to_cumulative (streams unseen for their staleness limit).")
         self._sent.add(0, self._attributes)
         self._failed.add(0, self._attributes)
         meter.create_observable_gauge(
@@ -361,6 +370,8 @@ class RemoteWriteExporter:
         self._take(batch)
 
     def _take(self, batch: SampleBatch) -> None:
+        if self.series_limit is not None:
+            batch = self.series_limit.apply(batch, self._clock())
         for reason, count in batch.dropped.items():
             self._dropped.add(count, {**self._attributes, "reason": reason})
             # Warn once per reason: an app exporting delta sums every 10 s would otherwise flood the log.
@@ -655,6 +666,13 @@ class RemoteWriteExporter:
             metrics.Observation(self.queued_bytes, {**self._attributes, "medium": "memory"}),
             metrics.Observation(queue.disk_bytes if queue is not None else 0, {**self._attributes, "medium": "disk"}),
         ]
+
+    def _observe_state_evictions(self, _options: object) -> list[metrics.Observation]:
+        limit, delta = self.series_limit, self._delta
+        counts = {"series_cache": self._series.evicted,
+                  "series_limit": limit.expired if limit is not None else 0,
+                  "delta_to_cumulative": delta.stats().get("stale_forgotten", 0) if delta is not None else 0}
+        return [metrics.Observation(n, {**self._attributes, "state": state}) for state, n in counts.items()]
 
     def _observe_oldest(self, _options: object) -> list[metrics.Observation]:
         oldest = self._queue.oldest_created() if self._queue is not None else None

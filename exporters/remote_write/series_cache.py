@@ -61,6 +61,7 @@ class SeriesCache:
         "_old",
         "_old_bytes",
         "_young_bytes",
+        "evicted",
         "max_bytes",
         "rotations",
         "young",
@@ -81,6 +82,8 @@ class SeriesCache:
         self._next_context = 0
         self.rotations = 0
         """Generations dropped so far: how often the cache evicted (for tests and diagnostics)."""
+        self.evicted = 0
+        """Entries dropped with their generation (not found again in the young one): self-telemetry."""
 
     @property
     def nbytes(self) -> int:
@@ -153,6 +156,8 @@ class SeriesCache:
     def _rotate(self) -> None:
         """Drop the old generation; the young one becomes old. Interned tuples no entry holds any longer go too."""
         self.rotations += 1
+        young = self.young
+        self.evicted += sum(1 for key in self._old if key not in young)
         self._old, self._old_bytes = self.young, self._young_bytes
         self.young, self._young_bytes = {}, 0
         canonical = self._canonical
