@@ -543,6 +543,13 @@ class TailSampler:
             self.stats.add(self.stats.dropped_traces, name, 1)
             self.stats.add(self.stats.dropped_spans, name, entry[_NSPANS])
             self.stats.add(self.stats.drops_by_reason, "memory_pressure", entry[_NSPANS])
+        schedule = self._schedule
+        if len(schedule) > 2 * len(traces) + _COMPACT_SLACK:
+            # Evicted traces leave their schedule entries until their deadline: under sustained overload that
+            # is the ingest rate times decision_wait. Keep one per buffered trace instead (amortized O(1)).
+            schedule[:] = [(entry[_DEADLINE], trace_id) for trace_id, entry in traces.items()
+                           if not entry[_FLAGS] & _UNSCHEDULED]
+            heapq.heapify(schedule)
 
     # -- output --------------------------------------------------------------------------------------------
 

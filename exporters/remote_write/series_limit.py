@@ -134,7 +134,10 @@ class SeriesLimit:
                 return False
             self._series += 1
         table[identity] = epoch
-        self._known[id(labels)] = [labels, table, identity, epoch]
+        known = self._known
+        if len(known) > 2 * self._series + 1024:  # label tuples not reused (a churning series cache): let go
+            known.clear()
+        known[id(labels)] = [labels, table, identity, epoch]
         return True
 
     def _expire(self, epoch: int) -> None:
