@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from samplers import consistent
+from samplers import consistent, sweep
 from samplers.controller import BudgetController, key_rates
 from samplers.decisions import DROPPED, DecisionCache
 from samplers.rules import TierMatcher
@@ -59,7 +59,7 @@ KEY_WINDOW = 30.0          # seconds over which key counts decay (e-folding)
 MAX_KEYS_PER_TIER = 10_000
 MAX_SUFFIXES = 4096        # (threshold, tier, reason) -> encoded suffix; thresholds come from clients' tracestate
 # The eviction index: one heap entry (a 4-tuple, a fresh int and a list slot) per run of spans closed while it
-# is kept (only while the buffer is over half of max_memory). Compaction keeps at most two entries per trace
+# is kept (only while the buffer is over half of max_memory). Sweeps keep it under about two entries per trace
 # (plus a constant slack), so each trace is charged two, whether the index exists at the time or not.
 EVICTION_ENTRY = 72 + 32 + 8
 _COMPACT_SLACK = 1024
@@ -113,6 +113,8 @@ class TailSampler:
         # next (lowest tier, largest, oldest). Entries go stale as traces grow or are decided; a stale one is
         # recognised at pop by its tier and bytes no longer matching. None while the buffer is under half full.
         self._eviction: list[tuple[int, int, float, bytes]] | None = None
+        self._eviction_sweep = -1  # cursor of the sweep taking stale entries out of it (samplers/sweep.py)
+        self._schedule_sweep = -1
         self.suffixes_evicted = 0
         self.keys_evicted = 0   # per-key counts that decayed away or were refused past MAX_KEYS_PER_TIER
         self.shed_tiers = 0  # the lowest this-many tiers are dropped outright (exporter pressure)
@@ -337,8 +339,10 @@ class TailSampler:
                 self._start_index()
         elif self.buffered_bytes < s.max_memory >> 2:
             self._eviction = None
+            self._eviction_sweep = -1
         if self.buffered_bytes > s.max_memory:
             self._evict()
+        self._sweep(4 * scanned.spans + _COMPACT_SLACK)
         return Ingested(accepted, rejected, reject_message)
 
     def _close_run(self, trace_id: bytes, entry: list, nbytes: int, nspans: int, flags: int, tier: int,
@@ -403,6 +407,7 @@ class TailSampler:
             count += 1
         self._schedule.clear()
         self._eviction = None
+        self._eviction_sweep = self._schedule_sweep = -1
         return count
 
     def _decide(self, trace_id: bytes, entry: list, now: float) -> None:
@@ -510,46 +515,78 @@ class TailSampler:
 
     def _start_index(self) -> None:
         """Build the eviction index from every buffered trace: O(n), once per stretch above half of max_memory
-        (or per compaction, after at least as many runs as there are traces: amortized O(1) per run)."""
+        (and at a reconfigure); from then on it is kept up per run of spans and swept (`_sweep`)."""
         heap = [(-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id) for trace_id, entry in self._traces.items()]
         heapq.heapify(heap)
         self._eviction = heap
+        self._eviction_sweep = -1
 
     def _index(self, trace_id: bytes, entry: list) -> None:
+        heapq.heappush(self._eviction, (-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id))  # type: ignore[arg-type]
+
+    def _sweep(self, budget: int) -> None:
+        """Take stale entries out of the eviction index and the schedule once they outnumber the buffered traces
+        by half (decided, evicted or grown traces leave theirs behind), `budget` positions of each per call:
+        amortized O(log n) per stale entry and never a pass over either heap at once, so the ingest path does not
+        stall (a rebuild of 35k entries took 60 ms). Each heap stays under about two entries per trace."""
+        traces = self._traces
+        limit = len(traces) + (len(traces) >> 1) + _COMPACT_SLACK
         heap = self._eviction
-        heapq.heappush(heap, (-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id))  # type: ignore[arg-type]
-        if len(heap) > 2 * len(self._traces) + _COMPACT_SLACK:  # type: ignore[arg-type]
-            self._start_index()
+        if heap is not None:
+            if self._eviction_sweep < 0 and len(heap) > limit:
+                self._eviction_sweep = sweep.start(heap)
+            if self._eviction_sweep >= 0:
+                def stale_index(item: tuple, get: Callable = traces.get) -> bool:
+                    entry = get(item[3])
+                    return entry is None or entry[_NBYTES] != -item[1] or entry[_TIER] != -item[0]
+                self._eviction_sweep = sweep.sweep(heap, self._eviction_sweep, budget, stale_index)
+        schedule = self._schedule
+        if self._schedule_sweep < 0 and len(schedule) > limit:
+            self._schedule_sweep = sweep.start(schedule)
+        if self._schedule_sweep >= 0:
+            def stale_due(item: tuple, get: Callable = traces.get) -> bool:
+                entry = get(item[1])
+                return entry is None or entry[_DEADLINE] != item[0]
+            self._schedule_sweep = sweep.sweep(schedule, self._schedule_sweep, budget, stale_due)
 
     def _evict(self) -> None:
-        """Drop traces until 90% of max_memory: lowest tier first, and within it the largest, then oldest.
+        """Drop traces until the buffer is 1/128 of max_memory under it: lowest tier first, and within it the
+        largest, then the oldest.
 
         Victims come off the eviction index, a heap ordered by exactly that, in O(log n) each; entries whose
-        trace was decided, or grew or changed tier since, are skipped (its newer entry is in the heap)."""
-        target = int(self.settings.max_memory * 0.9)
+        trace was decided, or grew or changed tier since, are skipped (its newer entry is in the heap). Each
+        call frees little more than the request that triggered it brought in, so no ingest pays for freeing a
+        large share of the buffer at once (it used to go down to 90 %, which amortized a sort of every trace)."""
+        settings = self.settings
+        target = settings.max_memory - (settings.max_memory >> 7)
         if self._eviction is None:
             self._start_index()
         heap, traces = self._eviction, self._traces
         assert heap is not None
-        while heap and self.buffered_bytes > target:
-            neg_tier, neg_bytes, _first, trace_id = heapq.heappop(heap)
+        decisions = self._decisions
+        buffered = self.buffered_bytes
+        evicted: dict[int, list[int]] = {}  # tier -> [traces, spans]
+        pop = heapq.heappop
+        while heap and buffered > target:
+            neg_tier, neg_bytes, _first, trace_id = pop(heap)
             entry = traces.get(trace_id)
             if entry is None or entry[_TIER] != -neg_tier or entry[_NBYTES] != -neg_bytes:
                 continue
             del traces[trace_id]
-            self.buffered_bytes -= entry[_NBYTES]
-            self._decisions.put(trace_id, DROPPED)
+            buffered += neg_bytes
+            decisions.put(trace_id, DROPPED)
+            counts = evicted.get(neg_tier)
+            if counts is None:
+                counts = evicted[neg_tier] = [0, 0]
+            counts[0] += 1
+            counts[1] += entry[_NSPANS]
+        self.buffered_bytes = buffered
+        stats = self.stats
+        for neg_tier, (ntraces, nspans) in evicted.items():
             name = self._names[-neg_tier]
-            self.stats.add(self.stats.dropped_traces, name, 1)
-            self.stats.add(self.stats.dropped_spans, name, entry[_NSPANS])
-            self.stats.add(self.stats.drops_by_reason, "memory_pressure", entry[_NSPANS])
-        schedule = self._schedule
-        if len(schedule) > 2 * len(traces) + _COMPACT_SLACK:
-            # Evicted traces leave their schedule entries until their deadline: under sustained overload that
-            # is the ingest rate times decision_wait. Keep one per buffered trace instead (amortized O(1)).
-            schedule[:] = [(entry[_DEADLINE], trace_id) for trace_id, entry in traces.items()
-                           if not entry[_FLAGS] & _UNSCHEDULED]
-            heapq.heapify(schedule)
+            stats.add(stats.dropped_traces, name, ntraces)
+            stats.add(stats.dropped_spans, name, nspans)
+            stats.add(stats.drops_by_reason, "memory_pressure", nspans)
 
     # -- output --------------------------------------------------------------------------------------------
 

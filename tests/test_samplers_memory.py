@@ -72,6 +72,7 @@ def test_evictions_take_the_lowest_tier_first_and_within_it_the_largest_then_the
         if i < 5:
             order.append(p0[i])
     push = gen.trace(tier="P0", spans=2, resource=CHECKOUT)
+    more = gen.trace(tier="P0", spans=30, resource=CHECKOUT)  # larger than a large P2 trace: two more must go
 
     def fill(max_memory: int) -> tuple[TailSampler, FakeClock]:
         clock = FakeClock()
@@ -88,7 +89,9 @@ def test_evictions_take_the_lowest_tier_first_and_within_it_the_largest_then_the
     sampler, clock = fill(probe.buffered_bytes - 1)
     assert sampler.buffered_bytes == filled and sampler.stats.drops_by_reason == {}
     sampler.ingest(spans_request(push, push.spans))
-    assert sampler.buffered_bytes <= 0.9 * sampler.settings.max_memory
+    assert sampler.buffered_bytes <= sampler.settings.max_memory - sampler.settings.max_memory // 128
+    sampler.ingest(spans_request(more, more.spans))
+    assert sampler.buffered_bytes <= sampler.settings.max_memory - sampler.settings.max_memory // 128
 
     def evicted(traces: list[Trace]) -> list[bool]:
         return [d is DROPPED for d in sampler.decided(t.trace_id for t in traces)]
@@ -97,7 +100,7 @@ def test_evictions_take_the_lowest_tier_first_and_within_it_the_largest_then_the
     k = sum(large)
     assert k >= 2
     assert large == [True] * k + [False] * (20 - k), "the oldest of the equally large go first"
-    assert not any(evicted(p2_small + p1 + p0 + [push]))
+    assert not any(evicted(p2_small + p1 + p0 + [push, more]))
     assert sampler.stats.drops_by_reason == {"memory_pressure": 20 * k}
     assert sampler.stats.dropped_traces == {"P2": k}
     # A span of an evicted trace that arrives later follows the eviction: dropped, and counted.
