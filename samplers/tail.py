@@ -59,11 +59,11 @@ KEY_WINDOW = 30.0          # seconds over which key counts decay (e-folding)
 MAX_KEYS_PER_TIER = 10_000
 MAX_SUFFIXES = 4096        # (threshold, tier, reason) -> encoded suffix; thresholds come from clients' tracestate
 # The eviction index: one heap entry (a 4-tuple, a fresh int and a list slot) per run of spans closed while it
-# is kept (only while the buffer is over half of max_memory). Sweeps keep it under about two entries per trace
-# (plus a constant slack), so each trace is charged two, whether the index exists at the time or not.
+# is kept (only while the buffer is over half of max_memory). Sweeps keep it at about one and a half entries
+# per trace (plus a constant slack), so each trace is charged that, whether the index exists at the time or not.
 EVICTION_ENTRY = 72 + 32 + 8
 _COMPACT_SLACK = 1024
-TRACE_OVERHEAD = 480 + 2 * EVICTION_ENTRY
+TRACE_OVERHEAD = 480 + 3 * EVICTION_ENTRY // 2
 
 
 class SpanObserver(Protocol):
