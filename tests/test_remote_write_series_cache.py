@@ -215,6 +215,7 @@ def test_the_cache_stays_within_its_byte_bound_and_evicts() -> None:
         assert cache.nbytes <= cache.max_bytes
         assert _comparable(batch) == _comparable(translate(request))
     assert cache.rotations > 0
+    assert cache.evicted > 0  # counted for self-telemetry (headwater_remote_write_state_evictions_total)
 
 
 def test_a_working_set_in_half_the_bound_is_never_evicted() -> None:
@@ -223,7 +224,7 @@ def test_a_working_set_in_half_the_bound_is_never_evicted() -> None:
     held = cache.nbytes
     for step in range(2, 10):
         translate(_request(step), cache=cache)
-    assert cache.rotations == 0
+    assert cache.rotations == 0 and cache.evicted == 0
     assert cache.nbytes == held  # nothing new was built
 
 

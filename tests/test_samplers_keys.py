@@ -88,3 +88,21 @@ def test_root_name_keys_split_one_service():
 def test_without_a_key_every_trace_of_the_tier_has_the_same_rate():
     fractions = run((), MIX, seconds=60)
     assert abs(fractions[("busy", "GET /")] - TIER_RATE) < 0.03
+
+
+def test_keys_past_the_per_tier_limit_get_the_tiers_rate_and_are_counted(monkeypatch):
+    import samplers.tail
+
+    monkeypatch.setattr(samplers.tail, "MAX_KEYS_PER_TIER", 50)
+    now = [0.0]
+    settings = SamplingSettings(decision_wait=1.0, root_delay=0.5, keep_errors=False, keep_http_5xx=False,
+                                latency=0.0, annotate=False, tiers=(Tier("all", TIER_RATE, key=("root.name",)),))
+    sampler = TailSampler(settings, lambda: now[0])
+    rng = random.Random(3)
+    for second in range(10):  # 40 new root names a second: endless keys
+        for i in range(40):
+            sampler.ingest(request(rng, "shop", f"endless-{second}-{i}", 1))
+        now[0] += 1.0
+        sampler.tick(100_000)
+    assert max(len(counts) for counts in sampler._key_counts.values()) <= 50
+    assert sampler.keys_evicted > 0

@@ -180,3 +180,42 @@ def test_under_sustained_overload_eviction_walks_the_buffer_at_most_once_per_as_
     assert evicting_requests > 100, "sustained overload: every other request evicts"
     assert _CountingTraces.walks <= runs // buffered + 1, (
         f"{_CountingTraces.walks} walks of ~{buffered} traces for {evicting_requests} evicting requests")
+
+
+def test_under_sustained_overload_the_samplers_live_memory_stays_within_its_bounds() -> None:
+    # Evicted and decided traces leave schedule and eviction-index entries behind (lazy deletion); they must be
+    # swept, or a flood grows the heaps with the ingest rate times decision_wait, outside any bound.
+    clock = FakeClock()
+    max_memory, decisions = 4 * MiB, 1 * MiB
+    sampler = TailSampler(SamplingSettings(max_memory=max_memory, decision_cache_bytes=decisions,
+                                           decision_wait=60.0, root_delay=60.0), clock)
+    gen = TraceGenerator(seed="flood", mix={"P1": 0.2, "P2": 0.8}, spans=(1, 2), span_bytes=200)
+    bodies = requests(gen.traces(20_000), per_request=200)
+    sampler.ingest(bodies[0])  # first-use caches are not buffer memory
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for round_ in range(4):  # 80,000 traces through a buffer that holds ~4,000
+            for body in bodies:
+                sampler.ingest(body if round_ == 0 else _fresh(body, round_))
+                clock.advance(0.001)
+        gc.collect()
+        live = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sampler.stats.drops_by_reason["memory_pressure"] > 0
+    print(f"live {live / MiB:.2f} MiB for max_memory {max_memory / MiB:.0f} MiB + decisions {decisions / MiB:.0f} MiB")
+    assert live <= max_memory + decisions + 512 * 1024
+
+
+def _fresh(body: bytes, round_: int) -> bytes:
+    """The same request with every trace ID new: its 16-byte IDs' first byte xor'ed with the round."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest.FromString(body)
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.trace_id = bytes([span.trace_id[0] ^ round_]) + span.trace_id[1:]
+    return request.SerializeToString()

@@ -501,3 +501,36 @@ def test_decide_all_at_shutdown_decides_every_buffered_trace() -> None:
             assert trace.trace_id in kept
     stats = sampler.stats
     assert sum(stats.kept_spans.values()) + sum(stats.dropped_spans.values()) == stats.spans_in
+
+
+
+def test_the_threshold_suffix_cache_stays_bounded_under_endless_incoming_thresholds_and_counts_what_it_forgets(
+        monkeypatch) -> None:
+    # A trace whose root carries a client's `ot=th:...` is kept at that threshold (or higher); its spans without
+    # a tracestate get the cached suffix for it. Clients choose the thresholds: endless distinct ones.
+    import random
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    import samplers.tail
+
+    monkeypatch.setattr(samplers.tail, "MAX_SUFFIXES", 16)
+    clock = FakeClock()
+    sampler = TailSampler(SamplingSettings(decision_wait=1.0, root_delay=0.5, annotate=False,
+                                           tiers=(Tier("all", 1.0),)), clock)
+    rng = random.Random(5)
+    spans = []
+    for i in range(200):
+        trace_id, root = rng.randbytes(16), rng.randbytes(8)
+        spans.append(Span(trace_id=trace_id, span_id=root, name="root", trace_state=f"ot=th:{i + 1:04x}",
+                          start_time_unix_nano=1, end_time_unix_nano=2))
+        spans.append(Span(trace_id=trace_id, span_id=rng.randbytes(8), parent_span_id=root, name="child",
+                          start_time_unix_nano=1, end_time_unix_nano=2))
+    sampler.ingest(ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])])
+                   .SerializeToString())
+    clock.advance(2.0)
+    sampler.tick(10_000)
+    assert sum(sampler.stats.kept_traces.values()) > 100
+    assert len(sampler._suffixes) <= 16
+    assert sampler.suffixes_evicted > 0

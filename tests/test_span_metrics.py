@@ -246,3 +246,28 @@ def test_time_never_precedes_the_start_time_even_when_the_clock_steps_back():
 def test_a_flush_interval_that_is_not_positive_is_refused(interval):
     with pytest.raises(ValueError, match="flush_interval"):
         SpanMetrics(aggregator(), Recorder().consume, interval)
+
+
+
+def test_a_series_idle_past_idle_expiry_leaves_the_next_flush_and_comes_back_with_its_own_start_time():
+    now = [NOW]
+    red = RedAggregator(BUCKETS, idle_expiry=60.0, clock=lambda: now[0])
+    recorder = Recorder()
+    metrics = SpanMetrics(red, recorder.consume, flush_interval=5.0, clock=lambda: now[0])
+
+    def flush_at(t: float) -> dict:
+        now[0] = NOW + t
+        asyncio.run(metrics.flush())
+        points = recorder.requests[-1].resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points
+        return {attributes(p)["span.name"]: p for p in points}
+
+    observe(red, request((SHOP, [span(name="old")])))
+    assert set(flush_at(0)) == {"old"}
+    observe(red, request((SHOP, [span(name="new")])))
+    assert set(flush_at(30)) == {"old", "new"}
+    assert set(flush_at(61)) == {"new"}  # "old": no span for 61 s
+    assert metrics.expired_series == 1
+    now[0] = NOW + 70
+    observe(red, request((SHOP, [span(name="old")])))
+    back = flush_at(75)["old"]
+    assert back.as_int == 1 and back.start_time_unix_nano == int((NOW + 70) * 1e9)
