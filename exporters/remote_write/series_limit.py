@@ -13,8 +13,9 @@ whose label values change over time (pods, versions) would be capped for ever by
 A family is the metric's name without `_bucket`, `_count` or `_sum` (and a series without its `le` or
 `quantile` label), so a histogram with ten buckets counts as one series of its family, as in `translate`.
 Per sample the cost is one lookup by the label tuple's identity (the series cache interns them, so one series
-is one object while it stays cached); last-seen times are kept per epoch (a quarter of `idle_expiry`), so a
-series is written at most once per epoch. Memory: at most `max_series` admitted series, each with the label
+is one object while it stays cached) and one set insertion; last-seen times are written once per epoch (a
+quarter of `idle_expiry`) for the series the epoch saw, not per sample. Samples the gateway forwards
+(`consume_series`) are not limited: their label tuples are new objects in every request. Memory: at most `max_series` admitted series, each with the label
 tuples that named it; `expire` forgets what is idle and is run at most once per epoch.
 """
 
@@ -62,6 +63,7 @@ class SeriesLimit:
         self._series = 0
         # id(label tuple) -> [the tuple (kept alive, so the id is not reused), family table, identity, epoch]
         self._known: dict[int, list] = {}
+        self._seen: set[int] = set()  # ids of tuples seen in the current epoch
         self.expired = 0
         """Series forgotten after idle_expiry without a sample."""
         self.refused = 0
@@ -104,22 +106,28 @@ class SeriesLimit:
             exemplar_sizes=pick(batch.exemplar_sizes, exemplars), dropped=dropped)
 
     def _refused(self, column: list[Labels], epoch: int) -> set[int]:
-        """ids of the label tuples in `column` refused now (admitting, and touching, the others)."""
+        """ids of the label tuples in `column` refused now (admitting the others, and noting them seen).
+
+        The common case, every tuple known, costs three C-level passes (~0.1 µs a sample on a loaded 2-core VM): an id in `_known` is
+        always its own tuple's, since the entry keeps that tuple alive. Last-seen epochs are written from
+        `_seen` (ids of known tuples only, so it is bounded as `_known` is) once per epoch, not per sample."""
+        ids = list(map(id, column))
         known = self._known
+        if None not in list(map(known.get, ids)):
+            self._seen.update(ids)
+            return set()
         refused: set[int] = set()
+        seen = self._seen
         previous = None
         for labels in column:
             if labels is previous:
                 continue
             previous = labels
-            found = known.get(id(labels))
-            if found is not None and found[0] is labels:
-                if found[3] != epoch:
-                    found[3] = epoch
-                    found[1][found[2]] = epoch
-                continue
-            if not self._admit(labels, epoch):
-                refused.add(id(labels))
+            key = id(labels)
+            if key in known:
+                seen.add(key)
+            elif key not in refused and not self._admit(labels, epoch):
+                refused.add(key)
         return refused
 
     def _admit(self, labels: Labels, epoch: int) -> bool:
@@ -141,7 +149,19 @@ class SeriesLimit:
         return True
 
     def _expire(self, epoch: int) -> None:
-        """Forget series last seen more than four epochs (idle_expiry) ago, and label tuples not seen since."""
+        """Write down what the last epoch saw, then forget series last seen more than four epochs (idle_expiry)
+        ago, and label tuples not seen since."""
+        known = self._known
+        seen_epoch = epoch - 1  # the epoch that just ended (after a pause with no batch, a later one than the
+        # truth: a series is then kept a little longer, never forgotten early)
+        for key in self._seen:
+            found = known.get(key)
+            if found is not None and found[3] < seen_epoch:
+                found[3] = seen_epoch
+                table, identity = found[1], found[2]
+                if table.get(identity, seen_epoch) < seen_epoch:
+                    table[identity] = seen_epoch
+        self._seen = set()
         oldest = epoch - 4
         for family in list(self._families):
             table = self._families[family]
