@@ -733,6 +733,42 @@ def test_an_entry_acknowledged_before_it_was_written_is_never_written(tmp_path: 
     run(scenario)
 
 
+def test_a_sender_that_keeps_up_costs_no_disk_writes_not_even_the_position(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = await open_queue(tmp_path)
+        position = tmp_path / POSITION_FILE
+        before = position.stat().st_ino, position.read_bytes()
+        for _ in range(3):
+            put_all(queue, names(2))
+            queue.ack(await queue.get(2, 1 << 30))
+            assert await queue.flush()
+        assert segment_files(tmp_path) == []
+        assert (position.stat().st_ino, position.read_bytes()) == before  # never replaced
+        await queue.close()
+
+    run(scenario)
+
+
+@pytest.mark.usefixtures("kills")
+def test_an_entry_written_then_acknowledged_is_not_handed_out_again_after_a_kill(tmp_path: Path) -> None:
+    async def before_kill() -> None:
+        queue = await open_queue(tmp_path)
+        put_all(queue, names(3))
+        queue.ack(await queue.get(1, 1 << 30))  # never written
+        assert await queue.flush()  # 1 and 2 written
+        queue.ack(await queue.get(1, 1 << 30))  # 1: written, then acknowledged
+        assert await queue.flush()
+
+    async def after_kill() -> None:
+        queue = await open_queue(tmp_path)
+        assert [e.seq for e in await drain(queue)] == [2]
+        assert queue.put(b"next", 4, 1.0, 1).seq == 3
+        await queue.close()
+
+    run(before_kill)
+    run(after_kill)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Property: every entry ends acknowledged once or dropped once, in order, across restarts and kills
 # ---------------------------------------------------------------------------------------------------------
