@@ -215,6 +215,8 @@ class DiskQueue(Generic[T]):
         self._stopping = False
         self._closed = False
         self._cycles_started = 0
+        self._in_cycle = False  # a cycle is between its start and its end (its thread call in flight)
+        self._batching = False  # the writer waits out sync_interval before its next cycle
         self._flush_waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
     # ----------------------------------------------------------------------------------------------------------
@@ -251,6 +253,10 @@ class DiskQueue(Generic[T]):
         retried). Returns at once after close."""
         if self._task is None or self._stopping:
             return not self._failing
+        if self._settled():
+            if self._batching:  # nothing left to batch: the next put starts a new interval, so the one running
+                self._now.set()  # now cannot end just after that put and write it before the owner's grace
+            return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._flush_waiters.append((self._cycles_started + 1, waiter))
         self._work.set()
@@ -355,11 +361,13 @@ class DiskQueue(Generic[T]):
     def ack(self, entries: Sequence[Entry[T]]) -> None:
         """Done with these; the position moves at the next cycle. Entries not out (or acknowledged already) are
         ignored."""
+        finished = self._finished
         for entry in entries:
             slot = self._lineup.finish_out(entry.seq)
             if slot is not None:
                 self._finish(slot)
-        self._work.set()
+        if self._finished != finished:  # a record on disk is done: the position must say so (entries never
+            self._work.set()  # written need nothing: their pending write is skipped when a cycle comes)
 
     def nack(self, entries: Sequence[Entry[T]]) -> None:
         """Hand these out again before anything newer; their items are held in memory again (or evicted)."""
@@ -545,16 +553,30 @@ class DiskQueue(Generic[T]):
         A cancelled task (the loop ending without close, as at a kill) writes nothing more."""
         while not self._stopping:
             await self._work.wait()
+            self._batching = True
             try:  # not asyncio.wait_for: in 3.11 it swallows a cancel that comes as `_now` is set (a kill hangs)
                 async with asyncio.timeout(self.sync_interval):
                     await self._now.wait()
             except TimeoutError:
                 pass
+            finally:
+                self._batching = False
             if self._stopping:
                 break
             self._work.clear()
             self._now.clear()
             await self._cycle()
+
+    def _settled(self) -> bool:
+        """Whether the files hold what they should: nothing to write, persist or delete, no cycle in flight and
+        none failing. A flush then has nothing to wait for (a sender that keeps up: every entry acknowledged
+        within the write grace)."""
+        if self._in_cycle or self._failing or self._persisted is None or self._unwritten_count:
+            return False
+        if self._finished != self._finished_persisted:
+            return False
+        current = self._appender.current
+        return not any(segment.live == 0 and segment is not current for segment in self._segments.values())
 
     def _progress(self) -> Progress:
         position, done = self._lineup.done_ranges(self._next_seq, MAX_DONE_RANGES)
@@ -564,6 +586,7 @@ class DiskQueue(Generic[T]):
         """Persist the position, delete finished segments, write pending entries, in that order (deleting
         first keeps the files under max_disk; persisting first keeps seqs growing across restarts)."""
         self._cycles_started += 1
+        self._in_cycle = True
         number = self._cycles_started
         batch = [slot for slot in self._pending if not slot.done]
         self._pending = []
@@ -672,6 +695,7 @@ class DiskQueue(Generic[T]):
         return not problems and not appended.unencodable
 
     def _end_cycle(self, number: int, ok: bool) -> None:
+        self._in_cycle = False
         waiting = []
         for want, waiter in self._flush_waiters:
             if want <= number:
