@@ -5,7 +5,7 @@ the batcher holds one flush and cuts it into requests with each series whole (`b
 one queue entry, in memory or in segment files under `state_dir` (`exporters.sending`), written and fsynced
 `write_grace` after the cut unless acknowledged by then -> the sender delivers them, the requests of one cut in parallel (they share no series),
 one cut after another, so each series stays in time order (`exporters.sending.sender`) -> the connection
-encodes each in the negotiated format (in a thread), posts it and says what the answer means
+encodes each in the negotiated format (in a thread when it is large), posts it and says what the answer means
 (`connection`) -> the transport does the HTTP exchange (`transport`).
 
 Every sample ends in one counted outcome: sent, dropped (refused with a 4xx, older than
