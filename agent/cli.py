@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config or '(default config)'}: ok")
         return 0
     from agent import logs
+    from agent.malloc_tuning import tune_malloc
     from agent.service import Agent
     from agent.telemetry import describe_process
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     # run (modules, config, components) are frozen out of every collection.
     gc.set_threshold(50_000, 20, 100)
     _raise_open_files_limit(config)
+    tune_malloc()
     try:
         agent = Agent(config)
         gc.freeze()
