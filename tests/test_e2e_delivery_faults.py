@@ -135,12 +135,6 @@ def samples_waiting_on_disk(directory: Path) -> int:
     return sum(r.count for r in records_on_disk(directory) if progress is None or not progress.is_done(r.seq))
 
 
-def persisted_position(directory: Path) -> int:
-    """The first seq not done, as the position file says (0 before the first write)."""
-    progress, _ = read_position(directory)
-    return 0 if progress is None else progress.position
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -117,7 +117,7 @@ def test_delta_counters_keep_their_totals_across_a_sigkill_while_their_samples_w
     from tests.rw_fault_proxy import FaultProxy
     from tests.test_e2e_delivery_faults import (
         agent_config,
-        persisted_position,
+        sent,
         queue_dir,
         restarted,
         samples_waiting_on_disk,
@@ -143,7 +143,7 @@ def test_delta_counters_keep_their_totals_across_a_sigkill_while_their_samples_w
             prometheus.wait_for_query(f"{a} == 3", lambda r: len(r) == 1, timeout=20)
             # Acknowledged and persisted as done (a request acknowledged late is written first; one acknowledged
             # within the write grace never is), so the records that wait after this are the next points'.
-            wait_until(lambda: persisted_position(queue_dir(first)) >= 1 and samples_waiting_on_disk(queue_dir(first)) == 0,
+            wait_until(lambda: sent(first) >= 2 and samples_waiting_on_disk(queue_dir(first)) == 0,
                        "the 3 acknowledged on disk too")
 
             proxy.down()  # the store is away: the next points wait in the queue file
