@@ -19,6 +19,7 @@ import json
 import math
 import re
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,6 +83,8 @@ def decode_json(body: bytes | str, message_type: type[M]) -> M:
         raise OtlpJsonError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise OtlpJsonError("invalid JSON: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: the one other thing json.loads refuses
+        raise OtlpJsonError(f"invalid JSON: an integer of more than {sys.get_int_max_str_digits()} digits") from None
     if not isinstance(obj, dict):
         raise OtlpJsonError(f"expected a JSON object at the top level, got {_kind(obj)}")
     message = message_type()
@@ -256,7 +259,11 @@ def _float(value: Any, where: str, single: bool) -> float:
     if isinstance(value, bool):
         pass
     elif isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer literal past the largest double
+            raise OtlpJsonError(f"{where}: {_show(value)} is out of range for {'float' if single else 'double'}"
+                                ) from None
     elif isinstance(value, str):
         if value in _SPECIAL_FLOATS:
             result = _SPECIAL_FLOATS[value]

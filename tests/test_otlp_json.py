@@ -276,3 +276,19 @@ def test_encode_then_decode_is_identity_for_generated_spans(generated: list[Span
     decoded = decode_json(encode_json(request), ExportTraceServiceRequest)
     # Compared as deterministic bytes: NaN attribute values are equal bytes but never equal floats.
     assert decoded.SerializeToString(deterministic=True) == request.SerializeToString(deterministic=True)
+
+
+# Found by tests/test_fuzz_receivers.py: both were a 500 from the receivers (an exception no one expected).
+
+
+def test_an_integer_past_the_largest_double_in_a_double_field_is_refused_as_out_of_range() -> None:
+    body = ('{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"x","gauge":{"dataPoints":[{"asDouble":'
+            + "1" * 400 + '}]}}]}]}]}')
+    with pytest.raises(OtlpJsonError, match=r"dataPoints\[0\]\.asDouble: 1+\.\.\. is out of range for double"):
+        decode_json(body.encode(), ExportMetricsServiceRequest)
+
+
+def test_an_integer_with_more_digits_than_python_reads_is_invalid_json() -> None:
+    body = '{"resourceMetrics":' + "1" * 5000 + "}"
+    with pytest.raises(OtlpJsonError, match="invalid JSON: an integer of more than 4300 digits"):
+        decode_json(body.encode(), ExportMetricsServiceRequest)
