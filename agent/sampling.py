@@ -17,6 +17,7 @@ from opentelemetry import metrics
 
 from agent.config.schema import SPAN_KINDS, SamplingConfig
 from agent.logs import kv
+from agent.wellformed import wellformed
 from samplers.settings import Match, SamplingSettings, Tier
 from samplers.tail import DROP_REASONS, REASONS, Ingested, TailSampler
 
@@ -61,6 +62,13 @@ class SampledTraces:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._register_metrics()
+        # -- malformed spans (agent.wellformed) --
+        self._warned_malformed = False
+        self._malformed = metrics.get_meter("headwater.sampling").create_counter(
+            "headwater_sampling_malformed_spans", unit="{span}",
+            description="Kept spans dropped before export because protobuf refuses them (a string that is not "
+            "UTF-8, values nested past protobuf's limit): the sampler reads spans without parsing them.")
+        self._malformed.add(0)
 
     def set_exporters(self, exporters: Sequence[tuple[str, Export]], backlog: Callable[[], int],
                       backlog_limit: int) -> None:
@@ -125,6 +133,15 @@ class SampledTraces:
 
     async def _export(self) -> None:
         for data, spans in self.sampler.take_output():
+            data, spans, dropped, problem = wellformed(data, spans)
+            if dropped:
+                self._malformed.add(dropped)
+                level = logging.DEBUG if self._warned_malformed else logging.WARNING
+                self._warned_malformed = True
+                log.log(level, "kept spans dropped before export: protobuf refuses them",
+                        **kv(spans=dropped, problem=problem))
+            if not spans:
+                continue
             for _name, export in self._exporters:
                 await export(data, spans)
 

@@ -23,6 +23,7 @@ from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, GrpcBearerInterceptor
 from agent.receivers.grpc_connections import GrpcConnectionSettings
+from agent.receivers.internal_errors import InternalErrors
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, receiver_counters
 from agent.receivers.tls import grpc_server_credentials, tls_mode
@@ -59,6 +60,7 @@ class OtlpGrpcReceiver:
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_grpc")
         self._accepted, self._refused_items, self._refused = receiver_counters(meter)
+        self._internal_errors = InternalErrors("headwater.receivers.otlp_grpc", "grpc", ("traces", "metrics"))
         self.set_consumers(consume_traces, consume_metrics, metrics_wire)
 
     @property
@@ -124,6 +126,15 @@ class OtlpGrpcReceiver:
         attrs = {"signal": signal.name, "transport": "grpc"}
 
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                return await handle(data, context)
+            except grpc.aio.AbortError:  # a status set with context.abort
+                raise
+            except Exception as exc:  # a bug: logged once per kind and counted (agent.receivers.internal_errors)
+                await context.abort(grpc.StatusCode.INTERNAL, self._internal_errors.report(exc, signal.name))
+                raise AssertionError("unreachable: abort raises") from None
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
             consume = self._consumers.get(signal.name)
             wire = self._metrics_wire if signal is METRICS else None
             if consume is None:

@@ -16,13 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
 from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
+from agent.receivers import broken_framing
 from agent.receivers.auth import BearerToken, aiohttp_middleware
+from agent.receivers.internal_errors import InternalErrors, quiet_malformed_http
 from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from agent.pipeline import WireMetrics
@@ -77,6 +80,9 @@ class OtlpHttpReceiver:
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.otlp_http")
         self._accepted, self._refused_items, self._refused = receiver_counters(meter)
+        self._internal_errors = InternalErrors("headwater.receivers.otlp_http", "http", ("traces", "metrics"))
+        quiet_malformed_http()
+        broken_framing.install()
         self.set_consumers(consume_traces, consume_metrics, metrics_wire)
 
     @property
@@ -152,6 +158,14 @@ class OtlpHttpReceiver:
             if refusal.http_status == 408:
                 response.force_close()  # what is left of a body that came too slowly is not read
             return response
+        except web.HTTPException:  # aiohttp's own answers
+            raise
+        except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
+            log.debug("client went away", **kv(signal=signal.name))
+            return web.Response(status=400)
+        except Exception as exc:  # a bug: logged once per kind and counted (agent.receivers.internal_errors)
+            message = self._internal_errors.report(exc, signal.name)
+            return _error_response(request, 500, rpc_status.INTERNAL, message)
 
     async def _export(self, request: web.Request, signal: Signal) -> web.Response:
         consume = self._consumers[signal.name]
@@ -211,6 +225,8 @@ class OtlpHttpReceiver:
             raise _Refusal(413, rpc_status.INVALID_ARGUMENT, f"{exc} (max_body_size)") from None
         except BodyTimeout as exc:
             raise _Refusal(408, rpc_status.DEADLINE_EXCEEDED, str(exc)) from None
+        except HttpProcessingError as exc:  # malformed chunked framing (see agent.receivers.broken_framing)
+            raise _Refusal(400, rpc_status.INVALID_ARGUMENT, f"malformed request body: {exc.message}") from None
 
 
 def _error_response(request: web.Request, http_status: int, code: int, message: str,

@@ -28,12 +28,15 @@ import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import metrics
 
 from agent.admission import Admission, Refused
 from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
+from agent.receivers import broken_framing
 from agent.receivers.auth import BearerToken, aiohttp_middleware
+from agent.receivers.internal_errors import InternalErrors, quiet_malformed_http
 from agent.receivers.otlp import receiver_counters
 from agent.receivers.tls import server_ssl_context, tls_mode
 from agent.receivers.body import BodyTimeout, BodyTooLarge, read_body
@@ -94,6 +97,9 @@ class RemoteWriteReceiver:
         self.bound_port: int | None = None
         meter = metrics.get_meter("headwater.receivers.remote_write")
         self._accepted, _, self._refused = receiver_counters(meter)
+        self._internal_errors = InternalErrors("headwater.receivers.remote_write", "remote_write", ("metrics",))
+        quiet_malformed_http()
+        broken_framing.install()
         self._requests = meter.create_counter(
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
@@ -174,6 +180,13 @@ class RemoteWriteReceiver:
             if refusal.status == 408:
                 response.force_close()  # what is left of a body that came too slowly is not read
             return response
+        except web.HTTPException:  # aiohttp's own answers
+            raise
+        except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log as an error
+            log.debug("client went away")
+            return web.Response(status=400)
+        except Exception as exc:  # a bug: logged once per kind and counted (agent.receivers.internal_errors)
+            return web.Response(status=500, text=self._internal_errors.report(exc, "metrics") + "\n")
 
     async def _write(self, request: web.Request) -> web.Response:
         try:
@@ -244,3 +257,5 @@ class RemoteWriteReceiver:
             raise _Refusal(413, f"{exc} (max_body_size)") from None
         except BodyTimeout as exc:
             raise _Refusal(408, str(exc)) from None
+        except HttpProcessingError as exc:  # malformed chunked framing (see agent.receivers.broken_framing)
+            raise _Refusal(400, f"malformed request body: {exc.message}") from None
