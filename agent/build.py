@@ -50,7 +50,7 @@ def build_exporter(name: str, config: Config, delta: DeltaToCumulative | None = 
                                      timeout=spec.timeout, retry=_policy(spec.retry),
                                      security=client_security(spec, exporter_key(name, config)))
     if isinstance(spec, FileSpec):
-        return FileExporter(spec.traces, spec.metrics)
+        return FileExporter(spec.traces, spec.metrics, max_file_size=spec.max_file_size)
     rw: RemoteWriteConfig = spec
     backoff = RetryPolicy(initial_backoff=rw.sender.retry.initial_backoff, max_backoff=rw.sender.retry.max_backoff)
     return RemoteWriteExporter(

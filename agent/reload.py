@@ -117,7 +117,8 @@ def exporter_specs(config: Config) -> dict[str, Any]:
     if ex.file is not None and "file" in wanted:
         # Relative paths land under state_dir, with the agent's other files.
         state = Path(config.state_dir)
-        specs["file"] = FileSpec(state / (ex.file.path or "traces.jsonl"), state / (ex.file.metrics_path or "metrics.jsonl"))
+        specs["file"] = FileSpec(state / (ex.file.path or "traces.jsonl"), state / (ex.file.metrics_path or "metrics.jsonl"),
+                                 ex.file.max_file_size)
     for rw in ex.remote_write:
         if rw.name in wanted:
             specs[rw.name] = rw
@@ -130,6 +131,7 @@ class FileSpec:
 
     traces: Path
     metrics: Path
+    max_file_size: int = 128 << 20
 
 
 @dataclass(frozen=True)

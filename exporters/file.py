@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,18 @@ from exporters.span_counters import span_counters
 
 log = logging.getLogger("headwater.exporters.file")
 
+DEFAULT_MAX_FILE_SIZE = 128 * 1024 * 1024
+"""Bytes a file may reach before it is rotated to `<name>.1` (one old file is kept)."""
 _EARLY_FLUSH_BYTES = 4 * 1024 * 1024  # past this many buffered bytes the writer is woken before its interval
 
 
 class _Lines:
     """One file's buffered lines and what happens to them. `unit` names what `count` counts ("spans", ...)."""
 
-    def __init__(self, path: Path, unit: str, sent: metrics.Counter, failed: metrics.Counter) -> None:
+    def __init__(self, path: Path, unit: str, sent: metrics.Counter, failed: metrics.Counter,
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
         self.path = path
+        self.max_file_size = max_file_size
         self.unit = unit
         self.buffer: list[tuple[bytes, int]] = []  # (line, items)
         self.queued_bytes = 0
@@ -81,6 +86,13 @@ class _Lines:
         file that logrotate moved or a user deleted, and recreates the directory if it went away."""
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(data) > self.max_file_size:
+                # Rotate: the full file becomes `<name>.1` (the one before goes), so at most twice the bound.
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             with open(self.path, "ab") as f:
                 f.write(data)
 
@@ -107,15 +119,17 @@ class FileExporter:
     """
 
     def __init__(self, traces_path: str | Path, metrics_path: str | Path | None = None, flush_interval: float = 1.0,
-                 *, meter: metrics.Meter | None = None) -> None:
+                 *, meter: metrics.Meter | None = None, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
         if not flush_interval > 0:
             raise ValueError(f"flush_interval must be positive, got {flush_interval}")
+        if max_file_size <= 0:
+            raise ValueError(f"max_file_size must be positive, got {max_file_size}")
         meter = meter or metrics.get_meter("headwater.exporters.file")
         self.path = Path(traces_path)
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self.flush_interval = flush_interval
-        self._traces = _Lines(self.path, "spans", *span_counters(meter, "file", ("write_error",)))
-        self._metrics = (_Lines(self.metrics_path, "data points", *_point_counters(meter))
+        self._traces = _Lines(self.path, "spans", *span_counters(meter, "file", ("write_error",)), max_file_size)
+        self._metrics = (_Lines(self.metrics_path, "data points", *_point_counters(meter), max_file_size)
                          if self.metrics_path is not None else None)
         self._files = [f for f in (self._traces, self._metrics) if f is not None]
         self._wake = asyncio.Event()

@@ -285,3 +285,23 @@ def test_a_clean_shutdown_reports_nothing_left(tmp_path: Path) -> None:
         assert not exporter.leftover().lost
 
     asyncio.run(scenario())
+
+
+def test_a_file_that_would_pass_max_file_size_is_rotated_and_one_old_file_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    line = len(traces(name="first").SerializeToString())  # a JSON line is longer than this
+
+    async def write(name: str) -> None:
+        exporter = FileExporter(path, max_file_size=line * 3)  # room for one JSON line, not two
+        await exporter.start()
+        await exporter.consume_traces(traces(name=name))
+        await exporter.shutdown(timeout=5)
+
+    for name in ("first", "second", "third"):
+        asyncio.run(write(name))
+    rotated = path.with_name("traces.jsonl.1")
+    assert [decode_json(line, ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans[0].name
+            for line in path.read_bytes().splitlines()] == ["third"]
+    assert [decode_json(line, ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans[0].name
+            for line in rotated.read_bytes().splitlines()] == ["second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traces.jsonl", "traces.jsonl.1"]

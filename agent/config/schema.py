@@ -323,11 +323,15 @@ class FileExporterConfig:
     """One OTLP JSON request per line: traces to `path` (empty: `<state_dir>/traces.jsonl`), metrics to
     `metrics_path` (empty: `<state_dir>/metrics.jsonl`) when a metrics pipeline lists `file`. A relative
     path is taken under `state_dir`, so an example config writes where the agent keeps its other files
-    whatever directory it was started from (a service's is `/`)."""
+    whatever directory it was started from (a service's is `/`). Every node runs the default config, which
+    writes here: without `max_file_size` the files would grow until the disk is full."""
 
     __pydantic_config__ = _FORBID_UNKNOWN
     path: str = ""
     metrics_path: str = ""
+    # Each file is bounded: one that would pass max_file_size is renamed to `<name>.1` (replacing the previous
+    # one) and a new file begun, so a file exporter holds at most twice this on disk per file.
+    max_file_size: Size = 128 * MiB
 
 
 @dataclass(frozen=True)
