@@ -88,6 +88,11 @@ from exporters.sending.segments import (
 
 T = TypeVar("T")
 
+SEQ_BLOCK = 1 << 16
+"""Seqs are reserved this many at a time: the persisted `next_seq` is a block ahead of the last seq handed out, so
+seqs keep growing across a crash even when the entries since the last persist were acknowledged before being
+written (and so never caused one), at the cost of one position write per block of puts."""
+
 MIN_SEGMENT_CAP = 4096
 """`segment_bytes` is capped at `max_disk // 4` but not below this (an explicit smaller value is kept)."""
 
@@ -201,6 +206,7 @@ class DiskQueue(Generic[T]):
         self._evictable: dict[int, _Slot] = {}  # written, held, waiting; in seq order, evicted from the end
         self._live_disk = 0  # sizes of segments with an entry not done
         self._next_seq = 0
+        self._seq_reserved = 0  # the next_seq last persisted: seqs below it cannot come again after a crash
         self._count = 0  # sum of `count` over entries not done
         self._persisted: Progress | None = None
         self._finished = 0  # entries done so far whose record is on disk: a restart reads the position for these
@@ -230,7 +236,7 @@ class DiskQueue(Generic[T]):
         if self._task is not None or self._closed:
             raise RuntimeError(f"DiskQueue({self.directory}): open() once, before close()")
         self._lock = await asyncio.to_thread(_lock_directory, self.directory)
-        scan = await asyncio.to_thread(scan_directory, self.directory, lambda fd, b: self._write(fd, b))
+        scan = await asyncio.to_thread(scan_directory, self.directory, lambda fd, b: self._write(fd, b), SEQ_BLOCK)
         for kind, message in scan.problems:
             self._report(kind, message)
         for segment in scan.segments:
@@ -244,6 +250,7 @@ class DiskQueue(Generic[T]):
             self._tell_drop(_placeholder(header), "corrupt")
         self._next_seq = scan.progress.next_seq
         self._persisted = scan.progress if scan.persisted else None
+        self._seq_reserved = scan.reserved if scan.persisted else 0
         self._task = asyncio.create_task(self._run_writer(), name=f"DiskQueue writer {self.directory}")
 
     async def flush(self) -> bool:
@@ -573,6 +580,8 @@ class DiskQueue(Generic[T]):
         within the write grace)."""
         if self._in_cycle or self._failing or self._persisted is None or self._unwritten_count:
             return False
+        if self._next_seq > self._seq_reserved:
+            return False
         if self._finished != self._finished_persisted:
             return False
         current = self._appender.current
@@ -580,7 +589,7 @@ class DiskQueue(Generic[T]):
 
     def _progress(self) -> Progress:
         position, done = self._lineup.done_ranges(self._next_seq, MAX_DONE_RANGES)
-        return Progress(position, self._next_seq, done)
+        return Progress(position, self._next_seq + SEQ_BLOCK, done)  # see SEQ_BLOCK
 
     async def _cycle(self, final: bool = False) -> None:
         """Persist the position, delete finished segments, write pending entries, in that order (deleting
@@ -598,7 +607,7 @@ class DiskQueue(Generic[T]):
                   if segment.live == 0 and (segment is not current or final)]
         finished = self._finished
         persist = (final or bool(doomed) or self._failing or self._persisted is None
-                   or finished != self._finished_persisted)
+                   or finished != self._finished_persisted or self._next_seq > self._seq_reserved)
         if batch or persist:
             records = [Pending(s.seq, s.item, s.created, s.nbytes, s.count) for s in batch]
             progress = self._progress() if persist else None
@@ -644,6 +653,7 @@ class DiskQueue(Generic[T]):
         """On the loop: take in what a cycle did to the files."""
         if outcome.persisted is not None:
             self._persisted = outcome.persisted
+            self._seq_reserved = outcome.persisted.next_seq
         for segment in outcome.deleted:
             segment.deleted = True
             self._segments.pop(segment.first_seq, None)

@@ -199,6 +199,7 @@ class Scan:
 
     progress: Progress
     persisted: bool = False
+    reserved: int = 0  # the next_seq the position file holds: seqs below it may have been handed out already
     segments: list[Segment] = field(default_factory=list)
     restored: list[tuple[Segment, int, RecordHeader]] = field(default_factory=list)
     corrupt: list[RecordHeader | None] = field(default_factory=list)
@@ -242,7 +243,7 @@ def _walk(segment: Segment, last_seq: int) -> tuple[list[RecordHeader], list[Rec
     return headers, broken, last_seq, pos
 
 
-def scan_directory(directory: Path, write: Write = os.write) -> Scan:
+def scan_directory(directory: Path, write: Write = os.write, reserve: int = 0) -> Scan:
     """Read a queue directory (in a thread): the position file, every segment's record headers. Persists the
     position file when it changed or was missing, and only then deletes segments that hold nothing to send
     (so a seq is never handed out twice for different data). Missing or unreadable position file: start from
@@ -284,14 +285,16 @@ def scan_directory(directory: Path, write: Write = os.write) -> Scan:
         if not keep:
             removable.append(segment)
     next_seq = max(progress.next_seq, progress.position, last_seq + 1)
-    if stored is None or next_seq != stored.next_seq:
-        scan.progress = Progress(progress.position, next_seq, progress.done)
+    scan.progress = Progress(progress.position, next_seq, progress.done)
+    reserved = next_seq + reserve  # `reserve` seqs from here on may be handed out before the next write
+    if stored is None or reserved != stored.next_seq:
         try:
-            write_position(directory, scan.progress, write)
+            write_position(directory, Progress(progress.position, reserved, progress.done), write)
         except OSError as error:
             scan.problems.append(("position", f"cannot write {directory / POSITION_FILE}: {error}"))
             return scan
     scan.persisted = True
+    scan.reserved = reserved
     for segment in removable:
         try:
             segment.path.unlink()
