@@ -162,8 +162,14 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             status, answer, answer_headers = 502, f"rw_proxy: {target} unreachable: {exc!r}\n".encode(), {}
             c["upstream_errors"] += 1
+        # Answer first, count after: decoding a 1 MB rw1 body in Python takes tens of milliseconds, which the
+        # sender would otherwise see as the receiver's latency (a Headwater sender writes a request to its disk
+        # queue once it waits longer than its write grace, so the proxy's own work would change its CPU).
+        response = web.Response(status=status, body=answer, headers=answer_headers)
+        await response.prepare(request)
+        await response.write_eof()
         self.count(c, request, body, status, answer)
-        return web.Response(status=status, body=answer, headers=answer_headers)
+        return response
 
     def count(self, c: dict, request: web.Request, body: bytes, status: int, answer: bytes) -> None:
         now = time.time()

@@ -88,6 +88,11 @@ class SampleBatch:
     identity, without hashing). The batcher sets it when it cuts that way, so that encoders skip grouping
     again (~0.5 us per sample in Python); whoever reorders or appends to a grouped batch's columns must clear
     it.
+
+    `series_key`, when not None, stands for the float label column: every batch with the same key has the same
+    label tuples in the same order and no histograms, so a check made over a batch's series (the series limit)
+    holds for the next batch of that key. A learnt shape sets it to itself (shapes.py); whoever changes the
+    label columns must clear it (`extend` does).
     """
 
     labels: list[Labels] = field(default_factory=list)
@@ -104,6 +109,7 @@ class SampleBatch:
     start_timestamps: list[int] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     grouped: bool = False
+    series_key: object | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -114,6 +120,7 @@ class SampleBatch:
     def extend(self, other: SampleBatch) -> None:
         """Append `other`'s entries (copied from, never kept). Start timestamps stay parallel to the values:
         zeros (unknown) for samples that came without one."""
+        self.series_key = None
         if other.start_timestamps or self.start_timestamps:
             if not self.start_timestamps:
                 self.start_timestamps.extend([0] * len(self.values))

@@ -14,7 +14,10 @@ A family is the metric's name without `_bucket`, `_count` or `_sum` (and a serie
 `quantile` label), so a histogram with ten buckets counts as one series of its family, as in `translate`.
 Per sample the cost is one lookup by the label tuple's identity (the series cache interns them, so one series
 is one object while it stays cached) and one set insertion; last-seen times are written once per epoch (a
-quarter of `idle_expiry`) for the series the epoch saw, not per sample. Samples the gateway forwards
+quarter of `idle_expiry`) for the series the epoch saw, not per sample. A batch of a learnt shape
+(`SampleBatch.series_key`) costs one lookup once the epoch admitted a batch of that shape whole: a node's SDK
+sends the same series every interval, and checking them again (~0.1 us a sample) was ~15 % of a node agent's
+CPU in `bench/remote_write.py` (py-spy, compact at a 1 s flush). Samples the gateway forwards
 (`consume_series`) are not limited: their label tuples are new objects in every request. Memory: at most `max_series` admitted series, each with the label
 tuples that named it; `expire` forgets what is idle and is run at most once per epoch.
 """
@@ -25,6 +28,8 @@ from dataclasses import replace
 
 from exporters.remote_write.series import Labels, SampleBatch
 
+MAX_CLEAN_KEYS = 4096
+"""Most series keys (learnt shapes) remembered as admitted whole in the current epoch."""
 _SUFFIXES = ("_bucket", "_count", "_sum")
 _DERIVED = ("le", "quantile")
 REASON = "too_many_series"
@@ -64,6 +69,8 @@ class SeriesLimit:
         # id(label tuple) -> [the tuple (kept alive, so the id is not reused), family table, identity, epoch]
         self._known: dict[int, list] = {}
         self._seen: set[int] = set()  # ids of tuples seen in the current epoch
+        # id(series_key) -> the key (kept alive, so the id is not reused), for batches admitted whole this epoch
+        self._clean: dict[int, object] = {}
         self.expired = 0
         """Series forgotten after idle_expiry without a sample."""
         self.refused = 0
@@ -79,9 +86,17 @@ class SeriesLimit:
         if epoch != self._epoch:
             self._epoch = epoch
             self._expire(epoch)
+            self._clean.clear()
+        key = batch.series_key
+        if key is not None and id(key) in self._clean:
+            return batch  # the same series as a batch this epoch admitted whole, already noted seen
         refused_floats = self._refused(batch.labels, epoch)
         refused_histograms = self._refused(batch.histogram_labels, epoch)
         if not refused_floats and not refused_histograms:
+            if key is not None:
+                if len(self._clean) >= MAX_CLEAN_KEYS:
+                    self._clean.clear()
+                self._clean[id(key)] = key
             return batch
         gone = refused_floats | refused_histograms
         floats = [i for i, labels in enumerate(batch.labels) if id(labels) not in gone]
@@ -103,7 +118,7 @@ class SeriesLimit:
             histogram_labels=pick(batch.histogram_labels, hists), histograms=pick(batch.histograms, hists),
             histogram_sizes=pick(batch.histogram_sizes, hists),
             exemplar_labels=pick(batch.exemplar_labels, exemplars), exemplars=pick(batch.exemplars, exemplars),
-            exemplar_sizes=pick(batch.exemplar_sizes, exemplars), dropped=dropped)
+            exemplar_sizes=pick(batch.exemplar_sizes, exemplars), dropped=dropped, series_key=None)
 
     def _refused(self, column: list[Labels], epoch: int) -> set[int]:
         """ids of the label tuples in `column` refused now (admitting the others, and noting them seen).
@@ -145,6 +160,7 @@ class SeriesLimit:
         known = self._known
         if len(known) > 2 * self._series + 1024:  # label tuples not reused (a churning series cache): let go
             known.clear()
+            self._clean.clear()  # their series are noted seen again through `known`
         known[id(labels)] = [labels, table, identity, epoch]
         return True
 

@@ -243,6 +243,7 @@ class Shape:
             sizes=sizes,
             metadata=self.metadata.copy(),
             dropped=self.dropped.copy(),
+            series_key=self,
         )
 
 
