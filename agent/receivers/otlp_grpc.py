@@ -6,6 +6,8 @@ a message instead of grpc's generic INTERNAL. Admission refusals are RESOURCE_EX
 with a message naming the missing `pipelines` key (both services are always registered, so a reload can
 give a signal its pipeline without a rebind). With `tls` the port is a TLS one (mutual TLS with a client CA);
 with `auth` a call without the bearer token is UNAUTHENTICATED before its message is read (`agent.receivers.auth`).
+Compressed messages are inflated here, not by grpc's core (`agent.receivers.grpc_compression`), so one that does
+not inflate gets INVALID_ARGUMENT naming its compression instead of the core's INTERNAL.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from agent.config.schema import ReceiverAuthConfig, ReceiverTlsConfig
 from agent.logs import kv
 from agent.receivers import rpc_status
 from agent.receivers.auth import BearerToken, GrpcBearerInterceptor
+from agent.receivers.grpc_compression import SERVER_OPTIONS, CorruptCompression, MessageTooLarge, inflate_message
 from agent.receivers.grpc_connections import GrpcConnectionSettings
 from agent.receivers.internal_errors import InternalErrors
 from agent.pipeline import WireMetrics
@@ -91,6 +94,7 @@ class OtlpGrpcReceiver:
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            *SERVER_OPTIONS,
             *self._connections.server_options(),
         ])
         handlers = []
@@ -152,10 +156,23 @@ class OtlpGrpcReceiver:
                 raise AssertionError("unreachable: abort raises")
             with lease:
                 try:
-                    accepted, rejected = await signal.deliver(data, False, consume, wire)
-                except Malformed as exc:
+                    message = await inflate_message(data, self._max_message)
+                except MessageTooLarge as exc:
+                    self._refused.add(1, {**attrs, "status": "RESOURCE_EXHAUSTED"})
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                    raise AssertionError("unreachable: abort raises")
+                except CorruptCompression as exc:
                     self._refused.add(1, {**attrs, "status": "INVALID_ARGUMENT"})
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    raise AssertionError("unreachable: abort raises")
+                if message.data is not data:
+                    lease.resize(len(data) + len(message.data))
+                try:
+                    accepted, rejected = await signal.deliver(message.data, False, consume, wire)
+                except Malformed as exc:
+                    self._refused.add(1, {**attrs, "status": "INVALID_ARGUMENT"})
+                    why = str(exc) if message.doubt is None else f"{message.doubt}; read uncompressed instead: {exc}"
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
                     raise AssertionError("unreachable: abort raises")
                 if rejected.count:
                     self._refused_items.add(rejected.count, attrs)
