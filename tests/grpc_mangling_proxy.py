@@ -68,6 +68,8 @@ class MangledGrpc:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self._port))
+            for sock in (client, server):  # frames go out one by one: no Nagle delay between them
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets += [client, server]
             self._spawn(self._client_to_server, client, server)
             self._spawn(_pump, server, client)

@@ -6,7 +6,8 @@ receivers: the sampler's wire scanner, span metrics, the remote-write exporter's
 (the metrics seeds are sent whole first, so same-length mutations are read from the bytes), the gateway's
 decoders. Payloads (tests/hostile_payloads.py) are valid requests from the OpenTelemetry SDK's encoders and the
 remote-write senders' encoders, mutated (flips, insertions, deletions, truncation, huge varints and lengths,
-other wire types, invalid UTF-8), compressed or not, and generated ones (random bytes, nesting thousands of
+other wire types, invalid UTF-8), compressed or not (over gRPC also compressed bytes mutated on the wire, by
+tests/grpc_mangling_proxy.py), and generated ones (random bytes, nesting thousands of
 levels deep, odd JSON). After each example a valid request must be accepted, and nothing may have been logged
 at ERROR (an unexpected exception anywhere, a decision pass that failed); at the end the agent must stop
 cleanly with nothing logged at ERROR either.
@@ -32,7 +33,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from agent.receivers.proto.rpc_status_pb2 import Status
 from exporters.remote_write.encoding import compress
-from tests.agent_in_thread import AgentInThread
+from tests.agent_in_thread import GRPC_METHODS, TIMEOUT, AgentInThread
+from tests.grpc_mangling_proxy import MangledGrpc
 from tests.hostile_payloads import (
     REMOTE_WRITE_ENCODERS,
     deep_json,
@@ -158,6 +160,35 @@ def test_grpc_answers_every_message_with_ok_or_invalid_argument_that_says_why(ag
         assert_still_serving(agent, signal)
 
     check()
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_grpc_answers_every_compressed_message_even_one_that_does_not_inflate_with_ok_or_a_status_that_says_why(
+        agent: AgentInThread, signal: str) -> None:
+    """The client compresses (gzip or deflate); a proxy then mutates the compressed bytes on the wire, or not."""
+    mangle: list[int | None] = [None]
+
+    def rewrite(flag: int, message: bytes) -> tuple[int, bytes]:
+        return flag, message if mangle[0] is None else mutate(message, mangle[0], 1)
+
+    assert agent.agent is not None and agent.agent.grpc is not None
+    with MangledGrpc(agent.agent.grpc.bound_port, rewrite) as target, grpc.insecure_channel(target) as channel:
+        export = channel.unary_unary(GRPC_METHODS[signal], request_serializer=None, response_deserializer=None)
+
+        @FUZZ
+        @given(payload=protobuf_payloads(signal), seed=st.none() | st.integers(0, 2**32),
+               compression=st.sampled_from([grpc.Compression.Gzip, grpc.Compression.Deflate]))
+        def check(payload: bytes, seed: int | None, compression: grpc.Compression) -> None:
+            mangle[0] = seed
+            try:
+                export(payload, compression=compression, timeout=TIMEOUT)
+            except grpc.RpcError as exc:
+                allowed = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                assert exc.code() in allowed and exc.details(), (exc.code(), exc.details())
+            assert agent.call_grpc(signal, VALID[signal]) == (grpc.StatusCode.OK, "")
+            assert_still_serving(agent, signal)
+
+        check()
 
 
 # -- the gateway's remote-write receiver ----------------------------------------------------------------------
