@@ -570,7 +570,14 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         idle_s = i1["t"] - i0["t"]
         result["idle"] = {"seconds": idle_s, "cpu_rate": (i1["cpu"] - i0["cpu"]) / idle_s,
                           "gateway_cpu_rate": (i1["gateway_cpu"] - i0["gateway_cpu"]) / idle_s
-                          if running.gateway else None}
+                          if running.gateway else None,
+                          # schedstat: nanoseconds, where /proc's utime+stime count 10 ms ticks (one tick over
+                          # a 10 s idle is 0.1 % of a core, ~0.2 CPU s per 1M samples at this workload's rate)
+                          "sched_rate": (i1["cpu_ns"] - i0["cpu_ns"]) / idle_s
+                          if i0.get("cpu_ns") is not None and i1.get("cpu_ns") is not None else None,
+                          "gateway_sched_rate": (i1["gateway_cpu_ns"] - i0["gateway_cpu_ns"]) / idle_s
+                          if running.gateway and i0.get("gateway_cpu_ns") is not None
+                          and i1.get("gateway_cpu_ns") is not None else None}
 
         command = [*pinning.other(), sys.executable, str(BENCH_DIR / "node_workload.py"), "--nodes", str(args.nodes),
                    "--interval", str(args.interval), "--port", str(generator_port)]
@@ -695,11 +702,17 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
     }
     if a.get("cpu_ns") is not None and b.get("cpu_ns") is not None:
         row["sched_cpu_s_per_million"] = per(b["cpu_ns"] - a["cpu_ns"])
+        if idle.get("sched_rate") is not None:
+            row["sched_cpu_s_per_extra_million"] = per(b["cpu_ns"] - a["cpu_ns"] - idle["sched_rate"] * seconds)
     if running.gateway:
         if a.get("gateway_cpu_ns") is not None and b.get("gateway_cpu_ns") is not None:
             row["gateway_sched_cpu_s_per_million"] = per(b["gateway_cpu_ns"] - a["gateway_cpu_ns"])
             row["node_gateway_sched_cpu_s_per_million"] = per(
                 b["cpu_ns"] - a["cpu_ns"] + b["gateway_cpu_ns"] - a["gateway_cpu_ns"])
+            if idle.get("sched_rate") is not None and idle.get("gateway_sched_rate") is not None:
+                row["node_gateway_sched_cpu_s_per_extra_million"] = per(
+                    b["cpu_ns"] - a["cpu_ns"] + b["gateway_cpu_ns"] - a["gateway_cpu_ns"]
+                    - (idle["sched_rate"] + idle["gateway_sched_rate"]) * seconds)
         row["gateway_cpu_seconds"] = gateway_cpu
         row["node_gateway_cpu_s_per_million"] = per(cpu + gateway_cpu)
         row["node_gateway_cpu_s_per_extra_million"] = per(
@@ -752,7 +765,8 @@ NUMERIC = ("samples_per_s", "generated_per_s", "samples_per_request", "wire_byte
            "uncompressed_bytes_per_sample", "cpu_share", "cpu_s_per_million", "idle_cpu_share",
            "cpu_s_per_extra_million", "requests", "synthetic_samples", "stale_samples", "samples",
            "node_gateway_cpu_s_per_million", "node_gateway_cpu_s_per_extra_million", "forwarded_wire_bytes_per_sample",
-           "sched_cpu_s_per_million", "gateway_sched_cpu_s_per_million", "node_gateway_sched_cpu_s_per_million")
+           "sched_cpu_s_per_million", "gateway_sched_cpu_s_per_million", "node_gateway_sched_cpu_s_per_million",
+           "sched_cpu_s_per_extra_million", "node_gateway_sched_cpu_s_per_extra_million")
 
 
 def median_rows(runs: list[dict]) -> list[dict]:
@@ -833,7 +847,12 @@ def notes(runs: list[dict], rows: list[dict]) -> str:
             if r.get("node_gateway_sched_cpu_s_per_million") is not None:
                 precise += (f", gateway {fmt(r.get('gateway_sched_cpu_s_per_million'), '.2f')}, node+gateway "
                             f"{fmt(r['node_gateway_sched_cpu_s_per_million'], '.2f')}")
-            extra.append(precise + " CPU s/1M")
+            precise += " CPU s/1M"
+            if r.get("sched_cpu_s_per_extra_million") is not None:
+                precise += f"; per extra 1M: sender {fmt(r['sched_cpu_s_per_extra_million'], '.2f')}"
+                if r.get("node_gateway_sched_cpu_s_per_extra_million") is not None:
+                    precise += f", node+gateway {fmt(r['node_gateway_sched_cpu_s_per_extra_million'], '.2f')}"
+            extra.append(precise)
         out.append(f"  {r['sender']} @{r['flush']:g}s: " + "; ".join(extra))
     for run in runs:
         c = run.get("checks")
