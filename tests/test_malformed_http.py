@@ -101,3 +101,40 @@ def test_a_client_that_hangs_up_mid_body_is_not_logged_as_an_error(
 
     asyncio.run(go())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def expect_head(path: str, length: int) -> bytes:
+    encoding = "Content-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n" if path == "/api/v1/write" else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n{encoding}"
+            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("kind", ["otlp_http", "gateway"])
+def test_a_body_announced_past_the_limit_is_refused_before_the_client_is_told_to_send_it(kind: str) -> None:
+    async def go() -> None:
+        async with receiver(kind) as (port, path):
+            answer = await exchange(port, [expect_head(path, 1 << 30)])
+            assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 413 Request Entity Too Large", answer[:200]
+            assert b"max_body_size" in answer
+
+    asyncio.run(go())
+
+
+def test_a_body_within_the_limit_is_asked_for_with_100_continue() -> None:
+    async def go() -> None:
+        async with receiver("otlp_http") as (port, path):
+            body = spans_request("expect").SerializeToString()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(expect_head(path, len(body)))
+                await writer.drain()
+                interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.write(body)
+                await writer.drain()
+                final = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+                assert final.startswith(b"HTTP/1.1 200"), final
+            finally:
+                writer.close()
+
+    asyncio.run(go())

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zstandard
+from aiohttp import HttpVersion11, web
 
 ENCODINGS = ("identity", "gzip", "deflate", "zstd")
 _ZSTD_SLICE = 512
@@ -22,6 +24,44 @@ class BodyTooLarge(Exception):
 
 class BadEncoding(Exception):
     """The body is not valid data in its declared Content-Encoding."""
+
+
+NO_CONTINUE = web.RequestKey("headwater.no_continue", bool)
+"""Set on a request whose client was not told to send its body: a refusal closes the connection, as the
+body will never come (aiohttp would wait for it before the next request, and a shutdown would wait too)."""
+
+
+def refuse_unsent_body(request: Any, response: Any) -> None:
+    """When `request`'s client was not told to send its body (`expect_within`), make `response` the last on
+    its connection and let aiohttp stop there: it would otherwise wait up to its lingering time for a body
+    that never comes, and a shutdown would wait with it."""
+    if request.get(NO_CONTINUE):
+        response.force_close()
+        request.content.feed_eof()
+
+
+def expect_within(limit: Callable[[], int]) -> Callable[[Any], Awaitable[None]]:
+    """An aiohttp `expect_handler`: `100 Continue` only for a body the receiver may accept.
+
+    Why: aiohttp's default answers every `Expect: 100-continue` with 100 before the handler runs, so a client
+    announcing a body past `max_body_size` was told to send it and then refused with 413. Without the 100, the
+    handler's 413 is the first answer and the client never sends the body (RFC 9110, 10.1.1)."""
+
+    async def handle(request: Any) -> None:
+        length = request.content_length
+        if length is not None and length > limit():
+            request[NO_CONTINUE] = True  # the client waits: the handler's answer must close the connection
+            return None  # no 100: the handler refuses at once, with the receiver's own 413 body
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response that follows (as aiohttp's own)
+        return None
+
+    return handle
 
 
 def normalize_encoding(header: str | None) -> str | None:

@@ -26,7 +26,16 @@ from agent.receivers import rpc_status
 from agent.receivers import broken_framing
 from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.internal_errors import InternalErrors, quiet_malformed_http
-from agent.receivers.body import BadEncoding, BodyTimeout, BodyTooLarge, decompress, normalize_encoding, read_body
+from agent.receivers.body import (
+    BadEncoding,
+    BodyTimeout,
+    BodyTooLarge,
+    decompress,
+    expect_within,
+    normalize_encoding,
+    read_body,
+    refuse_unsent_body,
+)
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from agent.pipeline import WireMetrics
 from agent.receivers.otlp import METRICS, TRACES, Malformed, Signal, receiver_counters
@@ -119,8 +128,9 @@ class OtlpHttpReceiver:
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
         app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
-        app.router.add_post("/v1/traces", lambda r: self._handle(r, TRACES))
-        app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS))
+        expect = expect_within(lambda: self._max_body)
+        app.router.add_post("/v1/traces", lambda r: self._handle(r, TRACES), expect_handler=expect)
+        app.router.add_post("/v1/metrics", lambda r: self._handle(r, METRICS), expect_handler=expect)
         app.router.add_route("*", "/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
                                     shutdown_timeout=self._drain_timeout)
@@ -157,6 +167,7 @@ class OtlpHttpReceiver:
             response = _error_response(request, refusal.http_status, refusal.code, refusal.message, refusal.retry_after)
             if refusal.http_status == 408:
                 response.force_close()  # what is left of a body that came too slowly is not read
+            refuse_unsent_body(request, response)
             return response
         except web.HTTPException:  # aiohttp's own answers
             raise

@@ -39,7 +39,7 @@ from agent.receivers.auth import BearerToken, aiohttp_middleware
 from agent.receivers.internal_errors import InternalErrors, quiet_malformed_http
 from agent.receivers.otlp import receiver_counters
 from agent.receivers.tls import server_ssl_context, tls_mode
-from agent.receivers.body import BodyTimeout, BodyTooLarge, read_body
+from agent.receivers.body import BodyTimeout, BodyTooLarge, expect_within, read_body, refuse_unsent_body
 from agent.receivers.http_connections import ConnectionGuard, GuardedSite, HttpConnectionSettings
 from exporters.remote_write.compact import SessionLost
 from exporters.remote_write.compact_session import CompactSessions
@@ -133,7 +133,7 @@ class RemoteWriteReceiver:
         if self._auth is not None:
             middlewares.append(aiohttp_middleware(BearerToken(self._auth.bearer_token_file), self._unauthenticated))
         app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
-        app.router.add_post("/api/v1/write", self._handle)
+        app.router.add_post("/api/v1/write", self._handle, expect_handler=expect_within(lambda: self._max_body))
         app.router.add_get("/api/v1/write", self._handshake)
         self._runner = web.AppRunner(app, access_log=None, lingering_time=_LINGER_SECONDS, auto_decompress=False,
                                      shutdown_timeout=self._drain_timeout)
@@ -179,6 +179,7 @@ class RemoteWriteReceiver:
             response = web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
             if refusal.status == 408:
                 response.force_close()  # what is left of a body that came too slowly is not read
+            refuse_unsent_body(request, response)
             return response
         except web.HTTPException:  # aiohttp's own answers
             raise
