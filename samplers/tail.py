@@ -1,9 +1,14 @@
 """The tail sampler: buffers spans by trace, decides each trace once, and emits the kept spans re-framed.
 
-Spans are held as their wire bytes in one flat list per trace, `[header..., group, span, span, group, span]`,
-never as parsed objects (see docs/architecture.md: a parsed span keeps its whole request alive, and tracked containers
-cost the cyclic GC). Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming
-threshold — is folded into the trace's header as spans arrive, so deciding reads no span again.
+Spans are held as their wire bytes, never as parsed objects (see docs/architecture.md: a parsed span keeps its whole
+request alive). A trace is one tuple, `(header..., current group, groups, spans)`, where `spans` is one bytes (a
+bytearray once a second run of spans arrives) holding each span as `varint(length) span`, and a switch of (resource,
+scope) group as `0 varint(index into groups)`. Nothing of a buffered trace is a container the cyclic GC must walk:
+bytes and bytearrays are not tracked, and a tuple holding only untracked objects is untracked by the first collection
+that sees it (the tuple is replaced, not mutated, once per run of spans). With a list per trace, every collection
+of the older generations walked the whole buffer: 60-215 ms pauses under overload (bench/eviction_latency.py).
+Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming threshold — is folded into
+the trace's header as spans arrive, so deciding reads no span again.
 
 A trace is decided `root_delay` after its root arrives, `decision_wait` after its first span, or as soon as
 it holds `max_trace_bytes`, whichever is first. `tick` decides what is due, in slices the caller bounds.
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,19 +38,34 @@ from samplers.wire import (
     with_trace_state,
 )
 
-# Trace header slots.
-_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT, _GROUP = range(12)
-_SPANS = 12  # then spans, each run of spans from one (resource, scope) preceded by that group tuple
+# Trace entry slots. _ROOT_AT: the root's ordinal among the trace's spans (from 1; 0: no root yet). _GROUP: the
+# group of the last span in _SPANS; _GROUPS: every group the trace's spans came in, in order of first use.
+_FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT = range(11)
+_GROUP, _GROUPS, _SPANS = 11, 12, 13
 _NO_START = 1 << 64
-_ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED, _UNSCHEDULED = 1, 2, 4, 8, 16, 32
+_ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED = 1, 2, 4, 8, 16
+_MARK = b"\x00"  # in _SPANS, where a length would be: a group switch follows (a buffered span is never empty)
 
-# Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes
-# plus the bytes object header and one list slot; a trace its dict slot, key, list and header values,
-# plus its schedule entries; a (resource, scope) group its two bytes objects and tuple, shared by its spans,
-# and a list slot wherever a run of its spans starts in a trace.
-SPAN_OVERHEAD = 33 + 8
+# Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes plus
+# its length prefix (the bytearray's spare capacity, once the trace has one, is charged as it grows); a trace
+# its dict slot, key, entry tuple and header values, plus its schedule entries; a (resource, scope) group its
+# two bytes objects and tuple, shared by its spans, and a marker and a slot in _GROUPS wherever a run of its
+# spans follows another group's.
+SPAN_OVERHEAD = 3
 GROUP_SLOT = 8
 GROUP_OVERHEAD = 33 * 2 + 56
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_PREFIXES = [_varint(n) for n in range(1 << 14)]  # every 1- and 2-byte length prefix, built once (~0.6 MB)
 
 REASONS = ("tier", "error", "http_5xx", "latency")
 # Why spans were dropped: not sampled (their tier's rate, shedding included), evicted past max_memory, or late
@@ -103,7 +123,7 @@ class TailSampler:
     def __init__(self, settings: SamplingSettings, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = SamplerStats()
-        self._traces: dict[bytes, list] = {}
+        self._traces: dict[bytes, tuple] = {}
         self._schedule: list[tuple[float, bytes]] = []
         self._decisions = DecisionCache(settings.decision_cache_bytes)
         self._out: dict[tuple[bytes, bytes], list[bytes]] = {}
@@ -152,20 +172,16 @@ class TailSampler:
     def reconfigure(self, settings: SamplingSettings) -> None:
         """New tiers and limits take effect now; buffered traces stay and are re-matched against the new tiers."""
         self._apply(settings)
-        for entry in self._traces.values():
-            entry[_TIER] = self._rematch(entry)
+        traces = self._traces
+        for trace_id, entry in traces.items():
+            traces[trace_id] = entry[:_TIER] + (self._rematch(entry),) + entry[_TIER + 1:]
         if self._eviction is not None:
             self._start_index()
 
-    def _rematch(self, entry: list) -> int:
+    def _rematch(self, entry: tuple) -> int:
         tier = self._matcher.catch_all
         masks: dict[bytes, tuple[bool, ...]] = {}
-        group = entry[_SPANS]
-        for i in range(_SPANS + 1, len(entry)):
-            span = entry[i]
-            if type(span) is tuple:
-                group = span
-                continue
+        for group, span in _spans(entry):
             mask = masks.get(group[0])
             if mask is None:
                 mask = masks[group[0]] = self._matcher.resource_mask(group[0])
@@ -229,7 +245,7 @@ class TailSampler:
         quick = matcher.quick_keys
         quick1 = quick[0] if quick is not None and len(quick) == 1 else None
         added = 0
-        fresh: list[bytes] = []
+        fresh: dict[bytes, None] = {}  # traces new in this request: scheduled once, at its end
         rejected, reject_message = scanned.rejected, scanned.reject_message
         observe = self.span_observer.observe if self.span_observer is not None else None
         for resource_part, scopes in scanned.groups:
@@ -244,8 +260,11 @@ class TailSampler:
                 entry = None
                 run_id = b""
                 late = None
-                nbytes = nspans = flags = tier = 0
+                frames: list[bytes] = []
+                nbytes = nspans = flags = tier = root_at = 0
                 min_start = max_end = 0
+                deadline = 0.0
+                th_in = rv = None
                 for span in spans:
                     try:
                         trace_id, _sid, parent, tracestate, name, kind, start, end, code = span_facts(span)
@@ -265,9 +284,9 @@ class TailSampler:
                         observe(resource_part, span, name, kind, code, start, end)
                     if trace_id != run_id:
                         if entry is not None:  # close the previous run
-                            self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end,
-                                            now, cap)
-                            added += nbytes
+                            added += self._close_run(run_id, entry, group, frames, nbytes, nspans, flags, tier,
+                                                     min_start, max_end, deadline, root_at, th_in, rv, now, cap,
+                                                     fresh)
                         run_id = trace_id
                         entry = traces.get(trace_id)
                         late = None
@@ -275,33 +294,32 @@ class TailSampler:
                             # A buffered trace is never in the decision cache: only new IDs are looked up.
                             late = decisions.get(trace_id)
                             if late is None:
-                                # Scheduled once at the end of this request, with the deadline it settles on.
-                                entry = [now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, _UNSCHEDULED,
-                                         _NO_START, 0, None, None, 0, group, group]
-                                traces[trace_id] = entry
-                                fresh.append(trace_id)
+                                # Stored when its run closes; scheduled once at the end of this request, with
+                                # the deadline it settles on.
+                                entry = (now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, 0,
+                                         _NO_START, 0, None, None, 0, group, (group,), b"")
+                                fresh[trace_id] = None
                                 added += TRACE_OVERHEAD + GROUP_SLOT
-                        elif entry[_GROUP] is not group:
-                            entry[_GROUP] = group
-                            entry.append(group)
-                            entry[_NBYTES] += GROUP_SLOT
-                            added += GROUP_SLOT
                         if entry is not None:
+                            frames = []
                             nbytes, nspans, flags, tier = 0, 0, entry[_FLAGS], entry[_TIER]
                             min_start, max_end = entry[_MIN_START], entry[_MAX_END]
+                            deadline, root_at, th_in, rv = entry[_DEADLINE], entry[_ROOT_AT], entry[_TH_IN], entry[_RV]
                     if entry is None:
                         self._late(group, span, late, tracestate)
                         continue
-                    entry.append(span)
-                    nbytes += len(span) + base
+                    n = len(span)
+                    frames.append(_PREFIXES[n] if n < 16384 else _varint(n))
+                    frames.append(span)
+                    nbytes += n + base
                     nspans += 1
                     if not parent and not flags & _ROOT:
                         flags |= _ROOT
-                        entry[_ROOT_AT] = len(entry) - 1
+                        root_at = entry[_NSPANS] + nspans
                         due = now + root_delay
-                        if due < entry[_DEADLINE]:
-                            entry[_DEADLINE] = due
-                            if not flags & _UNSCHEDULED:
+                        if due < deadline:
+                            deadline = due
+                            if trace_id not in fresh:
                                 heapq.heappush(schedule, (due, trace_id))
                     if code == _STATUS_ERROR and keep_errors:
                         flags |= _ERROR
@@ -309,11 +327,11 @@ class TailSampler:
                         flags |= _HTTP5XX
                     if tracestate:
                         flags |= _TRACESTATE
-                        th, rv = consistent.parse_ot(tracestate)
+                        th, span_rv = consistent.parse_ot(tracestate)
                         if th is not None:
-                            entry[_TH_IN] = th if entry[_TH_IN] is None else max(th, entry[_TH_IN])
-                        if rv is not None:
-                            entry[_RV] = rv
+                            th_in = th if th_in is None else max(th, th_in)
+                        if span_rv is not None:
+                            rv = span_rv
                     if start and start < min_start:
                         min_start = start
                     if end > max_end:
@@ -322,13 +340,12 @@ class TailSampler:
                                  quick is None or any(k in span for k in quick)):
                         tier = matcher.span_tier(span, name, kind, not parent, mask, tier)
                 if entry is not None:
-                    self._close_run(run_id, entry, nbytes, nspans, flags, tier, min_start, max_end, now, cap)
-                    added += nbytes
+                    added += self._close_run(run_id, entry, group, frames, nbytes, nspans, flags, tier, min_start,
+                                             max_end, deadline, root_at, th_in, rv, now, cap, fresh)
         self.buffered_bytes += added
         for trace_id in fresh:
             entry = traces.get(trace_id)
             if entry is not None:
-                entry[_FLAGS] &= ~_UNSCHEDULED
                 heapq.heappush(schedule, (entry[_DEADLINE], trace_id))
         new_traces = len(fresh)
         accepted = scanned.spans - (rejected - scanned.rejected)
@@ -345,23 +362,43 @@ class TailSampler:
         self._sweep(4 * scanned.spans + _COMPACT_SLACK)
         return Ingested(accepted, rejected, reject_message)
 
-    def _close_run(self, trace_id: bytes, entry: list, nbytes: int, nspans: int, flags: int, tier: int,
-                   min_start: int, max_end: int, now: float, cap: int) -> None:
-        """Write a run of spans' totals back to their trace; a trace past `max_trace_bytes` is due now."""
+    def _close_run(self, trace_id: bytes, entry: tuple, group: tuple[bytes, bytes], frames: list[bytes],
+                   nbytes: int, nspans: int, flags: int, tier: int, min_start: int, max_end: int, deadline: float,
+                   root_at: int, th_in: int | None, rv: int | None, now: float, cap: int,
+                   fresh: dict[bytes, None]) -> int:
+        """Store a run of spans and its totals as the trace's new entry; a trace past `max_trace_bytes` is due
+        now. Returns the bytes the run added."""
+        groups = entry[_GROUPS]
+        if entry[_GROUP] is not group:
+            index = next((i for i, g in enumerate(groups) if g is group), len(groups))
+            if index == len(groups):
+                groups += (group,)
+            frames.insert(0, _MARK + _varint(index))
+            nbytes += GROUP_SLOT
+        joined = b"".join(frames)
+        spans = entry[_SPANS]
+        if not spans:
+            spans = joined  # the usual trace arrives in one run: exact size, no spare capacity
+        else:
+            if type(spans) is bytes:
+                charged = len(spans)
+                spans = bytearray(spans)
+            else:
+                charged = spans.__alloc__()
+            spans += joined
+            nbytes += spans.__alloc__() - charged - len(joined)  # the spare capacity, as it grows
         total = entry[_NBYTES] + nbytes
-        entry[_NBYTES] = total
-        entry[_NSPANS] += nspans
-        entry[_TIER] = tier
-        entry[_MIN_START] = min_start
-        entry[_MAX_END] = max_end
         if total > cap and not flags & _CAPPED:
             flags |= _CAPPED
-            entry[_DEADLINE] = now
-            if not flags & _UNSCHEDULED:
+            deadline = now
+            if trace_id not in fresh:
                 heapq.heappush(self._schedule, (now, trace_id))
-        entry[_FLAGS] = flags
+        entry = (entry[_FIRST], deadline, total, entry[_NSPANS] + nspans, tier, flags, min_start, max_end, th_in, rv,
+                 root_at, group, groups, spans)
+        self._traces[trace_id] = entry
         if self._eviction is not None:
             self._index(trace_id, entry)
+        return nbytes
 
     def _late(self, group: tuple[bytes, bytes], span: bytes, decided: tuple, tracestate: str) -> None:
         if decided is DROPPED or not decided:
@@ -410,7 +447,7 @@ class TailSampler:
         self._eviction_sweep = self._schedule_sweep = -1
         return count
 
-    def _decide(self, trace_id: bytes, entry: list, now: float) -> None:
+    def _decide(self, trace_id: bytes, entry: tuple, now: float) -> None:
         del self._traces[trace_id]
         self.buffered_bytes -= entry[_NBYTES]
         nspans, tier, flags = entry[_NSPANS], entry[_TIER], entry[_FLAGS]
@@ -452,21 +489,17 @@ class TailSampler:
         stats.add(stats.kept_spans, name, nspans)
         stats.add(stats.kept_by_reason, REASONS[reason], nspans)
         has_state = bool(flags & _TRACESTATE)
-        group = entry[_SPANS]
-        for i in range(_SPANS + 1, len(entry)):
-            item = entry[i]
-            if type(item) is tuple:
-                group = item
-                continue
-            ts = span_facts(item)[3] if has_state else ""
-            self._emit(group, self._annotate(item, threshold, tier, reason, ts))
+        for group, span in _spans(entry):
+            ts = span_facts(span)[3] if has_state else ""
+            self._emit(group, self._annotate(span, threshold, tier, reason, ts))
 
-    def _key_threshold(self, tier: int, entry: list, tier_threshold: int) -> int:
+    def _key_threshold(self, tier: int, entry: tuple, tier_threshold: int) -> int:
         """The threshold of the trace's key (root span name and/or resource attributes of the root's resource):
         counted for the next refresh, and a key not seen since the last one is kept (its estimated cost is 0)."""
-        root = entry[_ROOT_AT] or _SPANS + 1
-        span = entry[root]
-        group = next(entry[i] for i in range(root - 1, _SPANS - 1, -1) if type(entry[i]) is tuple)
+        root = entry[_ROOT_AT] or 1
+        for ordinal, (group, span) in enumerate(_spans(entry), 1):
+            if ordinal == root:
+                break
         resource = None
         parts = []
         for name in self._key_tiers[tier]:
@@ -521,7 +554,7 @@ class TailSampler:
         self._eviction = heap
         self._eviction_sweep = -1
 
-    def _index(self, trace_id: bytes, entry: list) -> None:
+    def _index(self, trace_id: bytes, entry: tuple) -> None:
         heapq.heappush(self._eviction, (-entry[_TIER], -entry[_NBYTES], entry[_FIRST], trace_id))  # type: ignore[arg-type]
 
     def _sweep(self, budget: int) -> None:
@@ -628,6 +661,45 @@ class TailSampler:
     def decided(self, trace_ids: Iterable[bytes]) -> list[tuple | None]:
         """What was decided for these traces (for tests and debugging)."""
         return [self._decisions.get(t) for t in trace_ids]
+
+
+def _spans(entry: tuple) -> Iterator[tuple[tuple[bytes, bytes], bytes]]:
+    """A buffered trace's spans, each with its (resource, scope) group, in the order they arrived."""
+    groups, spans = entry[_GROUPS], entry[_SPANS]
+    if type(spans) is not bytes:
+        spans = bytes(spans)  # slices of bytes are bytes
+    group = groups[0]
+    i, end = 0, len(spans)
+    while i < end:
+        n = spans[i]
+        i += 1
+        if n >= 0x80:
+            n &= 0x7F
+            shift = 7
+            while True:
+                b = spans[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+        if n == 0:  # a group switch: the index follows (always under 2**14 in practice, but read as a varint)
+            index = spans[i]
+            i += 1
+            if index >= 0x80:
+                shift = 7
+                index &= 0x7F
+                while True:
+                    b = spans[i]
+                    i += 1
+                    index |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+            group = groups[index]
+            continue
+        yield group, spans[i:i + n]
+        i += n
 
 
 _STATUS_KEYS = tuple((key, bytes([0x0A, len(key)]) + key + b"\x12") for key in
