@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(config.telemetry.log_level)
     describe_process(os.path.abspath(args.config) if args.config else "(default config)")
-    # The trace buffer allocates one list per trace; at the default gen-0 threshold (700) the cyclic GC ran
-    # every few requests and took ~12% of the agent's CPU in bench/ingest.py. Objects that live for the whole
+    # The trace buffer allocated one list per trace (now untracked bytes and tuples); at the default gen-0
+    # threshold (700) the cyclic GC ran every few requests and took ~12% of the agent's CPU in bench/ingest.py. Objects that live for the whole
     # run (modules, config, components) are frozen out of every collection.
     gc.set_threshold(50_000, 20, 100)
     _raise_open_files_limit(config)

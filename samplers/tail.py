@@ -5,8 +5,8 @@ request alive). A trace is one tuple, `(header..., current group, groups, spans)
 bytearray once a second run of spans arrives) holding each span as `varint(length) span`, and a switch of (resource,
 scope) group as `0 varint(index into groups)`. Nothing of a buffered trace is a container the cyclic GC must walk:
 bytes and bytearrays are not tracked, and a tuple holding only untracked objects is untracked by the first collection
-that sees it (the tuple is replaced, not mutated, once per run of spans). With a list per trace, every collection
-of the older generations walked the whole buffer: 60-215 ms pauses under overload (bench/eviction_latency.py).
+that sees it (the tuple is replaced, not mutated, once per run of spans). A list per trace stayed tracked for
+as long as the trace was buffered, so collections walked every buffered trace and the spans it held.
 Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming threshold — is folded into
 the trace's header as spans arrive, so deciding reads no span again.
 
@@ -65,7 +65,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_PREFIXES = [_varint(n) for n in range(1 << 14)]  # every 1- and 2-byte length prefix, built once (~0.6 MB)
+_PREFIXES = [_varint(n) for n in range(1 << 14)]  # every 1- and 2-byte length prefix, built once (~0.8 MB)
 
 REASONS = ("tier", "error", "http_5xx", "latency")
 # Why spans were dropped: not sampled (their tier's rate, shedding included), evicted past max_memory, or late
