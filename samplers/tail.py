@@ -1,12 +1,12 @@
 """The tail sampler: buffers spans by trace, decides each trace once, and emits the kept spans re-framed.
 
 Spans are held as their wire bytes, never as parsed objects (see docs/architecture.md: a parsed span keeps its whole
-request alive). A trace is one tuple, `(header..., current group, groups, spans)`, where `spans` is one bytes (a
-bytearray once a second run of spans arrives) holding each span as `varint(length) span`, and a switch of (resource,
-scope) group as `0 varint(index into groups)`. Nothing of a buffered trace is a container the cyclic GC must walk:
-bytes and bytearrays are not tracked, and a tuple holding only untracked objects is untracked by the first collection
-that sees it (the tuple is replaced, not mutated, once per run of spans). A list per trace stayed tracked for
-as long as the trace was buffered, so collections walked every buffered trace and the spans it held.
+request alive). A trace is one tuple, `(header..., groups, spans)`, where `spans` is one bytes (a bytearray once a
+second run of spans arrives) holding a segment per run of spans: `varint(index into groups) varint(count)`, the
+spans' lengths (native unsigned ints), then the spans. Nothing of a buffered trace is a container the cyclic GC
+must walk: bytes and bytearrays are not tracked, and a tuple holding only untracked objects is untracked by the
+first collection that sees it (the tuple is replaced, not mutated, once per run of spans). A list per trace stayed
+tracked for as long as the trace was buffered, so collections walked every buffered trace and the spans it held.
 Everything a decision needs — root seen, error, HTTP 5xx, start/end, tier, incoming threshold — is folded into
 the trace's header as spans arrive, so deciding reads no span again.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,20 +39,20 @@ from samplers.wire import (
     with_trace_state,
 )
 
-# Trace entry slots. _ROOT_AT: the root's ordinal among the trace's spans (from 1; 0: no root yet). _GROUP: the
-# group of the last span in _SPANS; _GROUPS: every group the trace's spans came in, in order of first use.
+# Trace entry slots. _ROOT_AT: the root's ordinal among the trace's spans (from 1; 0: no root yet). _GROUPS: the
+# (resource, scope) groups the trace's runs of spans came in, the last run's last.
 _FIRST, _DEADLINE, _NBYTES, _NSPANS, _TIER, _FLAGS, _MIN_START, _MAX_END, _TH_IN, _RV, _ROOT_AT = range(11)
-_GROUP, _GROUPS, _SPANS = 11, 12, 13
+_GROUPS, _SPANS = 11, 12
 _NO_START = 1 << 64
 _ROOT, _ERROR, _HTTP5XX, _TRACESTATE, _CAPPED = 1, 2, 4, 8, 16
-_MARK = b"\x00"  # in _SPANS, where a length would be: a group switch follows (a buffered span is never empty)
+_LENGTHS = "I"  # array typecode of the span lengths in a segment
 
 # Live-memory model, checked against tracemalloc in tests/test_samplers_memory.py: a span costs its bytes plus
-# its length prefix (the bytearray's spare capacity, once the trace has one, is charged as it grows); a trace
-# its dict slot, key, entry tuple and header values, plus its schedule entries; a (resource, scope) group its
-# two bytes objects and tuple, shared by its spans, and a marker and a slot in _GROUPS wherever a run of its
-# spans follows another group's.
-SPAN_OVERHEAD = 3
+# its length (the bytearray's spare capacity, once the trace has one, is charged as it grows); a trace its dict
+# slot, key, entry tuple and header values, plus its schedule entries; a (resource, scope) group its two bytes
+# objects and tuple, shared by its spans, and a slot in _GROUPS wherever a run of its spans follows another
+# group's; a run its segment header.
+SPAN_OVERHEAD = array(_LENGTHS).itemsize
 GROUP_SLOT = 8
 GROUP_OVERHEAD = 33 * 2 + 56
 
@@ -65,7 +66,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_PREFIXES = [_varint(n) for n in range(1 << 14)]  # every 1- and 2-byte length prefix, built once (~0.8 MB)
+def _read_varint(s: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = s[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
 
 REASONS = ("tier", "error", "http_5xx", "latency")
 # Why spans were dropped: not sampled (their tier's rate, shedding included), evicted past max_memory, or late
@@ -297,7 +306,7 @@ class TailSampler:
                                 # Stored when its run closes; scheduled once at the end of this request, with
                                 # the deadline it settles on.
                                 entry = (now, now + wait, TRACE_OVERHEAD + GROUP_SLOT, 0, catch_all, 0,
-                                         _NO_START, 0, None, None, 0, group, (group,), b"")
+                                         _NO_START, 0, None, None, 0, (group,), b"")
                                 fresh[trace_id] = None
                                 added += TRACE_OVERHEAD + GROUP_SLOT
                         if entry is not None:
@@ -308,10 +317,8 @@ class TailSampler:
                     if entry is None:
                         self._late(group, span, late, tracestate)
                         continue
-                    n = len(span)
-                    frames.append(_PREFIXES[n] if n < 16384 else _varint(n))
                     frames.append(span)
-                    nbytes += n + base
+                    nbytes += len(span) + base
                     nspans += 1
                     if not parent and not flags & _ROOT:
                         flags |= _ROOT
@@ -369,13 +376,14 @@ class TailSampler:
         """Store a run of spans and its totals as the trace's new entry; a trace past `max_trace_bytes` is due
         now. Returns the bytes the run added."""
         groups = entry[_GROUPS]
-        if entry[_GROUP] is not group:
-            index = next((i for i, g in enumerate(groups) if g is group), len(groups))
-            if index == len(groups):
-                groups += (group,)
-            frames.insert(0, _MARK + _varint(index))
+        if groups[-1] is not group:
+            groups += (group,)
             nbytes += GROUP_SLOT
+        index, count = len(groups) - 1, len(frames)
+        head = bytes((index, count)) if index < 0x80 and count < 0x80 else _varint(index) + _varint(count)
+        frames[:0] = (head, array(_LENGTHS, map(len, frames)).tobytes())
         joined = b"".join(frames)
+        nbytes += len(head)
         spans = entry[_SPANS]
         if not spans:
             spans = joined  # the usual trace arrives in one run: exact size, no spare capacity
@@ -394,7 +402,7 @@ class TailSampler:
             if trace_id not in fresh:
                 heapq.heappush(self._schedule, (now, trace_id))
         entry = (entry[_FIRST], deadline, total, entry[_NSPANS] + nspans, tier, flags, min_start, max_end, th_in, rv,
-                 root_at, group, groups, spans)
+                 root_at, groups, spans)
         self._traces[trace_id] = entry
         if self._eviction is not None:
             self._index(trace_id, entry)
@@ -668,38 +676,17 @@ def _spans(entry: tuple) -> Iterator[tuple[tuple[bytes, bytes], bytes]]:
     groups, spans = entry[_GROUPS], entry[_SPANS]
     if type(spans) is not bytes:
         spans = bytes(spans)  # slices of bytes are bytes
-    group = groups[0]
     i, end = 0, len(spans)
     while i < end:
-        n = spans[i]
-        i += 1
-        if n >= 0x80:
-            n &= 0x7F
-            shift = 7
-            while True:
-                b = spans[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-        if n == 0:  # a group switch: the index follows (always under 2**14 in practice, but read as a varint)
-            index = spans[i]
-            i += 1
-            if index >= 0x80:
-                shift = 7
-                index &= 0x7F
-                while True:
-                    b = spans[i]
-                    i += 1
-                    index |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-            group = groups[index]
-            continue
-        yield group, spans[i:i + n]
-        i += n
+        index, i = _read_varint(spans, i)
+        count, i = _read_varint(spans, i)
+        lengths = array(_LENGTHS)
+        lengths.frombytes(spans[i:i + count * lengths.itemsize])
+        i += count * lengths.itemsize
+        group = groups[index]
+        for n in lengths:
+            yield group, spans[i:i + n]
+            i += n
 
 
 _STATUS_KEYS = tuple((key, bytes([0x0A, len(key)]) + key + b"\x12") for key in
