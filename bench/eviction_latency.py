@@ -22,12 +22,14 @@ buffer); this measures the outcome.
 
 Measured with `python bench/eviction_latency.py` (default flags, 20 s windows), three runs each, interleaved with
 main on this shared 2-core machine, once buffered traces were no longer GC-tracked (a tuple and one bytes per
-trace instead of a list; tests/test_samplers_memory.py holds that): p99 17.98 / 17.35 / 17.03 ms (median 17.35),
-max 28-36 ms, ~48.3k traces buffered; main (a list per trace) p99 19.45 / 20.09 / 23.25 ms (median 20.09), max
-32-51 ms, ~44.5k traces. Timing collections with gc.callbacks over a 60 s window, both ran a single gen-0
-collection (25 ms here, 41 ms on main): evictions free about as many tracked objects as each request brings, so
-the gen-0 count stays near zero. The long collections (up to ~170 ms) come at shutdown, when every buffered
-trace is decided and kept spans are exported.
+trace instead of a list; tests/test_samplers_memory.py holds that): p99 20.38 / 21.89 / 20.68 ms (median 20.68),
+max 24-39 ms, ~48k traces buffered; main (a list per trace) p99 17.04 / 17.85 / 18.10 ms (median 17.85), max
+49-87 ms, ~44.5k traces. An earlier batch (the first bytes layout) read 17.35 ms median against main's 20.09: p99
+differs within the noise, the max is lower. `--in-process`, 3 runs each: p50 per ingest 1.94 vs main 1.92 ms,
+p99 6.70 vs 6.98 ms, max 11-15 vs 20-26 ms. Timing collections with gc.callbacks over a 60 s window, both ran a
+single gen-0 collection (25 ms here, 41 ms on main): evictions free about as many GC objects as each request
+brings, so the gen-0 count stays near zero. The long collections (up to ~170 ms) come at shutdown, when every
+buffered trace is decided and kept spans are exported.
 """
 
 from __future__ import annotations
