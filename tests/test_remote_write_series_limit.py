@@ -71,6 +71,10 @@ def test_an_equal_label_set_in_a_new_tuple_is_the_same_series():
     assert len(limit.apply(batch(labels("up", pod="a")), 1.0)) == 1
 
 
+class Key:
+    """A series key as a learnt shape is one: weakly referenceable."""
+
+
 def keyed(key: object, *series: tuple) -> SampleBatch:
     out = batch(*series)
     out.series_key = key
@@ -79,7 +83,7 @@ def keyed(key: object, *series: tuple) -> SampleBatch:
 
 def test_series_of_a_repeating_shape_seen_in_every_interval_keep_their_place():
     limit = SeriesLimit(max_series_per_metric=1, max_series=100, idle_expiry=60.0)
-    shape = object()
+    shape = Key()
     a, b = labels("up", pod="a"), labels("up", pod="b")
     for t in range(0, 600, 10):
         assert len(limit.apply(keyed(shape, a), float(t))) == 1
@@ -89,7 +93,7 @@ def test_series_of_a_repeating_shape_seen_in_every_interval_keep_their_place():
 
 def test_series_of_a_shape_that_stops_coming_free_their_place():
     limit = SeriesLimit(max_series_per_metric=1, max_series=100, idle_expiry=60.0)
-    shape = object()
+    shape = Key()
     for t in range(0, 60, 10):
         limit.apply(keyed(shape, labels("up", pod="a")), float(t))
     assert len(limit.apply(batch(labels("up", pod="b")), 200.0)) == 1
@@ -98,7 +102,7 @@ def test_series_of_a_shape_that_stops_coming_free_their_place():
 
 def test_a_shape_with_a_refused_series_is_limited_every_time():
     limit = SeriesLimit(max_series_per_metric=1, max_series=100, idle_expiry=60.0)
-    shape = object()
+    shape = Key()
     for t in range(3):
         out = limit.apply(keyed(shape, labels("up", pod="a"), labels("up", pod="b")), float(t))
         assert len(out) == 1 and out.dropped == {"too_many_series": 1}

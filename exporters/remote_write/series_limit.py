@@ -24,6 +24,8 @@ tuples that named it; `expire` forgets what is idle and is run at most once per 
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import replace
 
 from exporters.remote_write.series import Labels, SampleBatch
@@ -69,8 +71,9 @@ class SeriesLimit:
         # id(label tuple) -> [the tuple (kept alive, so the id is not reused), family table, identity, epoch]
         self._known: dict[int, list] = {}
         self._seen: set[int] = set()  # ids of tuples seen in the current epoch
-        # id(series_key) -> the key (kept alive, so the id is not reused), for batches admitted whole this epoch
-        self._clean: dict[int, object] = {}
+        # id(series_key) -> the key, for batches admitted whole this epoch; weak, so that it costs no memory past
+        # the series cache's bound (an entry goes with its key, before the id can be reused)
+        self._clean: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self.expired = 0
         """Series forgotten after idle_expiry without a sample."""
         self.refused = 0
@@ -96,7 +99,8 @@ class SeriesLimit:
             if key is not None:
                 if len(self._clean) >= MAX_CLEAN_KEYS:
                     self._clean.clear()
-                self._clean[id(key)] = key
+                with contextlib.suppress(TypeError):  # a key that takes no weak reference is checked every time
+                    self._clean[id(key)] = key
             return batch
         gone = refused_floats | refused_histograms
         floats = [i for i, labels in enumerate(batch.labels) if id(labels) not in gone]

@@ -73,6 +73,7 @@ class Shape:
     and the counts that decide when to learn again."""
 
     __slots__ = (
+        "__weakref__",  # the series limit remembers shapes it admitted whole without keeping them alive
         "backoff",
         "dropped",
         "has_ints",
