@@ -37,6 +37,7 @@ Histograms go through the generated messages; they are few.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, count, islice, pairwise, repeat
 from itertools import compress as selected
@@ -64,6 +65,7 @@ from exporters.remote_write.series import (
     group_by_series,
 )
 from exporters.remote_write.series import Metadata as SeriesMetadata
+from exporters.remote_write.series_cache import INTERNED_BYTES, SeriesCache, labels_bytes
 
 HEADERS: dict[str, str] = {
     "Content-Encoding": "snappy",
@@ -81,6 +83,7 @@ SERIES_CACHE_BYTES = 16 << 20
 and request layouts (see `_layout_size`)."""
 _ENTRY_OVERHEAD = 200
 
+_getsizeof = sys.getsizeof
 _TYPE_ENUM = {name: index for index, name in enumerate(METRIC_TYPES)}
 _pack_double = struct.Struct("<d").pack
 _POSITIVE_ZERO = bytes(8)
@@ -498,6 +501,35 @@ class Rw2Decoder:
 
     protocol = "rw2"
 
+    def __init__(self, cache_bytes: int = SERIES_CACHE_BYTES << 1) -> None:
+        self._cache = SeriesCache(cache_bytes)
+
+    @property
+    def evicted(self) -> int:
+        """Label sets dropped from the cache to stay within its bound (self-telemetry)."""
+        return self._cache.evicted
+
+    def _labels(self, refs: tuple[int, ...], symbols: list[str], index: int) -> Labels:
+        """A TimeSeries' labels, from the cache when the same strings made a series before (a sender's refs
+        change from request to request, its strings do not), else built and checked by `_series_labels`.
+
+        The key is the label strings in wire order, so a hit is exactly the set that passed the checks; only
+        checked sets are kept, so every error is raised as without the cache. Bounded in bytes by a
+        `SeriesCache`, whose tuples are also interned: the same series is the same object in every batch."""
+        try:
+            key = tuple(map(symbols.__getitem__, refs))
+        except IndexError:
+            key = None
+        cache = self._cache
+        found = cache.young.get(key) or cache.get(key) if key is not None else None
+        if found is not None:
+            return found[0]
+        labels = cache.intern(_series_labels(refs, symbols, index))  # raises for any malformed set
+        assert key is not None  # _series_labels refused an out-of-range ref
+        nbytes = labels_bytes(labels) + INTERNED_BYTES + _getsizeof(key) + 64
+        cache.put(key, (labels, nbytes), nbytes)
+        return labels
+
     def decode(self, body: bytes, headers: Mapping[str, str]) -> SampleBatch:
         try:
             request = Request.FromString(body)
@@ -509,11 +541,12 @@ class Rw2Decoder:
         starts: list[int] = []
         add_start = starts.append
         seen: dict[tuple[int, ...], Labels] = {}  # label refs already checked, and what they mean
+        metadata: dict[tuple[int, int, int], SeriesMetadata] = {}
         for index, ts in enumerate(request.timeseries):
             refs = tuple(ts.labels_refs)
             series = seen.get(refs)
             if series is None:
-                series = seen[refs] = _series_labels(refs, symbols, index)
+                series = seen[refs] = self._labels(refs, symbols, index)
             samples, histograms = ts.samples, ts.histograms
             if samples:
                 if histograms:
@@ -541,11 +574,15 @@ class Rw2Decoder:
                 batch.exemplar_sizes.append(0)
             if ts.HasField("metadata"):
                 m = ts.metadata
-                kind = METRIC_TYPES[m.type] if 0 <= m.type < len(METRIC_TYPES) else METRIC_TYPES[0]
-                where = f"timeseries[{index}].metadata"
-                help_text = _symbol(symbols, m.help_ref, where, "help_ref")
-                unit = _symbol(symbols, m.unit_ref, where, "unit_ref")
-                batch.metadata[dict(series)[NAME_LABEL]] = SeriesMetadata(kind, help_text, unit)
+                meta_refs = (m.type, m.help_ref, m.unit_ref)
+                known = metadata.get(meta_refs)
+                if known is None:  # a family's series share one metadata: build and check it once per request
+                    kind = METRIC_TYPES[m.type] if 0 <= m.type < len(METRIC_TYPES) else METRIC_TYPES[0]
+                    where = f"timeseries[{index}].metadata"
+                    help_text = _symbol(symbols, m.help_ref, where, "help_ref")
+                    unit = _symbol(symbols, m.unit_ref, where, "unit_ref")
+                    known = metadata[meta_refs] = SeriesMetadata(kind, help_text, unit)
+                batch.metadata[_metric_name(series)] = known  # checked labels: exactly one __name__
         batch.sizes = [0] * len(batch.values)
         if any(starts):
             batch.start_timestamps = starts
