@@ -91,6 +91,9 @@ class RemoteWriteReceiver:
         self._consume = consume
         self.sessions = sessions or CompactSessions()
         self._decoders = {p: new_decoder(p) for p in ("rw1", "vm", "rw2")}
+        # A decoder's label cache is not thread-safe and large bodies decode in a worker thread: one decode per
+        # format at a time (CPU-bound under the GIL anyway), waited for without blocking the loop.
+        self._decode_locks = {p: asyncio.Lock() for p in self._decoders}
         self._drain_timeout = drain_timeout
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()  # compact sessions advance one request at a time
@@ -102,10 +105,18 @@ class RemoteWriteReceiver:
         broken_framing.install()
         self._requests = meter.create_counter(
             "headwater_gateway_requests", description="Remote-write requests the gateway accepted, by wire format")
+        meter.create_observable_counter(
+            "headwater_gateway_decoder_evictions", unit="{entry}", callbacks=[self._observe_decoder_evictions],
+            description="Label sets the rw1, vm and rw2 decoders dropped from their caches to stay within their "
+            "byte bound, by wire format")
         attrs = {"signal": "metrics", "transport": "remote_write"}
         self._accepted.add(0, attrs)  # 0 from the start
         for status in ("400", "408", "409", "413", "415", "429") + (("401",) if auth is not None else ()):
             self._refused.add(0, {**attrs, "status": status})
+
+    def _observe_decoder_evictions(self, _options: object) -> list[metrics.Observation]:
+        return [metrics.Observation(getattr(decoder, "evicted", 0), {"protocol": protocol})
+                for protocol, decoder in self._decoders.items()]
 
     @property
     def endpoint(self) -> str:
@@ -222,10 +233,11 @@ class RemoteWriteReceiver:
             else:
                 try:
                     decoder = self._decoders[protocol]
-                    if len(data) > _THREAD_THRESHOLD:
-                        batch = await asyncio.to_thread(decoder.decode, data, request.headers)
-                    else:
-                        batch = decoder.decode(data, request.headers)
+                    async with self._decode_locks[protocol]:
+                        if len(data) > _THREAD_THRESHOLD:
+                            batch = await asyncio.to_thread(decoder.decode, data, request.headers)
+                        else:
+                            batch = decoder.decode(data, request.headers)
                 except DecodeError as exc:
                     raise _Refusal(400, f"{protocol}: {exc}") from None
                 await self._accept(batch)

@@ -76,7 +76,9 @@ def detect(headers: Mapping[str, str]) -> tuple[str, str]:
 
 
 def new_decoder(protocol: str) -> Decoder:
-    """A stateless decoder (rw1, vm, rw2); the compact format decodes through the gateway's session store."""
+    """A decoder for rw1, vm or rw2: no protocol state (every request stands alone), only a cache of label sets
+    (bounded in bytes, not thread-safe: one decode at a time); the compact format decodes through the gateway's
+    session store."""
     if protocol in ("rw1", "vm"):
         from exporters.remote_write.vm import Rw1Decoder
 
