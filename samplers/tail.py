@@ -32,9 +32,11 @@ from samplers.wire import (
     WireError,
     find_attribute,
     frame_request,
+    read_varint,
     resource_attributes_bytes,
     scan_request,
     span_facts,
+    varint_bytes,
     with_attributes,
     with_trace_state,
 )
@@ -56,25 +58,6 @@ SPAN_OVERHEAD = array(_LENGTHS).itemsize
 GROUP_SLOT = 8
 GROUP_OVERHEAD = 33 * 2 + 56
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(s: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = s[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
 
 REASONS = ("tier", "error", "http_5xx", "latency")
 # Why spans were dropped: not sampled (their tier's rate, shedding included), evicted past max_memory, or late
@@ -380,7 +363,7 @@ class TailSampler:
             groups += (group,)
             nbytes += GROUP_SLOT
         index, count = len(groups) - 1, len(frames)
-        head = bytes((index, count)) if index < 0x80 and count < 0x80 else _varint(index) + _varint(count)
+        head = bytes((index, count)) if index < 0x80 and count < 0x80 else varint_bytes(index) + varint_bytes(count)
         frames[:0] = (head, array(_LENGTHS, map(len, frames)).tobytes())
         joined = b"".join(frames)
         nbytes += len(head)
@@ -678,8 +661,8 @@ def _spans(entry: tuple) -> Iterator[tuple[tuple[bytes, bytes], bytes]]:
         spans = bytes(spans)  # slices of bytes are bytes
     i, end = 0, len(spans)
     while i < end:
-        index, i = _read_varint(spans, i)
-        count, i = _read_varint(spans, i)
+        index, i = read_varint(spans, i, end)
+        count, i = read_varint(spans, i, end)
         lengths = array(_LENGTHS)
         lengths.frombytes(spans[i:i + count * lengths.itemsize])
         i += count * lengths.itemsize

@@ -662,6 +662,11 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
+read_varint = _varint
+"""For the trace buffer's own records (samplers.tail), which share this module's varints."""
+varint_bytes = _varint_bytes
+
+
 def encode_len_field(field: int, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     return b"".join((_varint_bytes((field << 3) | 2), _varint_bytes(len(payload)), payload))
