@@ -18,8 +18,10 @@ quarter of `idle_expiry`) for the series the epoch saw, not per sample. A batch 
 (`SampleBatch.series_key`) costs one lookup once the epoch admitted a batch of that shape whole: a node's SDK
 sends the same series every interval, and checking them again (~0.1 us a sample) was ~15 % of a node agent's
 CPU in `bench/remote_write.py` (py-spy, compact at a 1 s flush). Samples the gateway forwards
-(`consume_series`) are not limited: their label tuples are new objects in every request. Memory: at most `max_series` admitted series, each with the label
-tuples that named it; `expire` forgets what is idle and is run at most once per epoch.
+(`consume_series`) are not limited here: the limit was left out when a gateway's label tuples were new objects in
+every request (the rw1, vm and rw2 decoders now reuse them, compact sessions always did), so it could now be applied
+there at the cost above. Memory: at most `max_series` admitted series, each with the label tuples that named it;
+`expire` forgets what is idle and is run at most once per epoch.
 """
 
 from __future__ import annotations
