@@ -98,6 +98,36 @@ def test_the_exporter_stores_exactly_the_samples_sent_and_auto_ends_on_rw1(
     assert counters.value("samples_dropped") == 0 and counters.value("samples_failed") == 0
 
 
+def test_zero_values_written_explicitly_from_a_remembered_layout_are_stored_as_zero(
+    store: PrometheusServer | VictoriaMetricsServer,
+) -> None:
+    """From its second request on, a label list is written from its remembered layout with +0.0 values in
+    the body (rw1_frames.py, `Frame.packed`): both stores must read them as the zeros they are."""
+    steps = 6
+    sent = {0: [0.0] * steps, 1: [0.0 if step % 2 else float(step + 1) for step in range(steps)],
+            2: [float(step + 1) for step in range(steps)]}
+
+    async def send() -> None:
+        exporter = RemoteWriteExporter(
+            "store", store.remote_write_url, {}, timeout=10.0,
+            retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.5, max_elapsed=10.0),
+            max_samples=1000, max_bytes=4 << 20, flush_interval=0.05, meter=Counters().meter, protocol="rw1")
+        await exporter.start()
+        for step in range(steps):
+            request = gauge_request("e2e_zeros", step)
+            for i, point in enumerate(request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points):
+                point.as_double = sent[i][step]
+            await exporter.consume_metrics(request)
+            await asyncio.sleep(0.15)  # one request per step: the same label list again and again
+        await exporter.shutdown(timeout=10)
+
+    asyncio.run(send())
+    counts(store, "e2e_zeros", steps)
+    result = store.wait_for_query('e2e_zeros{job="e2e"}[1h]', lambda r: len(r) == SERIES, timeout=30)
+    stored = {int(s["metric"]["series"]): [float(v) for _, v in s["values"]] for s in result}
+    assert stored == sent
+
+
 def post_metrics(agent: AgentProcess, request: ExportMetricsServiceRequest) -> None:
     http_request = urllib.request.Request(
         f"{agent.http_url}/v1/metrics", data=request.SerializeToString(),

@@ -144,17 +144,35 @@ def test_an_ungrouped_batch_with_repeated_series_is_grouped_by_the_general_path(
     assert frame_of(cache)
 
 
-def test_frames_are_bounded_by_the_samples_they_cover_and_the_oldest_go_first() -> None:
-    frames = Frames(max_samples=10)
+def test_frames_are_bounded_in_bytes_and_the_oldest_go_first() -> None:
+    frames = Frames(max_bytes=10 * 120)  # ten samples' layouts
     series = [(("__name__", f"m{i}"),) for i in range(12)]
     encoded = rw1.LabelCache().encoded_all
     for start in (0, 4, 8):
         labels = series[start:start + 4]
         for _ in range(2):
             frames.pieces(labels, [1.0] * 4, [NOW] * 4, False, encoded)
-    assert frames.samples <= 10
+    assert frames.nbytes <= 10 * 120
     assert [key[2] for key in frames.frames] == [4, 4]
     assert frames.pieces(series, [1.0] * 12, [NOW] * 12, False, encoded) is None  # larger than the bound
+
+
+def test_a_frame_that_writes_whole_bodies_is_charged_for_its_format_within_the_bound() -> None:
+    series = [(("__name__", f"m{i}"),) for i in range(12)]
+    encoded = rw1.LabelCache().encoded_all
+    frames = Frames(max_bytes=3000)  # two packed frames of four samples (1,320 bytes each)
+    for start in (0, 4, 8):
+        labels = series[start:start + 4]
+        for _ in range(2):  # the second time, whole bodies
+            body = frames.pieces(labels, [0.0] * 4, [NOW] * 4, False, encoded, explicit=True)
+            assert b"".join(body) and reserialized(b"".join(body)) == expected(labels, [0.0] * 4, [NOW] * 4)
+        assert frames.nbytes <= 3000
+    assert len(frames.frames) == 2
+    tight = Frames(max_bytes=4 * 120)  # room for the layout only: bodies as protobuf writes them
+    for _ in range(3):
+        body = tight.pieces(series[:4], [0.0] * 4, [NOW] * 4, False, encoded, explicit=True)
+        assert b"".join(body) == expected(series[:4], [0.0] * 4, [NOW] * 4)
+    assert tight.nbytes <= 4 * 120
 
 
 def test_concurrent_encodes_of_one_label_list_stay_exact() -> None:
@@ -208,3 +226,43 @@ def test_a_few_zeros_changing_among_many_series_are_written_exactly() -> None:
             assert rw1.serialize(list(labels), values, stamps, cache=cache, grouped=True) == expected(
                 labels, values, stamps)
         assert frame_of(cache)
+
+
+def reserialized(body: bytes) -> bytes:
+    """What protobuf writes for the message a body holds: the same for an explicit +0.0 and a left-out one,
+    and every other value's bits as they are."""
+    return rw1.WriteRequest.FromString(body).SerializeToString()
+
+
+@PROPERTY
+@given(requests())
+def test_a_label_list_sent_again_with_explicit_zeros_holds_exactly_the_message_protobuf_writes(drawn: tuple) -> None:
+    sent, grouped = drawn
+    cache = rw1.LabelCache()
+    for labels, values, stamps in sent:
+        body = rw1.serialize(labels, values, stamps, cache=cache, grouped=grouped, explicit_zeros=True)
+        assert reserialized(body) == expected(labels, values, stamps)
+
+
+def test_from_its_second_request_a_label_list_is_written_with_its_zeros_explicit() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    labels, stamps = [a, b], [NOW, NOW]
+    bodies = [rw1.serialize(labels, values, stamps, cache=cache, explicit_zeros=True)
+              for values in ([0.0, 1.0], [0.0, -0.0], [STALE_NAN, 0.0])]
+    assert bodies[0] == expected(labels, [0.0, 1.0], stamps)  # seen once: as protobuf writes it
+    assert len(bodies[1]) == len(expected(labels, [0.0, -0.0], stamps)) + 9  # a's +0.0 written
+    decoded = rw1.WriteRequest.FromString(bodies[1])
+    assert [struct.pack("<d", ts.samples[0].value) for ts in decoded.timeseries] == [bytes(8), struct.pack("<d", -0.0)]
+    assert reserialized(bodies[2]) == expected(labels, [STALE_NAN, 0.0], stamps)
+
+
+def test_runs_of_several_samples_are_written_explicitly_with_each_samples_own_timestamp() -> None:
+    a, b = (("__name__", "a"),), (("__name__", "b"),)
+    cache = rw1.LabelCache()
+    for tick in range(4):
+        base = NOW + 5000 * tick
+        for stamps in ([base, base + 1000, base, base + 1000], [base, base + 7, base + 3, base + 1000]):
+            labels, values = [a, a, b, b], [0.0, 1.0, 2.0, 0.0]
+            body = rw1.serialize(labels, values, stamps, cache=cache, grouped=True, explicit_zeros=True)
+            assert reserialized(body) == expected(labels, values, stamps)

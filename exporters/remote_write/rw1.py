@@ -408,8 +408,12 @@ def serialize(
     exemplars: Sequence[Exemplar] = (),
     cache: LabelCache | None = None,
     grouped: bool = False,
+    explicit_zeros: bool = False,
 ) -> bytes:
     """`build_write_request(...).SerializeToString()`, without building the float samples' messages.
+
+    `explicit_zeros`: a request written from a remembered layout may write +0.0 values as protobuf would
+    any other (rw1_frames.py, `Frame.packed`): the same message to any protobuf parser, not the same bytes.
 
     `cache`: the caller's encoded label sets, kept across calls (one per connection); without one, a
     private cache lives for this call only. `grouped`: the float samples are already in the order this
@@ -420,7 +424,8 @@ def serialize(
     _encoded_labels = cache.encoded
     exemplars_by_series = group_by_series(exemplar_labels) if exemplars else {}
     # A label list sent before (the usual case): its remembered layout, with no work per series.
-    framed = cache.frames.pieces(labels, values, timestamps, grouped, cache.encoded_all) if not exemplars else None
+    framed = cache.frames.pieces(labels, values, timestamps, grouped, cache.encoded_all,
+                                 explicit_zeros) if not exemplars else None
     out: list[bytes] = framed if framed is not None else _float_series(
         labels, values, timestamps, exemplars, exemplars_by_series, cache, grouped
     )

@@ -100,12 +100,14 @@ def _encode(batch: SampleBatch, cache: rw1.LabelCache) -> bytes:
         exemplars=batch.exemplars,
         cache=cache,
         grouped=batch.grouped,
+        explicit_zeros=True,
     )
 
 
 class VmEncoder:
     """The `vm` format for one connection: the body is rw1's, only the codec differs. Its only state is the
-    cache of encoded label sets, which changes no byte on the wire."""
+    cache of encoded label sets and request layouts (rw1_frames.py), which changes no message on the wire (a
+    request written from a layout writes +0.0 values explicitly)."""
 
     protocol = "vm"
 
@@ -129,7 +131,8 @@ class VmEncoder:
 
 class Rw1Encoder:
     """Remote write 1.0 for one connection: the format every Prometheus-compatible store takes. Its only
-    state is the cache of encoded label sets, which changes no byte on the wire."""
+    state is the cache of encoded label sets and request layouts (rw1_frames.py), which changes no message on
+    the wire (a request written from a layout writes +0.0 values explicitly)."""
 
     protocol = "rw1"
 
