@@ -127,18 +127,41 @@ def xor_words(a: array, b: array) -> array:
     return array("Q", (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(size, "little"))
 
 
-def running_xor(xored: array, counts: list[int], bases: array, uniform: bool) -> array:
+def words_int(words: array) -> int:
+    """Words as one big integer (word i at bits 64i..64i+63), the form `running_xor` XORs them in."""
+    return int.from_bytes(words, "little")
+
+
+def running_xor(xored: array, counts: list[int], bases: array | int, uniform: bool) -> array:
     """Each sample's value bits: within a series, XOR'd with the previous sample's (the first with the base)."""
+    return running_xor_last(xored, counts, bases, uniform)[0]
+
+
+def running_xor_last(xored: array, counts: list[int], bases: array | int, uniform: bool) -> tuple[array, int | None]:
+    """`running_xor`, and with uniform counts each series' last value bits as `words_int` gives them (None
+    otherwise). `bases` may be given that way too: a gateway keeps the last request's, which saves converting
+    the state's words (big-integer conversion, ~5 ns a word, is most of this function's cost).
+
+    Why the int is carried from one position to the next: position k of every series is position k-1 XOR'd
+    with the words at k, so each position costs one conversion in and one out."""
     if not uniform:
-        return array("Q", running(xored.tolist(), counts, bases.tolist(), operator.xor))
-    every = counts[0]
+        bases = bases if isinstance(bases, array) else _int_words(bases, len(counts))
+        return array("Q", running(xored.tolist(), counts, bases.tolist(), operator.xor)), None
+    every, size = counts[0], 8 * len(counts)
+    acc = int.from_bytes(xored if every == 1 else xored[::every], "little")
+    acc ^= bases if isinstance(bases, int) else int.from_bytes(bases, "little")
     if every == 1:
-        return xor_words(xored, bases)
+        return array("Q", acc.to_bytes(size, "little")), acc
     out = array("Q", bytes(8 * len(xored)))
-    out[::every] = xor_words(xored[::every], bases)
+    out[::every] = array("Q", acc.to_bytes(size, "little"))
     for k in range(1, every):
-        out[k::every] = xor_words(xored[k::every], out[k - 1 :: every])
-    return out
+        acc ^= int.from_bytes(xored[k::every], "little")
+        out[k::every] = array("Q", acc.to_bytes(size, "little"))
+    return out, acc
+
+
+def _int_words(value: int, count: int) -> array:
+    return array("Q", value.to_bytes(8 * count, "little"))
 
 
 def last_words(bits: array, counts: list[int]) -> array:

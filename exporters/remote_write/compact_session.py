@@ -61,7 +61,7 @@ from exporters.remote_write.compact_columns import (
     gather,
     last_words,
     raw_columns,
-    running_xor,
+    running_xor_last,
     sample_counts,
     sample_refs,
     sample_timestamps,
@@ -89,6 +89,8 @@ UNDO_ENTRY_BYTES = 120
 SAMPLE_SIZE = 20
 """What a float sample adds to a remote write 1.0 body beyond its labels: `SampleBatch.sizes` estimates."""
 MAX_SENDER_ID = 256
+MAX_BITS_INTS = 64
+"""Ranges a session keeps value-bit ints for (`_Session.last_bits_ints`): a node's flush is a few requests."""
 
 
 class _Undo:
@@ -121,6 +123,7 @@ class _Session:
         "bytes",
         "epoch",
         "last_bits",
+        "last_bits_ints",
         "last_start",
         "last_ts",
         "metadata",
@@ -145,6 +148,11 @@ class _Session:
         self.sizes: list[int] = []
         self.last_ts: list[int] = []
         self.last_bits = array("Q")  # bits stay words: a request's values are XOR'd with them as one big int
+        # The same words as big ints, per range of refs the last requests covered whole: the next request over a
+        # range XORs with its int instead of converting the words again. Ranges are disjoint and their ints
+        # equal to the words (any other write to last_bits clears them), at most MAX_BITS_INTS of them: 8 bytes a
+        # series, within SERIES_OVERHEAD's int object for the value state (an array keeps it in 8 bytes).
+        self.last_bits_ints: dict[tuple[int, int], int] = {}
         self.last_start: list[int] = []
         self.bytes = 0
         self.used = now
@@ -171,6 +179,13 @@ class _Base:
         else:
             self.symbols, self.series = len(session.symbols), len(session.series)
             self.metadata = session.metadata
+
+    def last_bits_int(self, refs: Refs) -> int | None:
+        """The acknowledged value bits of `refs` as one int, when the session kept them (the refs are a range the
+        last request over them covered whole, and this is the session as it is)."""
+        if self.session is None or self.before_last or not isinstance(refs, range) or refs.step != 1:
+            return None
+        return self.session.last_bits_ints.get((refs.start, refs.stop))
 
     def last(self, refs: Refs, which: int) -> Any:
         """Each series' acknowledged last timestamp (0), value bits (1, an array of words) or start (2); 0 for a
@@ -288,6 +303,7 @@ class CompactSessions:
             del session.refs_by_labels[labels]
         for column in (session.series, session.sizes, session.last_ts, session.last_bits, session.last_start):
             del column[undo.series :]
+        session.last_bits_ints.clear()
         scatter(session.last_ts, undo.refs, undo.stamps)
         scatter(session.last_bits, undo.refs, undo.bits)
         if undo.starts is not None:
@@ -323,6 +339,7 @@ class CompactSessions:
             counts = decoded.counts
             scatter(session.last_ts, refs, last_of_each(decoded.stamps, counts))
             scatter(session.last_bits, refs, last_words(decoded.bits, counts))
+            _keep_bits_int(session.last_bits_ints, refs, decoded.last_int)
             if starts is not None:
                 scatter(session.last_start, refs, last_of_each(starts, counts))
         grown = size_before + decoded.bytes + UNDO_ENTRY_BYTES * len(touched)
@@ -447,7 +464,12 @@ class _Decoded:
         n, series_count = len(message.timestamps), len(message.sample_series_ref_deltas)
         if series_count != len(counts):
             raise DecodeError(f"compact: {series_count} sample series refs but {len(counts)} sample counts")
-        if 0 in counts or sum(counts) != n or len(message.values) != n:
+        uniform = is_uniform(counts)
+        if uniform:  # the steady state: checked by the first count, as `0 in` and `sum` walk every series
+            well_counted = counts[0] != 0 and counts[0] * series_count == n
+        else:
+            well_counted = 0 not in counts and sum(counts) == n
+        if not well_counted or len(message.values) != n:
             raise DecodeError(
                 f"compact: sample counts sum to {sum(counts)}, with {n} timestamps and {len(message.values)} values"
             )
@@ -458,15 +480,16 @@ class _Decoded:
         self.counts = counts
         self.stamps: list[int] = []
         self.bits = array("Q")
+        self.last_int: int | None = None  # each series' last value bits as one int (uniform counts only)
         self.starts: list[int] | None = None
         if not refs:
             return
         if refs[-1] >= len(self.series):
             raise DecodeError(f"compact: samples refer to series {refs[-1]}, the session has {len(self.series)}")
-        uniform = is_uniform(counts)
         stamps = sample_timestamps(message, raw, counts, uniform, base.last(refs, 0))
         words = value_words(raw[7] if raw is not None else None, message)
-        bits = running_xor(words, counts, base.last(refs, 1), uniform)
+        bases = base.last_bits_int(refs)
+        bits, self.last_int = running_xor_last(words, counts, base.last(refs, 1) if bases is None else bases, uniform)
         self.stamps, self.bits = stamps, bits
         if message.start_timestamps:
             starts = running(list(message.start_timestamps), counts, base.last(refs, 2), operator.add)
@@ -481,11 +504,30 @@ class _Decoded:
         batch.grouped = _in_time_order(stamps, counts, uniform)
 
 
+def _keep_bits_int(ints: dict[tuple[int, int], int], refs: Refs, value: int | None) -> None:
+    """Record that `refs`' acknowledged value bits are now `value` (None: not kept), dropping what overlaps."""
+    if not isinstance(refs, range) or refs.step != 1:
+        ints.clear()
+        return
+    start, stop = refs.start, refs.stop
+    for key in [key for key in ints if key[0] < stop and start < key[1]]:
+        del ints[key]
+    if value is not None:
+        if len(ints) >= MAX_BITS_INTS:
+            del ints[next(iter(ints))]
+        ints[(start, stop)] = value
+
+
 def _in_time_order(stamps: list[int], counts: list[int], uniform: bool) -> bool:
     """Whether the samples of each run (`counts` consecutive samples per series) have rising timestamps."""
     if uniform:
         every = counts[0]
-        return every == 1 or all(all(map(operator.le, stamps[k - 1 :: every], stamps[k::every])) for k in range(1, every))
+        if every == 1:
+            return True
+        head = stamps[:every]
+        if head * len(counts) == stamps:  # every series the same timestamps (a fixed interval): compare one
+            return all(map(operator.le, head, islice(head, 1, None)))
+        return all(all(map(operator.le, stamps[k - 1 :: every], stamps[k::every])) for k in range(1, every))
     falls = list(compress(range(1, len(stamps)), map(operator.gt, stamps, islice(stamps, 1, None))))
     if not falls:
         return True
