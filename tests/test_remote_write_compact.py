@@ -199,6 +199,32 @@ def test_every_batch_is_decoded_exactly_whatever_is_lost_refused_or_restarted(
     assert sorted(set(accepted)) == list(range(len(sequence))), "a batch was lost"
 
 
+RUNS = st.tuples(st.integers(0, 5), st.integers(1, 6), st.integers(1, 3))
+"""A request's samples: (first series, how many series, samples per series), over `node_series(6)`."""
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(RUNS, st.none() | RUNS), min_size=1, max_size=8))
+def test_requests_over_overlapping_runs_of_series_decode_exactly_against_the_values_each_left(
+    requests: list[tuple[tuple[int, int, int], tuple[int, int, int] | None]],
+) -> None:
+    series = node_series(6)
+
+    def run(step: int, first: int, length: int, ticks: int) -> SampleBatch:
+        return batch_of([(labels, step * 100.0 + 10 * index + tick, 1000 + 100 * step + tick)
+                         for index, labels in enumerate(series[first : first + length]) for tick in range(ticks)])
+
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    deliver(encoder, receiver, batch_of([(labels, 0.5, 1000) for labels in series]))
+    for step, (sent, lost) in enumerate(requests, 1):
+        if lost is not None:  # the receiver commits a request whose answer is lost; the sender sends another instead
+            encoded = encoder.encode(run(-step, *lost))
+            _, commit = receiver.decode(raw(encoded), encoded.headers)
+            commit()
+        batch = run(step, *sent)
+        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+
+
 # What the session saves
 
 
