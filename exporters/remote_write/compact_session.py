@@ -336,12 +336,16 @@ class CompactSessions:
         session.last_bits += array("Q", bytes(8 * added))
         session.last_start += [0] * added
         if refs:
-            counts = decoded.counts
-            scatter(session.last_ts, refs, last_of_each(decoded.stamps, counts))
-            scatter(session.last_bits, refs, last_words(decoded.bits, counts))
+            counts, every = decoded.counts, decoded.every
+            if every:  # uniform counts: each series' last sample by one strided slice
+                last_stamps, last_bits = decoded.stamps[every - 1 :: every], decoded.bits[every - 1 :: every]
+            else:
+                last_stamps, last_bits = last_of_each(decoded.stamps, counts), last_words(decoded.bits, counts)
+            scatter(session.last_ts, refs, last_stamps)
+            scatter(session.last_bits, refs, last_bits)
             _keep_bits_int(session.last_bits_ints, refs, decoded.last_int)
             if starts is not None:
-                scatter(session.last_start, refs, last_of_each(starts, counts))
+                scatter(session.last_start, refs, starts[every - 1 :: every] if every else last_of_each(starts, counts))
         grown = size_before + decoded.bytes + UNDO_ENTRY_BYTES * len(touched)
         self.bytes_used += grown - session.bytes
         session.bytes = grown
@@ -478,6 +482,7 @@ class _Decoded:
         self.refs: Refs = sample_refs(message, raw)
         refs = self.refs
         self.counts = counts
+        self.every = counts[0] if uniform else 0  # samples per series when uniform
         self.stamps: list[int] = []
         self.bits = array("Q")
         self.last_int: int | None = None  # each series' last value bits as one int (uniform counts only)
