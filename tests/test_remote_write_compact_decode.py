@@ -19,6 +19,7 @@ from exporters.remote_write.compact_columns import (
     last_words,
     raw_columns,
     running_xor,
+    running_xor_last,
     sample_counts,
     sample_refs,
     sample_timestamps,
@@ -74,6 +75,18 @@ def test_value_words_xor_within_series_as_the_plain_loop_does(data) -> None:  # 
     bits = running_xor(array("Q", column), counts, array("Q", bases), uniform)
     assert bits.tolist() == plain_running(column, counts, bases, operator.xor)
     assert last_words(bits, counts).tolist() == last_of_each(bits.tolist(), counts)
+
+
+@settings(max_examples=300)
+@given(series_columns(WORDS))
+def test_value_words_xor_the_same_from_bases_given_as_one_int_and_give_the_last_words_as_one(data) -> None:  # type: ignore[no-untyped-def]
+    column, counts, bases = data
+    uniform = counts.count(counts[0]) == len(counts)
+    as_int = int.from_bytes(array("Q", bases), "little")
+    bits, last = running_xor_last(array("Q", column), counts, as_int, uniform)
+    assert bits.tolist() == plain_running(column, counts, bases, operator.xor)
+    if uniform:
+        assert last == int.from_bytes(last_words(bits, counts), "little")
 
 
 @settings(max_examples=200)

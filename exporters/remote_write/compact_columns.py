@@ -127,20 +127,16 @@ def xor_words(a: array, b: array) -> array:
     return array("Q", (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(size, "little"))
 
 
-def words_int(words: array) -> int:
-    """Words as one big integer (word i at bits 64i..64i+63), the form `running_xor` XORs them in."""
-    return int.from_bytes(words, "little")
-
-
 def running_xor(xored: array, counts: list[int], bases: array | int, uniform: bool) -> array:
     """Each sample's value bits: within a series, XOR'd with the previous sample's (the first with the base)."""
     return running_xor_last(xored, counts, bases, uniform)[0]
 
 
 def running_xor_last(xored: array, counts: list[int], bases: array | int, uniform: bool) -> tuple[array, int | None]:
-    """`running_xor`, and with uniform counts each series' last value bits as `words_int` gives them (None
-    otherwise). `bases` may be given that way too: a gateway keeps the last request's, which saves converting
-    the state's words (big-integer conversion, ~5 ns a word, is most of this function's cost).
+    """`running_xor`, and with uniform counts each series' last value bits as one int (the words' bytes read
+    as `int.from_bytes(words, "little")` reads them; None otherwise). `bases` may be given that way: a gateway
+    keeps the last request's, which saves converting the state's words (big-integer conversion, ~5 ns a word,
+    is most of this function's cost).
 
     Why the int is carried from one position to the next: position k of every series is position k-1 XOR'd
     with the words at k, so each position costs one conversion in and one out."""
