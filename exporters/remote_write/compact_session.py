@@ -20,7 +20,8 @@ Speed: a gateway decodes every sample of every node, and the project's budget le
 (bench/gateway_bench.py), so the steady state has no per-series Python loop. A sender's requests name every
 series it has in ref order, so sample refs are a `range` and per-series state is read, saved for undo and
 written by slice assignment; value bits stay machine words (`array`), read from the body's packed field and
-XOR'd as one big integer; and where the columns repeat one pattern (uniform counts, consecutive refs, the
+XOR'd as one big integer (the last request's result kept as that integer per range of refs, so the state's
+words are not converted again); and where the columns repeat one pattern (uniform counts, consecutive refs, the
 same delta-of-deltas from the same last timestamp) their raw bytes are compared with it and the lists built
 by repetition (compact_columns.py). Anything else takes general paths that still run in C (map,
 accumulate, chained repeats).
