@@ -82,6 +82,13 @@ def sample_timestamps(message: Request, raw: dict[int, bytes] | None, counts: li
                 bases: list[int]) -> list[int]:
     """Each sample's timestamp. With uniform counts, when every series' delta-of-deltas are the same and so are
     their last timestamps (a fixed interval in the steady state), one series is decoded and repeated."""
+    return sample_timestamps_repeated(message, raw, counts, uniform, bases)[0]
+
+
+def sample_timestamps_repeated(message: Request, raw: dict[int, bytes] | None, counts: list[int], uniform: bool,
+                               bases: list[int]) -> tuple[list[int], list[int] | None]:
+    """`sample_timestamps`, and the one series' timestamps when every series has them (None: not known to), so
+    that whether each series is in time order is a question about that one."""
     every = counts[0]
     encoded: list[int] | None = None
     if uniform and raw is not None:
@@ -90,14 +97,14 @@ def sample_timestamps(message: Request, raw: dict[int, bytes] | None, counts: li
             if bases.count(bases[0]) == len(bases):
                 one = running(running(pattern, [every], [0], operator.add), [every], bases[:1], operator.add)
                 check_int64(one, "a timestamp")
-                return one * len(counts)
+                return one * len(counts), one
             encoded = pattern * len(counts)
     if encoded is None:
         encoded = list(message.timestamps)
     intervals = encoded if uniform and every == 1 else running(encoded, counts, [0] * len(counts), operator.add)
     stamps = running(intervals, counts, bases, operator.add)
     check_int64(stamps, "a timestamp")
-    return stamps
+    return stamps, None
 
 
 def check_int64(column: list[int], what: str) -> None:

@@ -65,7 +65,7 @@ from exporters.remote_write.compact_columns import (
     running_xor_last,
     sample_counts,
     sample_refs,
-    sample_timestamps,
+    sample_timestamps_repeated,
     scatter,
     spread,
     value_words,
@@ -492,7 +492,7 @@ class _Decoded:
             return
         if refs[-1] >= len(self.series):
             raise DecodeError(f"compact: samples refer to series {refs[-1]}, the session has {len(self.series)}")
-        stamps = sample_timestamps(message, raw, counts, uniform, base.last(refs, 0))
+        stamps, one = sample_timestamps_repeated(message, raw, counts, uniform, base.last(refs, 0))
         words = value_words(raw[7] if raw is not None else None, message)
         bases = base.last_bits_int(refs)
         bits, self.last_int = running_xor_last(words, counts, base.last(refs, 1) if bases is None else bases, uniform)
@@ -507,7 +507,7 @@ class _Decoded:
         batch.sizes = spread(gather(sizes, refs), counts, uniform)
         # One run per series (refs increase and no label set has two refs), one tuple object per run; grouped
         # when each run is also in time order, as our encoder sends it.
-        batch.grouped = _in_time_order(stamps, counts, uniform)
+        batch.grouped = _in_time_order(stamps, counts, uniform) if one is None else _rising(one)
 
 
 def _keep_bits_int(ints: dict[tuple[int, int], int], refs: Refs, value: int | None) -> None:
@@ -524,15 +524,17 @@ def _keep_bits_int(ints: dict[tuple[int, int], int], refs: Refs, value: int | No
         ints[(start, stop)] = value
 
 
+def _rising(stamps: list[int]) -> bool:
+    """Whether timestamps never fall (equal ones keep their arrival order)."""
+    return all(map(operator.le, stamps, islice(stamps, 1, None)))
+
+
 def _in_time_order(stamps: list[int], counts: list[int], uniform: bool) -> bool:
     """Whether the samples of each run (`counts` consecutive samples per series) have rising timestamps."""
     if uniform:
         every = counts[0]
         if every == 1:
             return True
-        head = stamps[:every]
-        if head * len(counts) == stamps:  # every series the same timestamps (a fixed interval): compare one
-            return all(map(operator.le, head, islice(head, 1, None)))
         return all(all(map(operator.le, stamps[k - 1 :: every], stamps[k::every])) for k in range(1, every))
     falls = list(compress(range(1, len(stamps)), map(operator.gt, stamps, islice(stamps, 1, None))))
     if not falls:
