@@ -175,14 +175,17 @@ async def drive_node(args: argparse.Namespace, workdir: Path) -> list[dict]:
     app.router.add_post("/api/v1/write", sink.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sink_port, gw_port, gw_telemetry, node_http, node_grpc, node_telemetry = free_ports(6)
+    sink_port, gw_port, gw_telemetry, gw_http, gw_grpc, node_http, node_grpc, node_telemetry = free_ports(8)
     await web.TCPSite(runner, "127.0.0.1", sink_port).start()
     pinning = Pinning(True)
     if pinning.enabled:
         os.sched_setaffinity(0, {pinning.other_core})
     gateway_config = {
         "state_dir": str(workdir / "gateway-state"),
-        "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"}},
+        # its OTLP receivers on free ports: the default ones may be another bench's on a shared machine
+        "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"},
+                      "otlp": {"grpc": {"endpoint": f"127.0.0.1:{gw_grpc}"},
+                               "http": {"endpoint": f"127.0.0.1:{gw_http}"}}},
         "exporters": {"remote_write": [{"name": "out", "url": f"http://127.0.0.1:{sink_port}/api/v1/write",
                                         "protocol": args.protocol,
                                         "batch": {"flush_interval": f"{args.flush:g}s"}}]},
