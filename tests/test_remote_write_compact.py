@@ -91,6 +91,28 @@ def test_batches_decode_exactly_against_the_state_earlier_batches_left(sequence:
         assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
 
 
+@st.composite
+def ticks(draw: Any) -> list[SampleBatch]:
+    """Batches as a node's scrapes make them: every sample of a batch stamped with one time (the same time
+    again, later or earlier than the last batch's), series from one pool in any order and subset, now and
+    then a series twice in a tick."""
+    pool = node_series(12)
+    out = []
+    for _ in range(draw(st.integers(2, 6))):
+        chosen = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=14))
+        stamp = draw(st.sampled_from((1_700_000_000_000, 1_700_000_001_000, 1_700_000_002_000, 1_700_000_002_500)))
+        out.append(batch_of([(labels, draw(floats), stamp) for labels in chosen]))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ticks())
+def test_ticks_with_one_timestamp_each_decode_exactly(sequence: list[SampleBatch]) -> None:
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    for batch in sequence + sequence:
+        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+
+
 def test_special_values_come_back_bit_for_bit() -> None:
     specials = [STALE_NAN, float("nan"), 0.0, -0.0, float("inf"), float("-inf"), 5e-324]
     batch = batch_of([(A, value, 1000 * i) for i, value in enumerate(specials)])
