@@ -211,14 +211,16 @@ class Shape:
         fields = unpack.unpack(wire)
         if fields[0::2] != self.literals:
             return None
-        moving = fields[1::2]
-        times = moving[0::2]
-        if 0 in times:
-            return None
-        values = list(map(float, moving[1::2])) if self.has_ints else list(moving[1::2])
+        # fields: (gap, time, tag byte, value) per point, then the tail
+        times = fields[1::4]
+        values = list(map(float, fields[3::4])) if self.has_ints else list(fields[3::4])
         first = times[0]
         if times.count(first) == len(times):  # usual: an SDK stamps one collection with one time
+            if not first:
+                return None
             timestamps = [first // 1_000_000] * len(times)
+        elif 0 in times:
+            return None
         else:
             timestamps = list(map(floordiv, times, repeat(1_000_000)))
         keep = self.keep
