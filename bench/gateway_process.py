@@ -75,14 +75,16 @@ async def drive(args: argparse.Namespace, workdir: Path) -> list[dict]:
     app.router.add_post("/api/v1/write", sink.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sink_port, gw_port, telemetry_port = free_ports(3)
+    sink_port, gw_port, telemetry_port, gw_grpc, gw_http = free_ports(5)
     await web.TCPSite(runner, "127.0.0.1", sink_port).start()
     pinning = Pinning(True)
     if pinning.enabled:
         os.sched_setaffinity(0, {pinning.other_core})
     config = {
         "state_dir": str(workdir / "state"),
-        "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"}},
+        "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"},
+                      "otlp": {"grpc": {"endpoint": f"127.0.0.1:{gw_grpc}"},
+                               "http": {"endpoint": f"127.0.0.1:{gw_http}"}}},
         "exporters": {"remote_write": [{"name": "out", "url": f"http://127.0.0.1:{sink_port}/api/v1/write",
                                         "protocol": args.protocol,
                                         "batch": {"flush_interval": f"{args.flush:g}s"},
