@@ -113,6 +113,35 @@ def test_ticks_with_one_timestamp_each_decode_exactly(sequence: list[SampleBatch
         assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
 
 
+@st.composite
+def interleaved_flushes(draw: Any) -> list[SampleBatch]:
+    """Batches as a batcher cuts a flush of several ticks: each series' samples side by side (`grouped`) at the
+    flush's few times in time order, series in any order; now and then one series' times differ (a late
+    scrape), a time repeats, or the batch is not marked grouped."""
+    pool = node_series(9)
+    out = []
+    for flush in range(draw(st.integers(2, 5))):
+        every = draw(st.integers(2, 4))
+        times = sorted(draw(st.lists(st.sampled_from((0, 1000, 1003, 2000, 3000)), min_size=every, max_size=every)))
+        chosen = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=9, unique=True))
+        late = draw(st.integers(-1, len(chosen) - 1))  # -1: none
+        rows = []
+        for i, labels in enumerate(chosen):
+            for k, time in enumerate(times):
+                stamp = 1_700_000_000_000 + 10_000 * flush + time + (7 * k if i == late else 0)
+                rows.append((labels, draw(floats), stamp))
+        out.append(batch_of(rows, grouped=draw(st.booleans())))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(interleaved_flushes())
+def test_flushes_of_interleaved_ticks_decode_exactly(sequence: list[SampleBatch]) -> None:
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    for batch in sequence + sequence:
+        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+
+
 def test_special_values_come_back_bit_for_bit() -> None:
     specials = [STALE_NAN, float("nan"), 0.0, -0.0, float("inf"), float("-inf"), 5e-324]
     batch = batch_of([(A, value, 1000 * i) for i, value in enumerate(specials)])

@@ -200,6 +200,22 @@ def _deltas_of_deltas(stamps: list[int], counts: Sequence[int], bases: Sequence[
     return list(map(operator.sub, deltas, shifted(deltas, counts, [0] * len(counts))))
 
 
+def _period(stamps: Sequence[int]) -> int:
+    """p > 1 when the column is p times repeating in time order, t0 <= t1 <= ... t(p-1) (the k-th sample of
+    every series at one time, as a batcher interleaves a flush's ticks); 0 otherwise."""
+    n = len(stamps)
+    first = stamps[0]
+    every = stamps.index(first, 1) if stamps.count(first) > 1 else 0
+    if every < 2 or n % every:
+        return 0
+    head = stamps[:every]
+    runs = n // every
+    if any(map(operator.gt, head, head[1:])) or not all(
+            stamps[k::every].count(head[k]) == runs for k in range(every)):
+        return 0
+    return every
+
+
 def last_of_each(column: Sequence[int], counts: Sequence[int]) -> list[int]:
     """Each series' last element: what becomes its acknowledged state."""
     if is_uniform(counts):
@@ -458,14 +474,17 @@ class _Samples:
         self.sample_refs: list[int] = []
         self.grouping: _Grouping | None = None
         self.one_time = False
+        self.period = 0
         if not n:
             return
         # A node's tick: every sample stamped with its scrape's time. Then no column of timestamps needs
         # regrouping, checking for order or differencing sample by sample (one count instead of ~6 passes).
         first = stamps[0]
         self.one_time = stamps.count(first) == n
-        low, high = (first, first) if self.one_time else (min(stamps), max(stamps))
-        if low < -MAX_TIMESTAMP or high > MAX_TIMESTAMP:
+        # A flush of several ticks, interleaved by the batcher: each series' run holds the same few times.
+        self.period = 0 if self.one_time or not batch.grouped else _period(stamps)
+        times = (first,) if self.one_time else stamps[:self.period] if self.period else stamps
+        if min(times) < -MAX_TIMESTAMP or max(times) > MAX_TIMESTAMP:
             raise ValueError(f"a timestamp is beyond +/- {MAX_TIMESTAMP} ms")
         starts = batch.start_timestamps if batch.start_timestamps and any(batch.start_timestamps) else None
         if starts is not None and (min(starts) < -MAX_TIMESTAMP or max(starts) > MAX_TIMESTAMP):
@@ -486,6 +505,8 @@ class _Samples:
         self.sample_refs = refs
         if grouping is not None and self.one_time:
             grouped_stamps = [first] * n  # in any order, and in time order within every series
+        elif grouping is not None and self._periodic(grouping):
+            grouped_stamps = list(stamps)  # whole runs move: the column stays as it is
         elif grouping is not None:
             grouped_stamps = grouping.apply(stamps)
             # A grouped batch's series are each in time order already (`SampleBatch.grouped`), and a grouping
@@ -496,11 +517,19 @@ class _Samples:
                 grouping = None
         if grouping is None:
             grouping = _Grouping.of(refs, stamps)
-            grouped_stamps = [first] * n if self.one_time else grouping.apply(stamps)
+            grouped_stamps = [first] * n if self.one_time else list(stamps) if self._periodic(grouping) else \
+                grouping.apply(stamps)
         self.grouping = grouping
         self.refs, self.counts, self.stamps = grouping.refs, grouping.counts, grouped_stamps
         self.bits.frombytes(array("d", values if grouping.order is None else grouping.apply(values)).tobytes())
         self.starts = grouping.apply(starts) if starts is not None else None
+
+    def _periodic(self, grouping: _Grouping) -> bool:
+        """Whether the batch's runs are whole series of `period` samples each (so regrouping moves whole runs
+        and leaves the timestamps column as it is); when not, `period` is dropped."""
+        if self.period and not (is_uniform(grouping.counts) and grouping.counts[0] == self.period):
+            self.period = 0
+        return bool(self.period)
 
     def _bases(self, state: list[int]) -> Sequence[int]:
         known = len(state)
@@ -527,6 +556,13 @@ class _Samples:
         if self.one_time and len(bases) == len(self.stamps) and bases.count(bases[0]) == len(bases):
             deltas = [self.stamps[0] - bases[0]]  # a tick after a tick: one delta from every series' last
             deltas *= len(bases)
+        elif self.period:  # every run at the same times: past its second sample, one delta of delta a position
+            every, stamps, runs = self.period, self.stamps, len(bases)
+            deltas = [0] * len(stamps)
+            deltas[::every] = map(operator.sub, repeat(stamps[0], runs), bases)
+            deltas[1::every] = map(operator.add, repeat(stamps[1] - 2 * stamps[0], runs), bases)  # less t0 - base
+            for k in range(2, every):
+                deltas[k::every] = [stamps[k] - 2 * stamps[k - 1] + stamps[k - 2]] * runs
         else:
             deltas = _deltas_of_deltas(self.stamps, counts, bases)
         first = deltas[0]
