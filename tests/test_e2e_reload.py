@@ -176,7 +176,18 @@ def test_a_reload_adds_an_otlp_trace_exporter_and_removes_the_file_exporter(otlp
 
 
 def test_a_changed_otlp_endpoint_delivers_the_spans_queued_for_the_old_one(otlp_sink, start_agent):
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    # A port bound and never listened on refuses every connection, and no other test can take it meanwhile
+    # (a free port picked and released could be listened on by another test's server before the agent tries).
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{held.getsockname()[1]}"
+    try:
+        _queued_spans_reach_the_new_endpoint(otlp_sink, start_agent, dead)
+    finally:
+        held.close()
+
+
+def _queued_spans_reach_the_new_endpoint(otlp_sink, start_agent, dead: str) -> None:
     agent = start_agent(otlp_exporter_url=dead, file_exporter=False)
     before = send_spans(agent.http_url, 4)
     wait_until(lambda: counted(agent, "headwater_sender_retries_total", exporter="otlp", reason="network") > 0,
