@@ -67,32 +67,48 @@ class NullReceiver:
         return web.Response(status=204)
 
 
-async def drive(args: argparse.Namespace, workdir: Path) -> list[dict]:
-    """The gateway side: one gateway agent on its core fed pre-encoded compact requests."""
-    requests, warmup = requests_of(args.nodes, 1, args.requests, 10_000, 4 << 20, "compact")
+async def start_sink() -> tuple[NullReceiver, web.AppRunner, int]:
+    """The null receiver, listening on a free port: it, its runner (to clean up) and the port."""
     sink = NullReceiver()
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/api/v1/write", sink.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sink_port, gw_port, telemetry_port, gw_grpc, gw_http = free_ports(5)
-    await web.TCPSite(runner, "127.0.0.1", sink_port).start()
-    pinning = Pinning(True)
-    if pinning.enabled:
-        os.sched_setaffinity(0, {pinning.other_core})
+    port = free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return sink, runner, port
+
+
+def gateway_config(state_dir: Path, args: argparse.Namespace, sink_port: int,
+                   **exporter: object) -> tuple[dict, int, int]:
+    """A gateway agent's config, its remote-write port and its telemetry port: the remote-write receiver and its
+    OTLP receivers on free ports (the default ones may be another bench's on a shared machine), one exporter to the
+    null receiver in `args.protocol` flushing every `args.flush` (`exporter`: more of its settings)."""
+    gw_port, telemetry_port, gw_grpc, gw_http = free_ports(4)
     config = {
-        "state_dir": str(workdir / "state"),
+        "state_dir": str(state_dir),
         "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"},
                       "otlp": {"grpc": {"endpoint": f"127.0.0.1:{gw_grpc}"},
                                "http": {"endpoint": f"127.0.0.1:{gw_http}"}}},
         "exporters": {"remote_write": [{"name": "out", "url": f"http://127.0.0.1:{sink_port}/api/v1/write",
                                         "protocol": args.protocol,
-                                        "batch": {"flush_interval": f"{args.flush:g}s"},
-                                        # the workload's timestamps start an hour back
-                                        "sender": {"sample_age_limit": "1000h"}}]},
+                                        "batch": {"flush_interval": f"{args.flush:g}s"}, **exporter}]},
         "pipelines": {"metrics": {"exporters": ["out"]}},
         "telemetry": {"endpoint": f"127.0.0.1:{telemetry_port}", "log_level": "warning"},
     }
+    return config, gw_port, telemetry_port
+
+
+async def drive(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """The gateway side: one gateway agent on its core fed pre-encoded compact requests."""
+    requests, warmup = requests_of(args.nodes, 1, args.requests, 10_000, 4 << 20, "compact")
+    sink, runner, sink_port = await start_sink()
+    pinning = Pinning(True)
+    if pinning.enabled:
+        os.sched_setaffinity(0, {pinning.other_core})
+    # the workload's timestamps start an hour back
+    config, gw_port, telemetry_port = gateway_config(workdir / "state", args, sink_port,
+                                                     sender={"sample_age_limit": "1000h"})
     (workdir / "gateway.yaml").write_text(json.dumps(config))
     results = []
     for repeat in range(args.repeats):
@@ -172,28 +188,12 @@ async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict:
 async def drive_node(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """The node side: the node agent on its core, OTLP/HTTP in from the workload, compact out to a gateway
     agent that forwards rw1 to the 204 receiver (those three on the other core)."""
-    sink = NullReceiver()
-    app = web.Application(client_max_size=64 << 20)
-    app.router.add_post("/api/v1/write", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sink_port, gw_port, gw_telemetry, gw_http, gw_grpc, node_http, node_grpc, node_telemetry = free_ports(8)
-    await web.TCPSite(runner, "127.0.0.1", sink_port).start()
+    sink, runner, sink_port = await start_sink()
+    node_http, node_grpc, node_telemetry = free_ports(3)
     pinning = Pinning(True)
     if pinning.enabled:
         os.sched_setaffinity(0, {pinning.other_core})
-    gateway_config = {
-        "state_dir": str(workdir / "gateway-state"),
-        # its OTLP receivers on free ports: the default ones may be another bench's on a shared machine
-        "receivers": {"remote_write": {"endpoint": f"127.0.0.1:{gw_port}"},
-                      "otlp": {"grpc": {"endpoint": f"127.0.0.1:{gw_grpc}"},
-                               "http": {"endpoint": f"127.0.0.1:{gw_http}"}}},
-        "exporters": {"remote_write": [{"name": "out", "url": f"http://127.0.0.1:{sink_port}/api/v1/write",
-                                        "protocol": args.protocol,
-                                        "batch": {"flush_interval": f"{args.flush:g}s"}}]},
-        "pipelines": {"metrics": {"exporters": ["out"]}},
-        "telemetry": {"endpoint": f"127.0.0.1:{gw_telemetry}", "log_level": "warning"},
-    }
+    gw_config, gw_port, gw_telemetry = gateway_config(workdir / "gateway-state", args, sink_port)
     node_config = {
         "state_dir": str(workdir / "node-state"),
         "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{node_grpc}"},
@@ -204,7 +204,7 @@ async def drive_node(args: argparse.Namespace, workdir: Path) -> list[dict]:
         "pipelines": {"metrics": {"exporters": ["gateway"]}},
         "telemetry": {"endpoint": f"127.0.0.1:{node_telemetry}", "log_level": "warning"},
     }
-    (workdir / "gateway.yaml").write_text(json.dumps(gateway_config))
+    (workdir / "gateway.yaml").write_text(json.dumps(gw_config))
     (workdir / "node.yaml").write_text(json.dumps(node_config))
     node_repo = (args.node_repo or REPO_ROOT).resolve()
     # -P: the node's `agent` package comes from PYTHONPATH (node_repo), not from the working directory

@@ -61,6 +61,14 @@ def deliver(encoder: CompactEncoder, receiver: CompactSessions, batch: SampleBat
     return decoded
 
 
+def assert_each_decodes_exactly_twice_over(sequence: list[SampleBatch]) -> None:
+    """Every batch, sent in order through one session and then again (the second pass finds every series
+    already defined), decodes to exactly what was encoded."""
+    encoder, receiver = CompactEncoder(), CompactSessions()
+    for batch in sequence + sequence:
+        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+
+
 def node_series(count: int, host: str = "alpha") -> list[Labels]:
     return [
         (("__name__", f"node_metric_{i % 7}_total"), ("device", f"device-{i:04d}"), ("instance", f"instance-{host}"),
@@ -86,9 +94,7 @@ def test_a_batch_decodes_to_exactly_what_was_encoded(batch: SampleBatch) -> None
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(batches(max_series=4), min_size=2, max_size=5))
 def test_batches_decode_exactly_against_the_state_earlier_batches_left(sequence: list[SampleBatch]) -> None:
-    encoder, receiver = CompactEncoder(), CompactSessions()
-    for batch in sequence + sequence:  # the second pass finds every series already defined
-        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+    assert_each_decodes_exactly_twice_over(sequence)
 
 
 @st.composite
@@ -108,9 +114,7 @@ def ticks(draw: Any) -> list[SampleBatch]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ticks())
 def test_ticks_with_one_timestamp_each_decode_exactly(sequence: list[SampleBatch]) -> None:
-    encoder, receiver = CompactEncoder(), CompactSessions()
-    for batch in sequence + sequence:
-        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+    assert_each_decodes_exactly_twice_over(sequence)
 
 
 @st.composite
@@ -137,9 +141,7 @@ def interleaved_flushes(draw: Any) -> list[SampleBatch]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(interleaved_flushes())
 def test_flushes_of_interleaved_ticks_decode_exactly(sequence: list[SampleBatch]) -> None:
-    encoder, receiver = CompactEncoder(), CompactSessions()
-    for batch in sequence + sequence:
-        assert canonical(deliver(encoder, receiver, batch)) == canonical(batch)
+    assert_each_decodes_exactly_twice_over(sequence)
 
 
 def test_special_values_come_back_bit_for_bit() -> None:

@@ -8,6 +8,7 @@ import struct
 import threading
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,12 @@ NOW = 1_700_000_000_000
 
 def expected(labels: list, values: list[float], stamps: list[int]) -> bytes:
     return rw1.build_write_request(labels, values, stamps).SerializeToString()
+
+
+def reserialized(body: bytes) -> bytes:
+    """What protobuf writes for the message a body holds: the same for an explicit +0.0 and a left-out one,
+    and every other value's bits as they are."""
+    return rw1.WriteRequest.FromString(body).SerializeToString()
 
 
 def frame_of(cache: rw1.LabelCache) -> list[Frame]:
@@ -92,14 +99,16 @@ def test_zeros_coming_and_going_change_only_those_series_heads(rows: list[list[f
         assert rw1.serialize(labels, row, stamps, cache=cache, grouped=True) == expected(labels, row, stamps)
 
 
-def test_each_sample_keeps_its_own_timestamp_when_a_request_has_several() -> None:
+@pytest.mark.parametrize("explicit", [False, True], ids=["as protobuf writes it", "zeros explicit"])
+def test_each_sample_keeps_its_own_timestamp_when_a_request_has_several(explicit: bool) -> None:
     a, b = (("__name__", "a"),), (("__name__", "b"),)
     cache = rw1.LabelCache()
     for tick in range(4):
         base = NOW + 5000 * tick
         for stamps in ([base, base + 1000, base, base + 1000], [base, base + 7, base + 3, base + 1000]):
             labels, values = [a, a, b, b], [0.0, 1.0, 2.0, 0.0]
-            assert rw1.serialize(labels, values, stamps, cache=cache, grouped=True) == expected(labels, values, stamps)
+            body = rw1.serialize(labels, values, stamps, cache=cache, grouped=True, explicit_zeros=explicit)
+            assert (reserialized(body) if explicit else body) == expected(labels, values, stamps)
     assert frame_of(cache)
 
 
@@ -228,12 +237,6 @@ def test_a_few_zeros_changing_among_many_series_are_written_exactly() -> None:
         assert frame_of(cache)
 
 
-def reserialized(body: bytes) -> bytes:
-    """What protobuf writes for the message a body holds: the same for an explicit +0.0 and a left-out one,
-    and every other value's bits as they are."""
-    return rw1.WriteRequest.FromString(body).SerializeToString()
-
-
 @PROPERTY
 @given(requests())
 def test_a_label_list_sent_again_with_explicit_zeros_holds_exactly_the_message_protobuf_writes(drawn: tuple) -> None:
@@ -255,14 +258,3 @@ def test_from_its_second_request_a_label_list_is_written_with_its_zeros_explicit
     decoded = rw1.WriteRequest.FromString(bodies[1])
     assert [struct.pack("<d", ts.samples[0].value) for ts in decoded.timeseries] == [bytes(8), struct.pack("<d", -0.0)]
     assert reserialized(bodies[2]) == expected(labels, [STALE_NAN, 0.0], stamps)
-
-
-def test_runs_of_several_samples_are_written_explicitly_with_each_samples_own_timestamp() -> None:
-    a, b = (("__name__", "a"),), (("__name__", "b"),)
-    cache = rw1.LabelCache()
-    for tick in range(4):
-        base = NOW + 5000 * tick
-        for stamps in ([base, base + 1000, base, base + 1000], [base, base + 7, base + 3, base + 1000]):
-            labels, values = [a, a, b, b], [0.0, 1.0, 2.0, 0.0]
-            body = rw1.serialize(labels, values, stamps, cache=cache, grouped=True, explicit_zeros=True)
-            assert reserialized(body) == expected(labels, values, stamps)

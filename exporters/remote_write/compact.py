@@ -204,8 +204,10 @@ def _period(stamps: Sequence[int]) -> int:
     """p > 1 when the column is p times repeating in time order, t0 <= t1 <= ... t(p-1) (the k-th sample of
     every series at one time, as a batcher interleaves a flush's ticks); 0 otherwise."""
     n = len(stamps)
-    first = stamps[0]
-    every = stamps.index(first, 1) if stamps.count(first) > 1 else 0
+    try:
+        every = stamps.index(stamps[0], 1)
+    except ValueError:
+        return 0
     if every < 2 or n % every:
         return 0
     head = stamps[:every]

@@ -190,15 +190,12 @@ class Frame:
         runs = len(self.starts)
         stride = 2 + 3 * every
         args = template[:]
+        if isinstance(stamps, repeat):
+            stamps = [next(stamps)] * every
         for k in range(every):
             args[3 + 3 * k::stride] = values[k::every] if every > 1 else values
-            if isinstance(stamps, repeat):
-                column: Sequence[bytes] = [next(stamps)] * runs
-            elif len(stamps) == every:
-                column = [stamps[k]] * runs
-            else:
-                column = stamps[k::every]
-            args[4 + 3 * k::stride] = column
+            # one time for every run's k-th sample, or each sample's own
+            args[4 + 3 * k::stride] = [stamps[k]] * runs if len(stamps) == every else stamps[k::every]
         return pack(*args)
 
     def _packer(self) -> tuple[Callable[..., bytes], list[bytes | None]]:
