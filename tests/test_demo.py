@@ -67,9 +67,12 @@ def test_make_demo_fills_prometheus_and_one_sigint_stops_every_process_it_starte
            "DEMO_OTLP_HTTP_PORT": str(http_port), "DEMO_TELEMETRY_PORT": str(telemetry_port), "DEMO_RATE": "20"}
     # `make demo` itself, in a session of its own like a terminal's foreground job, so that SIGINT reaches make
     # and demo/run.py together as Ctrl-C would (run.py's children are in a session of their own).
+    # A shell gives its foreground job SIGINT's default action; a suite started in the background (`make test &`)
+    # inherits SIGINT ignored, and make would then ignore it and exit 0, so the child gets the default here.
     with open(output, "wb") as out:
         demo = subprocess.Popen(["make", "-s", "demo"], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children: list[int] = []
     try:
         banner = wait_for_output(demo, output, BANNER_END, timeout=120)
