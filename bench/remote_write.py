@@ -531,8 +531,22 @@ def snapshot(running: Running, proxy: str, generator: str | None) -> dict:
         "gateway_sent": counter_total(running.gateway_telemetry, "headwater_remote_write_samples_sent_total")
         if running.gateway_telemetry else None,
     }
+    # The agents' CPU again after their /metrics were read: a window runs from one snapshot's end to the next
+    # one's start, so the bench's own scrapes (~5 ms of an agent's CPU each; vmagent and Prometheus are not
+    # scraped) are not counted as sending.
+    out["cpu_end"] = tree_cpu(running.sender.pid)
+    out["gateway_cpu_end"] = tree_cpu(running.gateway.pid) if running.gateway else None
+    out["cpu_ns_end"] = tree_cpu_ns(running.sender.pid)
+    out["gateway_cpu_ns_end"] = tree_cpu_ns(running.gateway.pid) if running.gateway else None
     out["t_end"] = time.monotonic()
     return out
+
+
+def spent(a: dict, b: dict, key: str) -> Any:
+    """`key` (a CPU counter or "t") from the end of snapshot `a` to the start of snapshot `b`; None where a
+    counter is missing."""
+    start, end = a.get(f"{key}_end", a.get(key)), b.get(key)
+    return None if start is None or end is None else end - start
 
 
 def generated(gen: dict | None, kind: str) -> float:
@@ -567,17 +581,16 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         i0 = snapshot(running, proxy, None)
         time.sleep(args.idle)
         i1 = snapshot(running, proxy, None)
-        idle_s = i1["t"] - i0["t"]
-        result["idle"] = {"seconds": idle_s, "cpu_rate": (i1["cpu"] - i0["cpu"]) / idle_s,
-                          "gateway_cpu_rate": (i1["gateway_cpu"] - i0["gateway_cpu"]) / idle_s
-                          if running.gateway else None,
-                          # schedstat: nanoseconds, where /proc's utime+stime count 10 ms ticks (one tick over
-                          # a 10 s idle is 0.1 % of a core, ~0.2 CPU s per 1M samples at this workload's rate)
-                          "sched_rate": (i1["cpu_ns"] - i0["cpu_ns"]) / idle_s
-                          if i0.get("cpu_ns") is not None and i1.get("cpu_ns") is not None else None,
-                          "gateway_sched_rate": (i1["gateway_cpu_ns"] - i0["gateway_cpu_ns"]) / idle_s
-                          if running.gateway and i0.get("gateway_cpu_ns") is not None
-                          and i1.get("gateway_cpu_ns") is not None else None}
+        idle_s = spent(i0, i1, "t")
+
+        def idle_rate(key: str) -> float | None:
+            used = spent(i0, i1, key)
+            return None if used is None else used / idle_s
+
+        # schedstat: nanoseconds, where /proc's utime+stime count 10 ms ticks (one tick over a 10 s idle is
+        # 0.1 % of a core, ~0.2 CPU s per 1M samples at this workload's rate)
+        result["idle"] = {"seconds": idle_s, "cpu_rate": idle_rate("cpu"), "gateway_cpu_rate": idle_rate("gateway_cpu"),
+                          "sched_rate": idle_rate("cpu_ns"), "gateway_sched_rate": idle_rate("gateway_cpu_ns")}
 
         command = [*pinning.other(), sys.executable, str(BENCH_DIR / "node_workload.py"), "--nodes", str(args.nodes),
                    "--interval", str(args.interval), "--port", str(generator_port)]
@@ -635,7 +648,7 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
         result["logs"] = {p.name: p.log_tail(2000) for p in
                           (running.sender, running.gateway, receiver, gen_proc) if p is not None}
 
-    result["window"] = {"seconds": b["t"] - a["t"], "snapshots": [a, b]}
+    result["window"] = {"seconds": spent(a, b, "t"), "snapshots": [a, b]}
     result["receiver_path"] = running.receiver_path
     result["final"] = {"generator": final_gen, "proxy_sender": final_proxy["senders"].get(path, {}),
                        "proxy_receiver_path": final_proxy["senders"].get(running.receiver_path, {})}
@@ -646,7 +659,7 @@ def measure(spec: Spec, flush: float, repeat: int, args: argparse.Namespace, pin
 def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: Running, a: dict, b: dict,
                   final_gen: dict, final_proxy: dict, result: dict) -> dict:
     """The row's figures and the checks, from the window's two snapshots and the final counters."""
-    seconds = b["t"] - a["t"]
+    seconds = spent(a, b, "t")
     sender = delta(path_counters(a["proxy"], running.path), path_counters(b["proxy"], running.path))
     forwarded = delta(path_counters(a["proxy"], running.receiver_path), path_counters(b["proxy"], running.receiver_path))
     decoded = sender["undecoded_requests"] == 0 and sender["requests"] > 0
@@ -668,8 +681,8 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
         sample_rate, rate_by = in_window / (last - first), "sample timestamps in the window"
     else:
         sample_rate, rate_by = arrived / seconds, "arrivals in the window"
-    cpu = b["cpu"] - a["cpu"]
-    gateway_cpu = (b["gateway_cpu"] - a["gateway_cpu"]) if running.gateway else None
+    cpu = spent(a, b, "cpu")
+    gateway_cpu = spent(a, b, "gateway_cpu") if running.gateway else None
     idle = result["idle"]
 
     def per(cpu_seconds: float) -> float:
@@ -700,19 +713,19 @@ def summarize_run(spec: Spec, flush: float, args: argparse.Namespace, running: R
         "proxy_window": sender,
         "forwarded_window": forwarded if running.gateway else None,
     }
-    if a.get("cpu_ns") is not None and b.get("cpu_ns") is not None:
-        row["sched_cpu_s_per_million"] = per(b["cpu_ns"] - a["cpu_ns"])
+    node_ns = spent(a, b, "cpu_ns")
+    if node_ns is not None:
+        row["sched_cpu_s_per_million"] = per(node_ns)
         if idle.get("sched_rate") is not None:
-            row["sched_cpu_s_per_extra_million"] = per(b["cpu_ns"] - a["cpu_ns"] - idle["sched_rate"] * seconds)
+            row["sched_cpu_s_per_extra_million"] = per(node_ns - idle["sched_rate"] * seconds)
     if running.gateway:
-        if a.get("gateway_cpu_ns") is not None and b.get("gateway_cpu_ns") is not None:
-            row["gateway_sched_cpu_s_per_million"] = per(b["gateway_cpu_ns"] - a["gateway_cpu_ns"])
-            row["node_gateway_sched_cpu_s_per_million"] = per(
-                b["cpu_ns"] - a["cpu_ns"] + b["gateway_cpu_ns"] - a["gateway_cpu_ns"])
+        gateway_ns = spent(a, b, "gateway_cpu_ns")
+        if node_ns is not None and gateway_ns is not None:
+            row["gateway_sched_cpu_s_per_million"] = per(gateway_ns)
+            row["node_gateway_sched_cpu_s_per_million"] = per(node_ns + gateway_ns)
             if idle.get("sched_rate") is not None and idle.get("gateway_sched_rate") is not None:
                 row["node_gateway_sched_cpu_s_per_extra_million"] = per(
-                    b["cpu_ns"] - a["cpu_ns"] + b["gateway_cpu_ns"] - a["gateway_cpu_ns"]
-                    - (idle["sched_rate"] + idle["gateway_sched_rate"]) * seconds)
+                    node_ns + gateway_ns - (idle["sched_rate"] + idle["gateway_sched_rate"]) * seconds)
         row["gateway_cpu_seconds"] = gateway_cpu
         row["node_gateway_cpu_s_per_million"] = per(cpu + gateway_cpu)
         row["node_gateway_cpu_s_per_extra_million"] = per(
