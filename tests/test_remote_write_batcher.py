@@ -97,6 +97,20 @@ def pending_of(ticks: list[SampleBatch]) -> tuple[SampleBatch, int]:
 
 
 @PROPERTY
+@given(flushes())
+def test_the_batches_added_are_left_as_they_were(flush: tuple[list[SampleBatch], int, int]) -> None:
+    # The batcher takes a flush's first batch without copying its columns (they may be a learnt shape's):
+    # neither the batches after it nor the cut may change them.
+    ticks, max_samples, max_bytes = flush
+    before = [(seen(batch), list(batch.sizes), batch.nbytes) for batch in ticks]
+    batcher = Batcher(max_samples, max_bytes, 5.0, hold_factor=10**6)
+    for batch in ticks:
+        batcher.add(batch)
+    batcher.cut()
+    assert [(seen(batch), list(batch.sizes), batch.nbytes) for batch in ticks] == before
+
+
+@PROPERTY
 @given(flushes(), st.integers(1, 3))
 def test_a_cut_makes_the_requests_of_the_plain_algorithm(flush: tuple[list[SampleBatch], int, int], times: int) -> None:
     ticks, max_samples, max_bytes = flush

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import accumulate, chain, combinations, compress, islice, pairwise, repeat
 from operator import add, and_, eq, is_not, le, lt, ne, not_, sub
 
@@ -93,6 +95,25 @@ class _Merge:
         self.series = list(compress(at, [True, *map(not_, follows)]))
 
 
+def _borrowed(batch: SampleBatch) -> SampleBatch:
+    """A batch of the batcher's own with `batch`'s columns (not copied), as `extend` into an empty one would
+    make it but for the copies: its flags, metadata and counts can change."""
+    return replace(batch, metadata=dict(batch.metadata), dropped=Counter(), grouped=False,
+                   series_key=None)
+
+
+def _copied(batch: SampleBatch) -> SampleBatch:
+    """`batch` with columns of its own, to append to."""
+    return replace(
+        batch,
+        labels=batch.labels[:], values=batch.values[:], timestamps=batch.timestamps[:], sizes=batch.sizes[:],
+        histogram_labels=batch.histogram_labels[:], histograms=batch.histograms[:],
+        histogram_sizes=batch.histogram_sizes[:], exemplar_labels=batch.exemplar_labels[:],
+        exemplars=batch.exemplars[:], exemplar_sizes=batch.exemplar_sizes[:],
+        start_timestamps=batch.start_timestamps[:],
+    )
+
+
 def _key(labels: list[Labels]) -> tuple[int, int, int]:
     """Where the runs of a label list are remembered: the ids of its first and last tuples, and its length."""
     return id(labels[0]), id(labels[-1]), len(labels)
@@ -131,6 +152,7 @@ class Batcher:
         self._hold_samples = max_samples * hold_factor
         self._hold_bytes = max_bytes * hold_factor
         self._pending = SampleBatch()
+        self._borrowed = False  # whether `_pending`'s columns are a batch's own (read-only until copied)
         self._nbytes = 0
         self._since = 0.0
         self._added: list[int] = []  # float samples of each batch added since the last cut, in order
@@ -183,7 +205,16 @@ class Batcher:
                 self._runs = None
             else:
                 self._runs.append(runs)
-        pending.extend(batch)
+        if not pending and not self._borrowed:
+            # The first batch of a flush is taken as it is (its columns read-only, see SampleBatch): a flush of
+            # one batch, as at a 1 s flush, is cut without copying a column. A second batch copies it first.
+            self._pending = pending = _borrowed(batch)
+            self._borrowed = True
+        else:
+            if self._borrowed:
+                self._pending = pending = _copied(pending)
+                self._borrowed = False
+            pending.extend(batch)
         self._nbytes += batch.nbytes
         if pending.samples >= self._hold_samples or self._nbytes >= self._hold_bytes:
             return self.cut()
@@ -193,6 +224,7 @@ class Batcher:
         """Everything pending, as requests (batch, estimated bytes), in the order they should be sent."""
         pending, nbytes, added, runs = self._pending, self._nbytes, self._added, self._runs
         self._pending, self._nbytes, self._added, self._runs = SampleBatch(), 0, [], []
+        self._borrowed = False
         if not pending:
             return []
         fits = len(pending.values) <= self.max_samples - len(pending.histograms) and nbytes <= self.max_bytes

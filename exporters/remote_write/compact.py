@@ -428,7 +428,7 @@ class CompactEncoder:
             session.last_start += [0] * added
             samples.commit(session)
             if samples.sample_refs:
-                session.recent.insert(0, (batch.labels[:], samples.sample_refs, samples.grouping))
+                session.recent.insert(0, (batch.labels, samples.sample_refs, samples.grouping))  # read-only
                 del session.recent[RECENT_REQUESTS:]
             if metadata:
                 session.metadata = dict(batch.metadata)

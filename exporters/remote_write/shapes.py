@@ -74,6 +74,8 @@ class Shape:
 
     __slots__ = (
         "__weakref__",  # the series limit remembers shapes it admitted whole without keeping them alive
+        "all_labels",
+        "all_sizes",
         "backoff",
         "dropped",
         "has_ints",
@@ -99,6 +101,9 @@ class Shape:
         self.keep: list[int] | None = None  # kept points' indexes, None when every point is kept
         self.labels: list[Labels] = []
         self.sizes: list[int] = []
+        # What apply hands out: the rows' labels and sizes, then the target_info series'
+        self.all_labels: list[Labels] = []
+        self.all_sizes: list[int] = []
         self.stale_rows: list[int] = []
         self.metadata: dict[str, Metadata] = {}
         self.dropped: Counter[str] = Counter()
@@ -167,6 +172,8 @@ class Shape:
         self.metadata = dict(batch.metadata)
         self.dropped = Counter(batch.dropped)
         self.targets = targets
+        self.all_labels = [*self.labels, *(target for target, _, _ in targets)]
+        self.all_sizes = [*self.sizes, *(size for _, size, _ in targets)]
         replayed = self.apply(wire)
         if replayed is None or not _same(replayed, batch):
             self.unpack = None
@@ -178,6 +185,8 @@ class Shape:
             + len(codes) * _STRUCT_CODE_BYTES
             + getsizeof(self.labels)
             + getsizeof(self.sizes)
+            + getsizeof(self.all_labels)
+            + getsizeof(self.all_sizes)
             + (getsizeof(self.keep) if self.keep is not None else 0)
             + getsizeof(self.metadata)
             + 8 * len(self.metadata)
@@ -229,16 +238,14 @@ class Shape:
             timestamps = [timestamps[i] for i in keep]
         for row in self.stale_rows:
             values[row] = STALE_NAN
-        labels = self.labels.copy()
-        sizes = self.sizes.copy()
-        for target, size, ranges in self.targets:
+        # The label and size columns are this shape's own, handed out read-only (see SampleBatch).
+        labels, sizes = self.all_labels, self.all_sizes
+        for _, _, ranges in self.targets:
             newest = max(max(timestamps[first:past]) for first, past in ranges)
             if not newest:
                 return None  # translation leaves such a target_info out: a case for the full path
-            labels.append(target)
             values.append(1.0)
             timestamps.append(newest)
-            sizes.append(size)
         return SampleBatch(
             labels=labels,
             values=values,
