@@ -160,6 +160,8 @@ class Sender(Generic[T]):
         self.concurrency = 1
         self.batch_samples = settings.batch_samples
         self._stop = asyncio.Event()  # the deadline passed: end waits and give entries back
+        # Futures resolved when `_stop` is set: what an attempt or a wait races against, without a task each.
+        self._stop_futures: set[asyncio.Future[None]] = set()
         self._draining = False
         self._drained = asyncio.Event()  # draining, and nothing unacknowledged is left
         self._waiting = False  # in the queue's get, holding no entries
@@ -243,6 +245,9 @@ class Sender(Generic[T]):
             await asyncio.wait({task, waiter}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         self._stop.set()
+        for future in list(self._stop_futures):
+            if not future.done():
+                future.set_result(None)
         if self._waiting:  # idle in the queue's get: nothing in hand to give back
             task.cancel()
         done, _ = await asyncio.wait({task}, timeout=1.0)
@@ -297,7 +302,15 @@ class Sender(Generic[T]):
 
     async def _round(self, entries: Sequence[Entry[T]]) -> None:
         requests = self._packed(entries) if self._merge is not None else list(entries)
-        results = await asyncio.gather(*(self._send(e) for e in requests), return_exceptions=True)
+        results: list[object]
+        if len(requests) == 1:  # as gather(return_exceptions=True) would report it, without a task for it
+            try:
+                await self._send(requests[0])
+                results = [None]
+            except Exception as exc:  # noqa: BLE001 - handled below, as gather's results are
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(self._send(e) for e in requests), return_exceptions=True)
         stopped = False
         for entry, result in zip(requests, results):
             if isinstance(result, Stopped):
@@ -397,7 +410,7 @@ class Sender(Generic[T]):
     async def _attempt(self, item: T) -> object:
         """`deliver(item)`, abandoned (cancelled, then Stopped) when shutdown's deadline passes meanwhile."""
         attempt = asyncio.ensure_future(self._deliver(item))
-        stop = asyncio.ensure_future(self._stop.wait())
+        stop = self._stopped()
         try:
             await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -410,6 +423,17 @@ class Sender(Generic[T]):
             await asyncio.gather(attempt, return_exceptions=True)
             raise Stopped()
         return attempt.result()
+
+    def _stopped(self) -> asyncio.Future[None]:
+        """A future done once shutdown's deadline passed (`_stop`). Why not `ensure_future(_stop.wait())`: that is
+        a task per request, started and then cancelled, ~3 turns of the event loop each."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stop.is_set():
+            future.set_result(None)
+        else:
+            self._stop_futures.add(future)
+            future.add_done_callback(self._stop_futures.discard)
+        return future
 
     def _answered(self, started: float) -> None:
         """The endpoint answered (whatever it said): it is up, and the answer's latency counts."""
@@ -435,7 +459,7 @@ class Sender(Generic[T]):
         """Sleep, ended early by shutdown's deadline (then Stopped)."""
         if self._stop.is_set():
             raise Stopped()
-        waiter = asyncio.ensure_future(self._stop.wait())
+        waiter = self._stopped()
         sleeper = asyncio.ensure_future(self._sleep(seconds))
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
