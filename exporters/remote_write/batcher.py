@@ -95,23 +95,11 @@ class _Merge:
         self.series = list(compress(at, [True, *map(not_, follows)]))
 
 
-def _borrowed(batch: SampleBatch) -> SampleBatch:
+def _adopted(batch: SampleBatch) -> SampleBatch:
     """A batch of the batcher's own with `batch`'s columns (not copied), as `extend` into an empty one would
     make it but for the copies: its flags, metadata and counts can change."""
     return replace(batch, metadata=dict(batch.metadata), dropped=Counter(), grouped=False,
                    series_key=None)
-
-
-def _copied(batch: SampleBatch) -> SampleBatch:
-    """`batch` with columns of its own, to append to."""
-    return replace(
-        batch,
-        labels=batch.labels[:], values=batch.values[:], timestamps=batch.timestamps[:], sizes=batch.sizes[:],
-        histogram_labels=batch.histogram_labels[:], histograms=batch.histograms[:],
-        histogram_sizes=batch.histogram_sizes[:], exemplar_labels=batch.exemplar_labels[:],
-        exemplars=batch.exemplars[:], exemplar_sizes=batch.exemplar_sizes[:],
-        start_timestamps=batch.start_timestamps[:],
-    )
 
 
 def _key(labels: list[Labels]) -> tuple[int, int, int]:
@@ -205,15 +193,16 @@ class Batcher:
                 self._runs = None
             else:
                 self._runs.append(runs)
-        if not pending and not self._borrowed:
+        if not pending:
             # The first batch of a flush is taken as it is (its columns read-only, see SampleBatch): a flush of
             # one batch, as at a 1 s flush, is cut without copying a column. A second batch copies it first.
-            self._pending = pending = _borrowed(batch)
+            self._pending = pending = _adopted(batch)
             self._borrowed = True
         else:
-            if self._borrowed:
-                self._pending = pending = _copied(pending)
-                self._borrowed = False
+            if self._borrowed:  # columns of its own before appending
+                pending = SampleBatch()
+                pending.extend(self._pending)
+                self._pending, self._borrowed = pending, False
             pending.extend(batch)
         self._nbytes += batch.nbytes
         if pending.samples >= self._hold_samples or self._nbytes >= self._hold_bytes:

@@ -74,8 +74,6 @@ class Shape:
 
     __slots__ = (
         "__weakref__",  # the series limit remembers shapes it admitted whole without keeping them alive
-        "all_labels",
-        "all_sizes",
         "backoff",
         "dropped",
         "has_ints",
@@ -99,11 +97,9 @@ class Shape:
         self.has_ints = False
         self.points = 0
         self.keep: list[int] | None = None  # kept points' indexes, None when every point is kept
+        # The label and size columns apply hands out (read-only): the kept points' rows, then target_info's
         self.labels: list[Labels] = []
         self.sizes: list[int] = []
-        # What apply hands out: the rows' labels and sizes, then the target_info series'
-        self.all_labels: list[Labels] = []
-        self.all_sizes: list[int] = []
         self.stale_rows: list[int] = []
         self.metadata: dict[str, Metadata] = {}
         self.dropped: Counter[str] = Counter()
@@ -124,7 +120,7 @@ class Shape:
 
     def held_labels(self) -> tuple[Labels, ...]:
         """Label tuples this shape hands out: the series cache keeps them interned (stable series ids)."""
-        return (*self.labels, *(target for target, _, _ in self.targets))
+        return tuple(self.labels)
 
     # -- learning ---------------------------------------------------------------------------------------
 
@@ -166,14 +162,12 @@ class Shape:
         self.has_ints = "q" in codes
         self.points = points
         self.keep = None if rows == points else kept
-        self.labels = batch.labels[:rows]
-        self.sizes = batch.sizes[:rows]
+        self.labels = batch.labels[:]  # the rows', then the target_info series' (`emitted`)
+        self.sizes = batch.sizes[:]
         self.stale_rows = list(learnt.stale_rows)
         self.metadata = dict(batch.metadata)
         self.dropped = Counter(batch.dropped)
         self.targets = targets
-        self.all_labels = [*self.labels, *(target for target, _, _ in targets)]
-        self.all_sizes = [*self.sizes, *(size for _, size, _ in targets)]
         replayed = self.apply(wire)
         if replayed is None or not _same(replayed, batch):
             self.unpack = None
@@ -185,8 +179,6 @@ class Shape:
             + len(codes) * _STRUCT_CODE_BYTES
             + getsizeof(self.labels)
             + getsizeof(self.sizes)
-            + getsizeof(self.all_labels)
-            + getsizeof(self.all_sizes)
             + (getsizeof(self.keep) if self.keep is not None else 0)
             + getsizeof(self.metadata)
             + 8 * len(self.metadata)
@@ -239,7 +231,7 @@ class Shape:
         for row in self.stale_rows:
             values[row] = STALE_NAN
         # The label and size columns are this shape's own, handed out read-only (see SampleBatch).
-        labels, sizes = self.all_labels, self.all_sizes
+        labels, sizes = self.labels, self.sizes
         for _, _, ranges in self.targets:
             newest = max(max(timestamps[first:past]) for first, past in ranges)
             if not newest:
